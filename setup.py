@@ -1,0 +1,12 @@
+"""Package discovery that pyproject.toml cannot express.
+
+zoo is a regular package; kernels, backbones and heads are PEP 420 namespace packages (no top-level
+__init__.py) so they can share a folder with Hugging Face's `kernels`. The YAML recipes live in the
+top-level configs/ folder and are installed as the data package `zoo.configs`.
+"""
+from setuptools import find_namespace_packages, setup
+
+packages = find_namespace_packages(include=["zoo", "zoo.*", "kernels.*", "backbones.*", "heads.*"])
+packages = [p for p in packages if "__pycache__" not in p] + ["zoo.configs"]
+
+setup(packages=packages, package_dir={"zoo.configs": "configs"})

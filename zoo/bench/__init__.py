@@ -1,0 +1,1 @@
+"""Benchmarks users can run too (`zoo bench ...`); results go to benchmarks/results/<name>.{json,md}."""
