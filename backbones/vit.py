@@ -1,0 +1,219 @@
+"""Vision Transformer (Dosovitskiy et al. 2020) on PyTorch SDPA: the baseline every efficient family is
+measured against. Key names follow timm's ``VisionTransformer`` so its weights load with a prefix change.
+
+The backbone ends at its features: ``forward_features`` returns the final-normed tokens ``[B, 1 + M, C]``
+and ``forward_pool`` the family's pooling (class token, or the mean of patch tokens followed by
+``fc_norm`` as in timm). Heads live in ``heads/``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from backbones.layers import DropPath, Mlp, PatchEmbed, resample_pos_embed, to_2tuple
+
+
+@dataclass
+class ViTConfig:
+    img_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    class_token: bool = True
+    global_pool: str = "token"  # 'token' | 'avg'
+    norm_eps: float = 1e-6
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``scaled_dot_product_attention`` (flash / memory-efficient)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, T, C)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, eps: float,
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+class VisionTransformer(nn.Module):
+    """ViT backbone with timm's key layout (``cls_token``, ``pos_embed``, ``patch_embed``, ``blocks``, ``norm``)."""
+
+    def __init__(self, cfg: ViTConfig | None = None, **kwargs):
+        super().__init__()
+        cfg = cfg or ViTConfig(**kwargs)
+        if cfg.global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {cfg.global_pool!r}")
+        if cfg.global_pool == "token" and not cfg.class_token:
+            raise ValueError("global_pool='token' needs class_token=True")
+        self.cfg = cfg
+        self.num_features = self.embed_dim = cfg.embed_dim
+        self.global_pool = cfg.global_pool
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, in_chans=cfg.in_chans, embed_dim=cfg.embed_dim)
+        self.num_prefix_tokens = int(cfg.class_token)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, cfg.embed_dim))
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.norm_eps, cfg.drop_rate,
+                  cfg.attn_drop_rate, dpr[i]) for i in range(cfg.depth))
+        use_fc_norm = cfg.global_pool == "avg"
+        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if use_fc_norm else nn.Identity()
+        self.grad_checkpointing = False
+        self.init_weights()
+
+    # -- construction -------------------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return self.patch_embed.img_size
+
+    @property
+    def in_chans(self) -> int:
+        return self.patch_embed.in_chans
+
+    def resize_pos_embed_state(self, pos_embed: torch.Tensor, old_grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Resample a checkpoint's ``pos_embed`` to this model's grid."""
+        return resample_pos_embed(pos_embed, self.patch_embed.grid_size, old_grid, num_prefix_tokens=self.num_prefix_tokens)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return {"stem": r"^cls_token|pos_embed|patch_embed", "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    # -- forward ------------------------------------------------------------------------------------------
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.pos_drop(x + self.pos_embed)
+
+    def _run_block(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and self.training:
+            return torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+        return blk(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._embed(x)
+        for blk in self.blocks:
+            x = self._run_block(blk, x)
+        return self.norm(x)
+
+    def forward_pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens [B, T, C] -> pooled [B, C] as the family defines (class token, or normed patch mean)."""
+        if self.global_pool == "avg":
+            return self.fc_norm(x[:, self.num_prefix_tokens:].mean(dim=1))
+        return x[:, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_pool(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """Features of selected blocks as [B, C, H, W] maps (or [B, M, C] with output_fmt='NLC'), timm style.
+
+        ``indices`` is a count of last blocks (int) or a list of block indices (negative allowed).
+        """
+        depth = len(self.blocks)
+        take = _resolve_indices(indices, depth)
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        feats = []
+        x = self._embed(x)
+        last = max(take) if stop_early else depth - 1
+        for i, blk in enumerate(self.blocks[: last + 1]):
+            x = self._run_block(blk, x)
+            if i in take:
+                y = self.norm(x) if norm else x
+                y = y[:, self.num_prefix_tokens:]
+                if output_fmt == "NCHW":
+                    gh, gw = self.patch_embed.grid_size
+                    y = y.reshape(y.shape[0], gh, gw, -1).permute(0, 3, 1, 2).contiguous()
+                feats.append(y)
+        if intermediates_only:
+            return feats
+        return self.norm(x), feats
+
+
+def _resolve_indices(indices, depth: int) -> list[int]:
+    if indices is None:
+        return list(range(depth))
+    if isinstance(indices, int):
+        if not 0 < indices <= depth:
+            raise ValueError(f"indices={indices} must be in 1..{depth}")
+        return list(range(depth - indices, depth))
+    out = sorted(i % depth for i in indices)
+    return out
+
+
+VIT_CONFIGS: dict[str, dict] = {
+    "vit_micro_patch4_32": dict(img_size=32, patch_size=4, embed_dim=128, depth=12, num_heads=4, mlp_ratio=2.0),
+    "vit_tiny_patch4_32": dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3),
+    "vit_tiny_patch16_224": dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    "vit_small_patch16_224": dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "vit_base_patch16_224": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12),
+}
+"""Architecture configs by registered name (the registry in ``zoo`` composes them with a head)."""
+
+
+def build_vit(name: str, **overrides) -> VisionTransformer:
+    if name not in VIT_CONFIGS:
+        raise KeyError(name)
+    cfg = dict(VIT_CONFIGS[name])
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    if "img_size" in cfg:
+        cfg["img_size"] = to_2tuple(cfg["img_size"])
+    return VisionTransformer(ViTConfig(**cfg))

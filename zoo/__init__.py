@@ -1,0 +1,21 @@
+"""speedzoo: a model zoo of efficient architectures on portable Triton kernels.
+
+>>> import zoo
+>>> zoo.list_models("vit_*")
+>>> model = zoo.create_model("vit_tiny_patch16_224", num_classes=10)
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from zoo import errors
+from zoo.errors import ZooError
+from zoo.factory import create_model, load_weights
+from zoo.registry import list_models, list_pretrained
+from zoo import models as _models  # noqa: F401  (fills the registry)
+from zoo.info import model_info
+from zoo.timm_interop import register_with_timm as _register_with_timm
+
+_register_with_timm()
+
+__all__ = ["create_model", "list_models", "list_pretrained", "model_info", "load_weights", "errors", "ZooError"]

@@ -1,0 +1,156 @@
+"""``create_model``: build a registered model by name and load weights into it.
+
+Loading adapts a checkpoint to the model asked for, as timm does: a new ``num_classes`` re-initialises the
+head, a different ``in_chans`` folds or repeats the first convolution (1 channel for spectrograms), and a
+new ``img_size`` resamples the position embeddings. Anything else that does not fit is reported, key by key.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from zoo import hub
+from zoo.errors import ConfigError, WeightLoadError
+from zoo.registry import ModelEntry, PretrainedTag, builder_params, get_entry, get_tag, split_name
+
+log = logging.getLogger(__name__)
+
+FIRST_CONV = "backbone.patch_embed.proj.weight"
+HEAD_KEYS = ("head.fc.weight", "head.fc.bias")
+POS_EMBED = "backbone.pos_embed"
+
+
+def create_model(model_name: str, pretrained: bool = False, num_classes: int | None = None, in_chans: int | None = None,
+                 img_size: int | tuple[int, int] | None = None, checkpoint_path: str | os.PathLike | None = None,
+                 **overrides: Any) -> nn.Module:
+    """Build ``model_name`` (``'name'`` or ``'name.tag'``), optionally with weights.
+
+    ``pretrained=True`` loads the tag's (or the default tag's) weights, from the cache or by download;
+    ``checkpoint_path`` loads a local file instead (any layout the family's converter understands).
+    """
+    name, tag_name = split_name(model_name)
+    entry = get_entry(name)
+    # As in timm: a tag selects a weight set's config; weights load only with pretrained=True.
+    tag: PretrainedTag | None = get_tag(entry, tag_name) if (tag_name or pretrained) else None
+
+    kwargs = dict(tag.arch_overrides) if tag else {}
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    if num_classes is None:
+        num_classes = tag.num_classes if tag else entry.default_cfg.get("num_classes", 1000)
+    model = _build(entry, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+    model.pretrained_cfg = _pretrained_cfg(entry, tag, model)
+    model.default_cfg = model.pretrained_cfg
+
+    if checkpoint_path is not None:
+        state = hub.read_state_dict(checkpoint_path)
+        converter = (tag.converter if tag and tag.converter else None) or entry.converter
+        load_weights(model, state, converter, source=str(checkpoint_path), src_img_size=_src_img_size(entry, tag))
+    elif pretrained:
+        assert tag is not None
+        path = hub.resolve(tag)
+        state = hub.read_state_dict(path)
+        load_weights(model, state, tag.converter or entry.converter, source=tag.source.describe(),
+                     src_img_size=_src_img_size(entry, tag))
+    return model
+
+
+def _build(entry: ModelEntry, **kwargs) -> nn.Module:
+    try:
+        return entry.builder(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"cannot build {entry.name} with {kwargs}: {e}. Valid arguments: "
+                          f"{', '.join(builder_params(entry))}") from None
+
+
+def _src_img_size(entry: ModelEntry, tag: PretrainedTag | None) -> tuple[int, int]:
+    size = (tag.preprocess.get("input_size") if tag else None) or entry.default_cfg["input_size"]
+    return tuple(size[-2:])
+
+
+def _pretrained_cfg(entry: ModelEntry, tag: PretrainedTag | None, model: nn.Module) -> dict[str, Any]:
+    """timm-style pretrained cfg for the model as built (input size follows in_chans / img_size)."""
+    cfg = dict(entry.default_cfg)
+    if tag:
+        cfg.update(tag.preprocess)
+        cfg.update(tag=tag.tag, source=tag.source.describe(), license=tag.license, num_classes=tag.num_classes)
+        if tag.label_names:
+            cfg["label_names"] = list(tag.label_names)
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None and hasattr(backbone, "img_size"):
+        cfg["input_size"] = (backbone.in_chans, *backbone.img_size)
+        if backbone.in_chans != len(cfg.get("mean", ())) and "mean" in cfg:
+            cfg["mean"] = (sum(cfg["mean"]) / len(cfg["mean"]),) * backbone.in_chans
+            cfg["std"] = (sum(cfg["std"]) / len(cfg["std"]),) * backbone.in_chans
+    cfg.update(architecture=entry.name, first_conv="backbone.patch_embed.proj", classifier="head.fc",
+               num_classes=model.num_classes)
+    return cfg
+
+
+def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Fit a first-conv weight [O, I, kh, kw] to ``in_chans``: sum RGB for 1 channel, else repeat and rescale."""
+    src = weight.shape[1]
+    if src == in_chans:
+        return weight
+    w = weight.float()
+    if in_chans == 1:
+        w = w.sum(dim=1, keepdim=True)
+    else:
+        reps = math.ceil(in_chans / src)
+        w = w.repeat(1, reps, 1, 1)[:, :in_chans] * (src / in_chans)
+    return w.to(weight.dtype)
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], converter=None, source: str = "state dict",
+                 src_img_size: tuple[int, int] | None = None, strict: bool = True) -> dict[str, list[str]]:
+    """Convert, adapt and strictly load ``state_dict``; returns what was re-initialised.
+
+    Raises :class:`WeightLoadError` with every missing, unexpected or mis-shaped key otherwise.
+    """
+    if converter is not None:
+        try:
+            state_dict = converter(state_dict)
+        except KeyError as e:
+            raise WeightLoadError(f"{source} is not in a layout this model's converter knows (missing key {e})") from None
+    own = model.state_dict()
+    state_dict = dict(state_dict)
+    reinit: list[str] = []
+    if FIRST_CONV in state_dict and FIRST_CONV in own and state_dict[FIRST_CONV].shape[1] != own[FIRST_CONV].shape[1]:
+        state_dict[FIRST_CONV] = adapt_input_conv(state_dict[FIRST_CONV], own[FIRST_CONV].shape[1])
+        log.info("adapted %s from %d to %d input channels", FIRST_CONV, own[FIRST_CONV].shape[1], own[FIRST_CONV].shape[1])
+    if POS_EMBED in state_dict and POS_EMBED in own and state_dict[POS_EMBED].shape != own[POS_EMBED].shape:
+        backbone = model.backbone
+        old_grid = _old_grid(backbone, src_img_size)
+        state_dict[POS_EMBED] = backbone.resize_pos_embed_state(state_dict[POS_EMBED], old_grid)
+    for key in HEAD_KEYS:
+        if key in state_dict and (key not in own or state_dict[key].shape != own[key].shape):
+            del state_dict[key]
+            reinit.append(key)
+    if reinit:
+        log.info("classifier re-initialised for %d classes (checkpoint head dropped)", model.num_classes)
+    missing = [k for k in own if k not in state_dict and k not in reinit]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    if strict and (missing or unexpected or mismatched):
+        lines = [f"weights from {source} do not fit {model.pretrained_cfg.get('architecture', type(model).__name__)}:"]
+        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if keys:
+                shown = ", ".join(keys[:12]) + (f", … ({len(keys) - 12} more)" if len(keys) > 12 else "")
+                lines.append(f"  {title} ({len(keys)}): {shown}")
+        lines.append("Check that the file belongs to this architecture (zoo info NAME shows its tags).")
+        raise WeightLoadError("\n".join(lines))
+    own_keys = set(own)
+    model.load_state_dict({k: v for k, v in state_dict.items() if k in own_keys and v.shape == own[k].shape}, strict=False)
+    return {"reinitialised": reinit, "missing": missing, "unexpected": unexpected}
+
+
+def _old_grid(backbone: nn.Module, src_img_size: tuple[int, int] | None):
+    if src_img_size is None:
+        return None
+    pe = backbone.patch_embed
+    return tuple((i - p) // s + 1 for i, p, s in zip(src_img_size, pe.patch_size, pe.stride))

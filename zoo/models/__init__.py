@@ -1,0 +1,55 @@
+"""Registry entries, one module per family, each with its converter from official checkpoints."""
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from zoo.errors import ConfigError
+from zoo.model import ZooModel
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def classifier_builder(build_backbone: Callable[..., nn.Module], config_cls, arch: str) -> Callable[..., ZooModel]:
+    """A registry builder: backbone ``arch`` (with checked overrides) composed with a classifier head."""
+    allowed = [f.name for f in fields(config_cls) if f.name not in ("extra",)]
+
+    def build(num_classes: int = 1000, in_chans: int | None = None, img_size: Any = None, drop_rate: float = 0.0,
+              **overrides: Any) -> ZooModel:
+        for key in overrides:
+            if key not in allowed:
+                raise ConfigError.unknown_key(key, allowed + ["num_classes", "drop_rate"], where=f"{arch} argument")
+        try:
+            backbone = build_backbone(arch, in_chans=in_chans, img_size=img_size, **overrides)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"cannot build {arch}: {e}") from None
+        return ZooModel(backbone, num_classes, drop_rate)
+
+    build.__name__ = f"build_{arch}"
+    return build
+
+
+def image_cfg(input_size=(3, 224, 224), mean=None, std=None, crop_pct: float = 0.9, interpolation: str = "bicubic",
+              num_classes: int = 1000, **extra) -> dict[str, Any]:
+    """Default preprocessing config in timm's keys."""
+    from zoo.registry import IMAGENET_MEAN, IMAGENET_STD
+
+    cfg = dict(input_size=tuple(input_size), mean=tuple(mean or IMAGENET_MEAN), std=tuple(std or IMAGENET_STD),
+               crop_pct=crop_pct, interpolation=interpolation, num_classes=num_classes)
+    cfg.update(extra)
+    return cfg
+
+
+def cifar_cfg(**extra) -> dict[str, Any]:
+    return image_cfg((3, 32, 32), CIFAR10_MEAN, CIFAR10_STD, crop_pct=1.0, interpolation="bilinear", num_classes=10, **extra)
+
+
+def _load_families() -> None:
+    from zoo.models import vit  # noqa: F401  (each family module registers on import)
+
+
+_load_families()

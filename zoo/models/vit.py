@@ -1,0 +1,57 @@
+"""ViT registry entries and the converter from timm's ``VisionTransformer`` state dicts."""
+from __future__ import annotations
+
+from backbones.vit import VIT_CONFIGS, ViTConfig, build_vit
+from zoo.models import cifar_cfg, classifier_builder, image_cfg
+from zoo.registry import ModelEntry, PretrainedTag, WeightSource, register
+
+_TIMM_HEAD = {"head.weight": "head.fc.weight", "head.bias": "head.fc.bias"}
+
+
+def convert_timm_vit(state_dict: dict) -> dict:
+    """timm ViT keys -> ours: everything moves under ``backbone.``, ``head.*`` becomes ``head.fc.*``.
+
+    A state dict already in our layout passes through unchanged.
+    """
+    if any(k.startswith("backbone.") for k in state_dict):
+        return dict(state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        out[_TIMM_HEAD.get(key, f"backbone.{key}")] = value
+    return out
+
+
+def _timm_tag(tag: str, repo: str, top1: float | None = None) -> PretrainedTag:
+    return PretrainedTag(
+        tag=tag, source=WeightSource(hf_repo=repo, hf_file="model.safetensors"), converter=convert_timm_vit,
+        license="apache-2.0", num_classes=1000,
+        preprocess=dict(input_size=(3, 224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.9,
+                        interpolation="bicubic"),
+        notes="timm's AugReg weights (Steiner et al. 2021); sha256 is recorded once the file has been seen.")
+
+
+_DESCRIPTIONS = {
+    "vit_micro_patch4_32": "ViT 128 wide, 12 deep, 4 heads, MLP ratio 2, patch 4 on 32x32: the CIFAR twin of vim_micro_patch4_32",
+    "vit_tiny_patch4_32": "ViT-Ti (192 wide, 12 deep, 3 heads) with patch 4 for 32x32 inputs",
+    "vit_tiny_patch16_224": "ViT-Ti/16 (192 wide, 12 deep, 3 heads), softmax attention through SDPA",
+    "vit_small_patch16_224": "ViT-S/16 (384 wide, 12 deep, 6 heads), softmax attention through SDPA",
+    "vit_base_patch16_224": "ViT-B/16 (768 wide, 12 deep, 12 heads), softmax attention through SDPA",
+}
+
+_TAGS = {
+    "vit_tiny_patch16_224": [_timm_tag("augreg_in21k_ft_in1k", "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k")],
+    "vit_small_patch16_224": [_timm_tag("augreg_in21k_ft_in1k", "timm/vit_small_patch16_224.augreg_in21k_ft_in1k")],
+    "vit_base_patch16_224": [_timm_tag("augreg2_in21k_ft_in1k", "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k")],
+}
+
+for _name, _arch in VIT_CONFIGS.items():
+    _small = _arch["img_size"] == 32
+    register(ModelEntry(
+        name=_name, kind="image", family="vit",
+        builder=classifier_builder(build_vit, ViTConfig, _name),
+        default_cfg=cifar_cfg() if _small else image_cfg(),
+        converter=convert_timm_vit,
+        tags={t.tag: t for t in _TAGS.get(_name, [])},
+        description=_DESCRIPTIONS[_name],
+        paper="arXiv:2010.11929",
+    ))
