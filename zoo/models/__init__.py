@@ -45,7 +45,8 @@ def image_cfg(input_size=(3, 224, 224), mean=None, std=None, crop_pct: float = 0
 
 
 def cifar_cfg(**extra) -> dict[str, Any]:
-    return image_cfg((3, 32, 32), CIFAR10_MEAN, CIFAR10_STD, crop_pct=1.0, interpolation="bilinear", num_classes=10, **extra)
+    return image_cfg((3, 32, 32), CIFAR10_MEAN, CIFAR10_STD, crop_pct=1.0, interpolation="bilinear", num_classes=10,
+                     label_names=CIFAR10_CLASSES, **extra)
 
 
 def _load_families() -> None:

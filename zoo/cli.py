@@ -1,0 +1,130 @@
+"""The ``zoo`` command: list, info, demo, fit, eval, bench.
+
+``fit`` hands its arguments to the Lightning recipe CLI, ``eval`` to the evaluator and ``bench`` to the
+benchmark modules, so each keeps its own argument parser and help.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from zoo.errors import ZooError
+
+BENCHMARKS = {
+    "selective_scan": "zoo.bench.selective_scan",
+    "conv_norm": "zoo.bench.conv_norm",
+    "vim_vs_deit": "zoo.bench.vim_vs_deit",
+}
+
+
+def _cmd_list(args) -> int:
+    import zoo
+    from zoo.registry import get_entry
+
+    names = zoo.list_models(args.pattern, pretrained=args.pretrained, kind=args.kind)
+    if not names:
+        print(f"no models match {args.pattern!r}" + (f" of kind {args.kind}" if args.kind else ""))
+        return 1
+    width = max(len(n) for n in names)
+    for name in names:
+        entry = get_entry(name)
+        print(f"{name:<{width}}  {entry.kind:<6} {entry.family:<6} {entry.description}")
+    return 0
+
+
+def _fmt_metrics(metrics: dict) -> str:
+    return "; ".join(f"{ds}: " + ", ".join(f"{k} {v}" for k, v in m.items()) for ds, m in metrics.items()) or "—"
+
+
+def _cmd_info(args) -> int:
+    import zoo
+
+    info = zoo.model_info(args.name, flops=not args.no_flops)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"{info['name']}  ({info['kind']}, family {info['family']})")
+    print(f"  {info['description']}")
+    if info["paper"]:
+        print(f"  paper: {info['paper']}")
+    print(f"  parameters: {info['params']:,} ({info['params'] / 1e6:.2f} M)")
+    if "gflops" in info:
+        print(f"  GFLOPs at {tuple(info['input_size'])}: {info['gflops']:.3f} (batch 1, matmuls and convs)")
+    cfg = info["default_cfg"]
+    print(f"  default input: {cfg['input_size']}, mean {cfg.get('mean')}, std {cfg.get('std')}, "
+          f"{cfg.get('interpolation')}, crop_pct {cfg.get('crop_pct')}; {info['num_classes']} classes")
+    if not info["pretrained"]:
+        print("  pretrained: none")
+    for tagged, t in info["pretrained"].items():
+        print(f"  pretrained {tagged}")
+        print(f"    source {t['source']}  sha256 {t['sha256'] or '(not recorded yet)'}  license {t['license'] or '—'}")
+        print(f"    metrics: {_fmt_metrics(t['metrics'])}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from zoo.demo import run_demo
+
+    return run_demo(list_only=args.list_only)
+
+
+def _cmd_passthrough(module: str, argv: list[str]) -> int:
+    import importlib
+
+    return int(importlib.import_module(module).main(argv) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zoo", description="speedzoo: efficient architectures by name.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="list registered models")
+    s.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'vim_*'")
+    s.add_argument("--pretrained", action="store_true", help="list name.tag for every pretrained weight set")
+    s.add_argument("--kind", default=None, help="image, audio, vision-language or diffusion-lm")
+    s.set_defaults(func=_cmd_list)
+
+    s = sub.add_parser("info", help="architecture, size, cost and pretrained weights of a model")
+    s.add_argument("name")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--no-flops", action="store_true", help="skip the FLOP count (faster)")
+    s.set_defaults(func=_cmd_info)
+
+    s = sub.add_parser("demo", help="list the zoo and classify bundled CIFAR-10 images and spoken digits")
+    s.add_argument("--list-only", action="store_true", help=argparse.SUPPRESS)
+    s.set_defaults(func=_cmd_demo)
+
+    sub.add_parser("fit", help="train with a recipe: zoo fit --config configs/<recipe>.yaml [overrides]", add_help=False)
+    sub.add_parser("eval", help="evaluate models: zoo eval MODEL[.tag] --data PATH", add_help=False)
+    sub.add_parser("bench", help=f"run a benchmark: zoo bench {{{','.join(BENCHMARKS)}}} [args]", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "-v" in argv[:1] or "--verbose" in argv[:1]
+    if verbose:
+        argv = argv[1:]
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if argv and argv[0] == "fit":
+            return _cmd_passthrough("zoo.recipes.cli", argv[1:])
+        if argv and argv[0] == "eval":
+            return _cmd_passthrough("zoo.evaluate", argv[1:])
+        if argv and argv[0] == "bench":
+            if len(argv) < 2 or argv[1] not in BENCHMARKS:
+                print(f"usage: zoo bench {{{','.join(BENCHMARKS)}}} [args]", file=sys.stderr)
+                return 2
+            return _cmd_passthrough(BENCHMARKS[argv[1]], argv[2:])
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except ZooError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
