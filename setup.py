@@ -6,7 +6,7 @@ top-level configs/ folder and are installed as the data package `zoo.configs`.
 """
 from setuptools import find_namespace_packages, setup
 
-packages = find_namespace_packages(include=["zoo", "zoo.*", "kernels.*", "backbones.*", "heads.*"])
+packages = find_namespace_packages(include=["zoo", "zoo.*", "kernels", "kernels.*", "backbones", "backbones.*", "heads", "heads.*"])
 packages = [p for p in packages if "__pycache__" not in p and not p.startswith("zoo.assets.")] + ["zoo.configs"]
 
 setup(packages=packages, package_dir={"zoo.configs": "configs"})
