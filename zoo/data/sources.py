@@ -1,0 +1,149 @@
+"""A folder or a .zip seen as one read-only tree of files.
+
+Datasets index files by their posix path relative to the tree, so the same dataset code reads a folder or a
+zip in place (no extraction). The zip handle is opened lazily, once per process, and never pickled: a
+DataLoader worker (fork or spawn) opens its own, because a ZipFile shared across a fork shares one file
+offset and returns garbage.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import zipfile
+from pathlib import Path
+from typing import BinaryIO
+
+from zoo.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "test", "testing", "eval")
+
+
+def _hidden(rel: str) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in rel.split("/"))
+
+
+class FileTree:
+    """Files of a folder or a zip under an optional prefix, addressed by relative posix paths."""
+
+    def __init__(self, root: str | os.PathLike, prefix: str = ""):
+        self.root = Path(root).expanduser()
+        if not self.root.exists():
+            raise DataError(f"Data path {self.root} does not exist. Check the path (absolute, or relative to "
+                            f"{Path.cwd()}).")
+        self.is_zip = self.root.is_file() and zipfile.is_zipfile(self.root)
+        if self.root.is_file() and not self.is_zip:
+            raise DataError(f"{self.root} is a file but not a zip archive; pass a folder or a .zip of one.")
+        self.prefix = prefix.strip("/")
+        self._files: list[str] | None = None
+        self._zip: zipfile.ZipFile | None = None
+        self._zip_pid: int | None = None
+
+    # pickling: the open handle and the (possibly large) listing stay behind
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_zip"] = None
+        state["_zip_pid"] = None
+        state["_files"] = None
+        return state
+
+    def _zipfile(self) -> zipfile.ZipFile:
+        if self._zip is None or self._zip_pid != os.getpid():
+            self._zip = zipfile.ZipFile(self.root)
+            self._zip_pid = os.getpid()
+        return self._zip
+
+    def _full(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def files(self) -> list[str]:
+        """Sorted relative paths of all regular, non-hidden files below the prefix."""
+        if self._files is None:
+            pre = self.prefix + "/" if self.prefix else ""
+            if self.is_zip:
+                names = [n for n in self._zipfile().namelist() if not n.endswith("/") and n.startswith(pre)]
+                rels = [n[len(pre):] for n in names]
+            else:
+                base = self.root / self.prefix if self.prefix else self.root
+                rels = []
+                for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+                    dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                    rel_dir = Path(dirpath).relative_to(base).as_posix()
+                    for f in filenames:
+                        rels.append(f if rel_dir == "." else f"{rel_dir}/{f}")
+            self._files = sorted(r for r in rels if not _hidden(r))
+        return self._files
+
+    def top_dirs(self) -> list[str]:
+        """Sorted names of the first-level folders (those holding at least one file)."""
+        return sorted({f.split("/", 1)[0] for f in self.files() if "/" in f})
+
+    def exists(self, rel: str) -> bool:
+        if self.is_zip:
+            try:
+                self._zipfile().getinfo(self._full(rel))
+                return True
+            except KeyError:
+                return False
+        return (self.root / self._full(rel)).is_file()
+
+    def subtree(self, sub: str) -> "FileTree":
+        """The tree below folder `sub`, sharing nothing mutable with this one."""
+        t = FileTree.__new__(FileTree)
+        t.__dict__.update(self.__getstate__())
+        t.prefix = self._full(sub.strip("/"))
+        return t
+
+    def open(self, rel: str) -> BinaryIO:
+        """A binary file object for one member (zip members are read into memory: they are small)."""
+        if self.is_zip:
+            return io.BytesIO(self._zipfile().read(self._full(rel)))
+        return open(self.root / self._full(rel), "rb")
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.open(rel) as f:
+            return f.read()
+
+    def describe(self, rel: str = "") -> str:
+        """Human-readable location for messages: `/d/x.zip::inner/path` or `/d/inner/path`."""
+        inner = self._full(rel) if rel else self.prefix
+        if self.is_zip:
+            return f"{self.root}::{inner}" if inner else str(self.root)
+        return str(self.root / inner) if inner else str(self.root)
+
+    def __repr__(self) -> str:
+        return f"FileTree({self.describe()!r})"
+
+
+def select_split(tree: FileTree, split: str | None, what: str = "files") -> FileTree:
+    """Descend into the split folder (`train/`, `test/`, …) when the tree is organised by split.
+
+    A tree whose first-level folders are all split names is split-organised: `split` must name one of them
+    (None picks the only one). Otherwise the tree is taken as a whole and `split` is ignored (logged), so a
+    plain `<class>/<file>` folder works for any split. A single wrapper folder (`cifar10/train/...`) is
+    looked through.
+    """
+    top = tree.top_dirs()
+    if len(top) == 1 and top[0].lower() not in SPLIT_NAMES:
+        inner = tree.subtree(top[0])
+        inner_top = inner.top_dirs()
+        if inner_top and all(d.lower() in SPLIT_NAMES for d in inner_top):
+            tree, top = inner, inner_top
+    if top and all(d.lower() in SPLIT_NAMES for d in top):
+        if split is None:
+            if len(top) == 1:
+                return tree.subtree(top[0])
+            raise DataError(f"{tree.describe()} holds the splits {top}; pass split= one of them.")
+        for d in top:
+            if d == split:
+                return tree.subtree(d)
+        for d in top:
+            if d.lower() == split.lower():
+                return tree.subtree(d)
+        raise DataError(f"Split '{split}' not found in {tree.describe()}: it holds the splits {top}. Pass "
+                        f"split= one of them, or the path of the file/folder that holds '{split}'.")
+    if split is not None:
+        log.info("%s has no split folders; using all its %s for split '%s'", tree.describe(), what, split)
+    return tree
