@@ -138,7 +138,7 @@ class _ClassificationDataModule(pl.LightningDataModule):
         if self.train_sampler is None:
             return {}
         consumed = None
-        trainer = self._trainer
+        trainer = getattr(self, "trainer", None)
         if trainer is not None and getattr(trainer, "fit_loop", None) is not None:
             # batches that count as done on restart (Lightning treats a batch saved on_train_batch_end as done)
             consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed * self.batch_size
