@@ -1,0 +1,117 @@
+"""Bidirectional Mamba-1 token mixer (Vim's ``bimamba_type="v2"``), over tokens ``[B, L, D]``.
+
+One shared ``in_proj`` makes x and the gate z; each direction has its own causal depthwise conv,
+``x_proj`` (rows ``[dt | B | C]``), ``dt_proj``, ``A_log`` and ``D``; the two gated scan outputs are averaged
+(Vim's ``if_divide_out``) and projected by the shared ``out_proj``. The backward direction runs the conv and
+the scan with ``reverse=True`` instead of flipping copies of x and z, which is the same function
+(flip -> causal op -> flip) without the copies. Parameter names are those of the official module, so an
+official Vim checkpoint loads with only a prefix change.
+
+All work happens in the channel-first layout ``[B, E, L]`` the kernels take: projections are batched
+matmuls against that layout, so no transposes of the E-wide activations are needed.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kernels.causal_conv1d import causal_conv1d
+from kernels.selective_scan import selective_scan
+
+__all__ = ["BiMambaMixer"]
+
+
+class BiMambaMixer(nn.Module):
+    """Mamba-1 mixer scanning the sequence both ways: ``[B, L, dim] -> [B, L, dim]``.
+
+    ``divide_out=True`` averages the two directions (the released Vim models); ``False`` sums them.
+    """
+
+    def __init__(self, dim: int, d_state: int = 16, d_conv: int = 4, expand: float = 2, dt_rank: int | str = "auto",
+                 dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4, dt_scale: float = 1.0,
+                 conv_bias: bool = True, bias: bool = False, divide_out: bool = True):
+        super().__init__()
+        self.dim = dim
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.d_inner = int(expand * dim)
+        self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
+        self.divide_out = divide_out
+        self.dt_min, self.dt_max, self.dt_init_floor, self.dt_scale = dt_min, dt_max, dt_init_floor, dt_scale
+        E, N, R = self.d_inner, d_state, self.dt_rank
+
+        self.in_proj = nn.Linear(dim, 2 * E, bias=bias)
+        # Forward direction (names of the official module).
+        self.A_log = nn.Parameter(torch.empty(E, N))
+        self.D = nn.Parameter(torch.empty(E))
+        self.conv1d = nn.Conv1d(E, E, d_conv, groups=E, padding=d_conv - 1, bias=conv_bias)
+        self.x_proj = nn.Linear(E, R + 2 * N, bias=False)
+        self.dt_proj = nn.Linear(R, E, bias=True)
+        # Backward direction.
+        self.A_b_log = nn.Parameter(torch.empty(E, N))
+        self.D_b = nn.Parameter(torch.empty(E))
+        self.conv1d_b = nn.Conv1d(E, E, d_conv, groups=E, padding=d_conv - 1, bias=conv_bias)
+        self.x_proj_b = nn.Linear(E, R + 2 * N, bias=False)
+        self.dt_proj_b = nn.Linear(R, E, bias=True)
+
+        self.out_proj = nn.Linear(E, dim, bias=bias)
+        for p in (self.A_log, self.D, self.A_b_log, self.D_b):
+            p._no_weight_decay = True  # as in mamba_ssm; optimisers built from no_weight_decay() honour it
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Mamba's init: S4D-real A, D = 1, dt bias so softplus(bias) ~ logU[dt_min, dt_max].
+
+        Both directions get the dt init. (The Vim fork builds ``dt_proj_b`` as a plain Linear whose bias its
+        model init then zeroes, i.e. dt = softplus(0) = 0.69 backwards; we treat that as an accident.)
+        Linear and conv weights keep PyTorch's default (kaiming-uniform), as in mamba_ssm.
+        """
+        for m in (self.in_proj, self.x_proj, self.x_proj_b, self.out_proj, self.conv1d, self.conv1d_b):
+            m.reset_parameters()
+        for lin in (self.in_proj, self.out_proj):
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+        A = torch.arange(1, self.d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
+        std = self.dt_rank ** -0.5 * self.dt_scale
+        for A_log, D, dt_proj in ((self.A_log, self.D, self.dt_proj), (self.A_b_log, self.D_b, self.dt_proj_b)):
+            A_log.copy_(torch.log(A))
+            D.fill_(1.0)
+            nn.init.uniform_(dt_proj.weight, -std, std)
+            dt = torch.exp(torch.rand(self.d_inner) * (math.log(self.dt_max) - math.log(self.dt_min))
+                           + math.log(self.dt_min)).clamp(min=self.dt_init_floor)
+            dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+
+    def _direction(self, x: torch.Tensor, z: torch.Tensor, conv: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
+                   A_log: torch.Tensor, D: torch.Tensor, reverse: bool) -> torch.Tensor:
+        """conv -> SiLU -> selective scan gated by SiLU(z), on [B, E, L]; the backward one via reverse=True."""
+        R, N = self.dt_rank, self.d_state
+        x = causal_conv1d(x, conv.weight, conv.bias, activation="silu", reverse=reverse)
+        x_dbl = torch.matmul(x_proj.weight, x)                        # [B, R + 2N, L]
+        dt = torch.matmul(dt_proj.weight, x_dbl[:, :R])               # [B, E, L]; bias goes to the scan, once
+        B = x_dbl[:, R:R + N].contiguous()
+        C = x_dbl[:, R + N:].contiguous()
+        A = -torch.exp(A_log.float())
+        return selective_scan(x, dt, A, B, C, D.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True,
+                              reverse=reverse)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if hidden.dim() != 3 or hidden.shape[-1] != self.dim:
+            raise ValueError(f"expected tokens [B, L, {self.dim}], got shape {tuple(hidden.shape)}")
+        xz = torch.matmul(self.in_proj.weight, hidden.transpose(1, 2))   # [B, 2E, L], L contiguous
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
+        x, z = xz.chunk(2, dim=1)
+        y = self._direction(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, reverse=False)
+        y_b = self._direction(x, z, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, reverse=True)
+        y = y + y_b
+        if self.divide_out:
+            y = y / 2
+        return F.linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "
+                f"dt_rank={self.dt_rank}, divide_out={self.divide_out}")
