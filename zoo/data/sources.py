@@ -93,6 +93,7 @@ class FileTree:
         """The tree below folder `sub`, sharing nothing mutable with this one."""
         t = FileTree.__new__(FileTree)
         t.__dict__.update(self.__getstate__())
+        t._zip, t._zip_pid = self._zip, self._zip_pid  # same process: reuse the open zip (never pickled)
         t.prefix = self._full(sub.strip("/"))
         return t
 
