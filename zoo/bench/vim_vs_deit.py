@@ -1,0 +1,327 @@
+"""Vim-Ti vs DeiT-Ti feature extraction across resolutions, side by side in one run (the paper's Fig. 1 claim).
+
+    python -m zoo.bench.vim_vs_deit [--sizes 224,512,768,1024,1248] [--profile-size 1024]
+
+For each size: our ``vim_tiny_patch16_224`` built with ``img_size=s`` and timm's ``deit_tiny_patch16_224``
+(``img_size=s``, attention through SDPA), ``forward_features`` under bf16 autocast in ``torch.inference_mode``,
+batch 64 at 224 px and 8 above. Images/s come from the median of CUDA-event-timed iterations after warm-up;
+peak memory is ``torch.cuda.max_memory_allocated`` (weights and input included). Then a per-stage profile of
+Vim-Ti at ``--profile-size``: each stage of one layer (in_proj, conv, x_proj/dt_proj, scan, merge + out_proj,
+add + RMSNorm) timed in isolation at the real shapes and scaled by the depth, against the measured forward;
+with ``--torch-profile`` also the CUDA kernels of one forward grouped by name (torch.profiler).
+
+Rows go to ``benchmarks/results/vim_vs_deit.{json,md}`` and the profile to ``vim_vs_deit_stages.{json,md}``
+through :func:`zoo.bench.results.write_results`.
+``--device cpu`` runs the same code at small sizes (a check of the script, not a measurement).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+VIM = "vim_tiny_patch16_224"
+DEIT = "deit_tiny_patch16_224"
+
+
+# -- timing ---------------------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> float:
+    """Median milliseconds of ``fn`` over ``iters`` runs after ``warmup`` runs (CUDA events on a GPU)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# -- models ---------------------------------------------------------------------------------------------------
+def build_vim(img_size: int, device: torch.device, depth: int | None = None) -> torch.nn.Module:
+    import zoo
+
+    kw = {"depth": depth} if depth else {}
+    return zoo.create_model(VIM, img_size=img_size, num_classes=0, **kw).to(device).eval()
+
+
+def build_deit(img_size: int, device: torch.device, depth: int | None = None) -> torch.nn.Module:
+    import timm
+
+    kw = {"depth": depth} if depth else {}
+    return timm.create_model(DEIT, pretrained=False, img_size=img_size, num_classes=0, **kw).to(device).eval()
+
+
+def measure(model: torch.nn.Module, img_size: int, batch: int, device: torch.device, dtype: torch.dtype,
+            warmup: int, iters: int) -> dict[str, Any]:
+    """img/s and peak GiB of ``model.forward_features`` at one size; an OOM is a row, not a crash."""
+    x = torch.randn(batch, 3, img_size, img_size, device=device)
+
+    def step():
+        with torch.inference_mode(), _autocast(device, dtype):
+            return model.forward_features(x)
+
+    try:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        step()  # first call: Triton compilation and autotuning, cuDNN/cuBLAS heuristics
+        ms = time_fn(step, device, warmup, iters)
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        return {"ms": round(ms, 4), "img_per_s": round(batch / ms * 1e3, 1),
+                "peak_gib": round(peak, 3) if peak is not None else None}
+    except torch.cuda.OutOfMemoryError:
+        return {"ms": None, "img_per_s": None, "peak_gib": None, "note": "OOM"}
+    finally:
+        del x
+        _free(device)
+
+
+# -- per-stage profile ----------------------------------------------------------------------------------------
+def stage_profile(img_size: int, batch: int, device: torch.device, dtype: torch.dtype, warmup: int, iters: int,
+                  depth: int | None = None) -> list[dict[str, Any]]:
+    """Vim-Ti's forward split into stages, each timed alone at the real shapes of one layer, times depth.
+
+    Stages follow the mixer's code path (backbones/layers/mamba.py) with the model's own weights, so the sum
+    can be held against the whole forward; the rest ("other") is embedding, copies, launch gaps.
+    """
+    from kernels.causal_conv1d import causal_conv1d
+    from kernels.norm import rms_norm
+    from kernels.selective_scan import selective_scan
+
+    model = build_vim(img_size, device, depth)
+    backbone = model.backbone
+    n_layers = len(backbone.layers)
+    blk = backbone.layers[0]
+    m = blk.mixer
+    L = backbone.patch_embed.num_patches + 1
+    D, E, R, N = m.dim, m.d_inner, m.dt_rank, m.d_state
+    x_img = torch.randn(batch, 3, img_size, img_size, device=device)
+    rows: list[dict[str, Any]] = []
+    with torch.inference_mode(), _autocast(device, dtype):
+        total_ms = time_fn(lambda: model.forward_features(x_img), device, warmup, iters)
+        hidden = torch.randn(batch, L, D, device=device, dtype=dtype)
+        residual = torch.randn(batch, L, D, device=device, dtype=torch.float32)
+        xz = torch.matmul(m.in_proj.weight, hidden.transpose(1, 2))
+        x, z = xz.chunk(2, dim=1)
+        xc = causal_conv1d(x, m.conv1d.weight, m.conv1d.bias, activation="silu")
+        x_dbl = torch.matmul(m.x_proj.weight, xc)
+        dt = torch.matmul(m.dt_proj.weight, x_dbl[:, :R])
+        Bm, Cm = x_dbl[:, R:R + N].contiguous(), x_dbl[:, R + N:].contiguous()
+        A = -torch.exp(m.A_log.float())
+        y = selective_scan(xc, dt, A, Bm, Cm, m.D.float(), z=z, delta_bias=m.dt_proj.bias.float(), delta_softplus=True)
+
+        def proj():
+            x_dbl = torch.matmul(m.x_proj.weight, xc)
+            return (torch.matmul(m.dt_proj.weight, x_dbl[:, :R]), x_dbl[:, R:R + N].contiguous(),
+                    x_dbl[:, R + N:].contiguous())
+
+        stages = {
+            "in_proj (GEMM)": (lambda: torch.matmul(m.in_proj.weight, hidden.transpose(1, 2)), 1),
+            "causal conv + SiLU": (lambda: causal_conv1d(x, m.conv1d.weight, m.conv1d.bias, activation="silu"), 2),
+            "x_proj + dt_proj (GEMMs) + B/C copies": (proj, 2),
+            "selective scan": (lambda: selective_scan(xc, dt, A, Bm, Cm, m.D.float(), z=z,
+                                                      delta_bias=m.dt_proj.bias.float(), delta_softplus=True), 2),
+            "merge /2 + out_proj (GEMM)": (lambda: F.linear(((y + y) / 2).transpose(1, 2), m.out_proj.weight), 1),
+            "add + RMSNorm": (lambda: rms_norm(hidden, blk.norm.weight, residual=residual, prenorm=True,
+                                               residual_in_fp32=True), 1),
+        }
+        summed = 0.0
+        for name, (fn, per_layer) in stages.items():
+            ms = time_fn(fn, device, warmup, iters) * per_layer * n_layers
+            summed += ms
+            rows.append({"stage": name, "ms": round(ms, 4), "share": round(ms / total_ms, 4)})
+        rows.append({"stage": "other (embed, final norm, copies, gaps)", "ms": round(total_ms - summed, 4),
+                     "share": round((total_ms - summed) / total_ms, 4)})
+        rows.append({"stage": "whole forward_features", "ms": round(total_ms, 4), "share": 1.0})
+    shape = f"B{batch} L{L} D{D} E{E} N{N} R{R} x{n_layers} layers"
+    out = [{"model": VIM, "img_size": img_size, "mode": "infer", "impl": "ours", "dtype": _dtype_name(dtype),
+            "batch": batch, "shape": shape, **r} for r in rows]
+    del model, x_img
+    _free(device)
+    return out
+
+
+def kernel_profile(img_size: int, batch: int, device: torch.device, dtype: torch.dtype, top: int = 15,
+                   depth: int | None = None) -> list[dict[str, Any]]:
+    """CUDA kernel time of one Vim-Ti forward, grouped by kernel name (torch.profiler), largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = build_vim(img_size, device, depth)
+    x = torch.randn(batch, 3, img_size, img_size, device=device)
+    with torch.inference_mode(), _autocast(device, dtype):
+        for _ in range(2):
+            model.forward_features(x)
+        _sync(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model.forward_features(x)
+            _sync(device)
+    from torch.autograd import DeviceType
+
+    totals: dict[str, list[float]] = {}
+    for ev in prof.key_averages():
+        t = getattr(ev, "self_device_time_total", 0.0) or 0.0
+        if getattr(ev, "device_type", None) == DeviceType.CUDA and t > 0:
+            entry = totals.setdefault(ev.key, [0.0, 0])
+            entry[0] += t / 1e3
+            entry[1] += ev.count
+    all_ms = sum(v[0] for v in totals.values()) or 1.0
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
+    del model, x
+    _free(device)
+    return [{"model": VIM, "img_size": img_size, "mode": "infer", "impl": "ours", "dtype": _dtype_name(dtype),
+             "batch": batch, "kernel": name[:80], "calls": n, "ms": round(ms, 4), "share": round(ms / all_ms, 4)}
+            for name, (ms, n) in ranked]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+
+
+# -- driver ---------------------------------------------------------------------------------------------------
+def run(sizes: list[int], device: torch.device, dtype: torch.dtype = torch.bfloat16, batch_224: int = 64,
+        batch_large: int = 8, warmup: int = 5, iters: int = 20, profile_size: int | None = 1024,
+        torch_profile: bool = False, depth: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Measure every size for both models (ours then timm's, same process) and the stage profile."""
+    rows: list[dict[str, Any]] = []
+    for s in sizes:
+        batch = batch_224 if s <= 224 else batch_large
+        pair = {}
+        for impl, build, name in (("ours", build_vim, VIM), ("timm", build_deit, DEIT)):
+            model = build(s, device, depth)
+            res = measure(model, s, batch, device, dtype, warmup, iters)
+            del model
+            _free(device)
+            row = {"model": name, "img_size": s, "mode": "infer", "impl": impl, "dtype": _dtype_name(dtype),
+                   "batch": batch, **res}
+            pair[impl] = row
+            rows.append(row)
+            log.info("%s %d px: %s", name, s, res)
+        ours, peer = pair["ours"], pair["timm"]
+        both = ours.get("img_per_s") and peer.get("img_per_s")
+        ours["ratio"] = round(ours["img_per_s"] / peer["img_per_s"], 3) if both else None
+        if ours.get("peak_gib") and peer.get("peak_gib"):
+            ours["mem_ratio"] = round(ours["peak_gib"] / peer["peak_gib"], 3)
+        peer["ratio"] = 1.0 if peer.get("img_per_s") else None
+    out = {"rows": rows, "stages": [], "kernels": []}
+    if profile_size:
+        batch = batch_224 if profile_size <= 224 else batch_large
+        out["stages"] = stage_profile(profile_size, batch, device, dtype, warmup, iters, depth)
+        if torch_profile and device.type == "cuda":
+            try:
+                out["kernels"] = kernel_profile(profile_size, batch, device, dtype, depth=depth)
+            except Exception as e:  # the profiler is a diagnostic; never lose the measured rows to it
+                log.warning("torch.profiler kernel table failed: %s", e)
+    return out
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m zoo.bench.vim_vs_deit", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="224,512,768,1024,1248", help="comma-separated square input sizes")
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    p.add_argument("--batch-224", type=int, default=64, help="batch at <= 224 px")
+    p.add_argument("--batch", type=int, default=8, help="batch above 224 px")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--profile-size", type=int, default=1024, help="size of the per-stage profile (0: none)")
+    p.add_argument("--torch-profile", action="store_true", help="also a torch.profiler kernel table")
+    p.add_argument("--kernels", default=None, choices=("auto", "reference", "triton"),
+                   help="set SPEEDZOO_KERNELS for our model (default: leave as is, i.e. auto)")
+    p.add_argument("--depth", type=int, default=None, help="override depth of both models (script checks only)")
+    p.add_argument("--out-dir", default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--name", default="vim_vs_deit", help="results file stem")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: CUDA is not available; use --device cpu for a (meaningless) check run", file=sys.stderr)
+        return 2
+    if args.kernels:
+        os.environ["SPEEDZOO_KERNELS"] = args.kernels
+    device = torch.device(args.device)
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    out = run(sizes, device, torch.bfloat16, args.batch_224, args.batch, args.warmup, args.iters,
+              args.profile_size or None, args.torch_profile, args.depth)
+    from zoo.bench.results import write_results
+
+    extra = {"kernels": os.environ.get("SPEEDZOO_KERNELS", "auto"),
+             "timing": f"median of {args.iters} after {args.warmup} warm-up (+1 compile) iterations",
+             "deit_attention": _deit_attention()}
+    command = ("python -m zoo.bench.vim_vs_deit " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    path = write_results(args.name, out["rows"], command=command, out_dir=args.out_dir, extra_meta=extra)
+    if out["stages"] or out["kernels"]:
+        write_results(f"{args.name}_stages", out["stages"] + out["kernels"], command=command, out_dir=args.out_dir,
+                      extra_meta=extra)
+    _print_table(out)
+    print(f"wrote {path}")
+    return 0
+
+
+def _deit_attention() -> str:
+    try:
+        from timm.layers import use_fused_attn
+
+        return "sdpa (timm fused_attn)" if use_fused_attn() else "timm eager attention"
+    except ImportError:
+        return "unknown"
+
+
+def _print_table(out: dict[str, list[dict[str, Any]]]) -> None:
+    print(f"{'model':<24}{'px':>6}{'batch':>6}{'img/s':>10}{'peak GiB':>10}{'ratio':>8}")
+    for r in out["rows"]:
+        ips = f"{r['img_per_s']:.1f}" if r.get("img_per_s") else r.get("note", "-")
+        peak = f"{r['peak_gib']:.3f}" if r.get("peak_gib") is not None else "-"
+        ratio = f"{r['ratio']:.3f}" if r.get("ratio") else "-"
+        print(f"{r['model']:<24}{r['img_size']:>6}{r['batch']:>6}{ips:>10}{peak:>10}{ratio:>8}")
+    if out["stages"]:
+        s0 = out["stages"][0]
+        print(f"\nstages of {s0['model']} at {s0['img_size']} px, batch {s0['batch']} ({s0['shape']}):")
+        for r in out["stages"]:
+            print(f"  {r['stage']:<42}{r['ms']:>10.3f} ms{100 * r['share']:>7.1f}%")
+    if out["kernels"]:
+        print("\ntop CUDA kernels of one forward:")
+        for r in out["kernels"]:
+            print(f"  {r['kernel']:<60}{r['calls']:>5}{r['ms']:>10.3f} ms{100 * r['share']:>7.1f}%")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
