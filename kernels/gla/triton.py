@@ -1,0 +1,385 @@
+"""Triton chunked gated linear attention, forward and backward, shared with the gated delta rule.
+
+Design: one kernel per direction, state kept on chip.
+
+- Grid ``(cdiv(V, BV), B * H)``: a program owns one (batch, head, V-block) and keeps the fp32 state block
+  ``S [K, BV]`` in registers while it walks the chunks of C tokens sequentially (fla writes every chunk state
+  to HBM and reads it back in a second kernel; here the forward reads q, k, v once and writes o once).
+  Per chunk: A = causal (q k^T) with decays (tl.dot), o = scale * ((q * e^b) S + A v), S <- e^{b_C} S +
+  (k * e^{b_C - b})^T v, where b is the chunk-local inclusive cumsum of the log gates (precomputed in fp32 by
+  the wrapper, 4 bytes per gate).
+- Gates: ``GATE`` 0 none, 1 scalar per head (decay matrix exp(b_t - b_s) formed with the exponent masked, so
+  exact for any gate strength), 2 per key channel. For per-channel gates the intra-chunk matrix factors as
+  (q e^{b}) (k e^{-b})^T only while e^{-b} stays finite: when max |b| in the chunk is < 40 (checked at run
+  time per chunk) that tl.dot path runs; otherwise an exact elementwise path forms column s of A from
+  exp(b_t - b_s) (masked before exp), like fla's diagonal sub-blocks. Normal gates (logsigmoid/16) always
+  take the dot path; extreme gates (< -0.6 per token on average) take the slow exact one.
+- ``DELTA``: the gated delta rule in WY form reuses the same walk with v replaced per chunk by
+  v_new = U - W S (U, W from the wrapper's UT transform), see kernels/delta_rule.
+- Backward walks chunks in reverse with dS [K, BV] on chip; chunk-start states come from the forward
+  (stored only when a gradient is needed, fp32). It writes dq, dk partial per V-block (summed by the
+  wrapper), dv, dh0, and for gates the chunk-end term sum(dS * S_next); the gate gradient is then
+  d b_t = q_t*dq_t - k_t*dk_t (+ that term at the chunk's last row), which the cumsum's autograd turns
+  into dg (the reverse-cumsum identity of fla, derived in kernels/gla/__init__.py).
+- fp32 inputs use IEEE fp32 dots; bf16/fp16 inputs cast dot operands to that dtype (fp32 accumulate).
+  Base offsets are int64.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.common import interpreting
+
+__all__ = ["chunk_scan_fwd", "chunk_scan_bwd", "ChunkScanFn", "FAST_LIMIT"]
+
+FAST_LIMIT = 40.0  # max |b| inside a chunk for the factored per-channel path (e^40 ~ 2e17, safe in fp32)
+
+
+@triton.jit
+def _dot(a, b, DOT: tl.constexpr):
+    """DOT 0: IEEE fp32; 1: bf16 operands; 2: fp16 operands (fp32 accumulation throughout).
+
+    3 / 4: bf16 / fp16 rounding of the operands, then an fp32 dot: the interpreter's low-precision tl.dot
+    returns garbage (Triton 3.6), so interpreter runs emulate the GPU's operand rounding this way.
+    """
+    if DOT == 0:
+        return tl.dot(a, b, input_precision="ieee")
+    elif DOT == 1:
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif DOT == 2:
+        return tl.dot(a.to(tl.float16), b.to(tl.float16))
+    elif DOT == 3:
+        return tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a.to(tl.float16).to(tl.float32), b.to(tl.float16).to(tl.float32), input_precision="ieee")
+
+
+@triton.jit
+def _fwd_kernel(
+    q_ptr, k_ptr, v_ptr, b_ptr, w_ptr, h0_ptr, o_ptr, ht_ptr, st_ptr,
+    T, TP, H, K, V, NT, scale,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DELTA: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_ST: tl.constexpr, DOT: tl.constexpr,
+    LIMIT: tl.constexpr,
+):
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    rows = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    ov = i_v * BV + tl.arange(0, BV)
+    mk = ok < K
+    mv = ov < V
+    causal = rows[:, None] >= rows[None, :]
+    q_base = q_ptr + (i_b * T * H + i_h) * K
+    k_base = k_ptr + (i_b * T * H + i_h) * K
+    o_base = o_ptr + (i_b * T * H + i_h) * V
+    if DELTA:
+        v_base = v_ptr + (i_b * TP * H + i_h) * V
+        w_base = w_ptr + (i_b * TP * H + i_h) * K
+    else:
+        v_base = v_ptr + (i_b * T * H + i_h) * V
+    if GATE == 1:
+        g_base = b_ptr + i_b * TP * H + i_h
+    if GATE == 2:
+        g_base = b_ptr + (i_b * TP * H + i_h) * K
+    if HAS_H0:
+        S = tl.load(h0_ptr + i_bh * K * V + ok[:, None] * V + ov[None, :], mask=mk[:, None] & mv[None, :],
+                    other=0.0).to(tl.float32)
+    else:
+        S = tl.zeros([BK, BV], dtype=tl.float32)
+    for c in range(0, NT):
+        t = c * C + rows
+        mt = t < T
+        mqk = mt[:, None] & mk[None, :]
+        mtv = mt[:, None] & mv[None, :]
+        q = tl.load(q_base + t[:, None] * (H * K) + ok[None, :], mask=mqk, other=0.0).to(tl.float32)
+        k = tl.load(k_base + t[:, None] * (H * K) + ok[None, :], mask=mqk, other=0.0).to(tl.float32)
+        if STORE_ST:
+            tl.store(st_ptr + ((i_bh * NT + c) * K + ok[:, None]) * V + ov[None, :], S,
+                     mask=mk[:, None] & mv[None, :])
+        if DELTA:
+            u = tl.load(v_base + t[:, None] * (H * V) + ov[None, :], mask=mtv, other=0.0).to(tl.float32)
+            w = tl.load(w_base + t[:, None] * (H * K) + ok[None, :], mask=mqk, other=0.0).to(tl.float32)
+            v = u - _dot(w, S, DOT)
+        else:
+            v = tl.load(v_base + t[:, None] * (H * V) + ov[None, :], mask=mtv, other=0.0).to(tl.float32)
+        if GATE == 0:
+            A = tl.where(causal, _dot(q, tl.trans(k), DOT), 0.0)
+            o = _dot(q, S, DOT) + _dot(A, v, DOT)
+            S = S + _dot(tl.trans(k), v, DOT)
+        elif GATE == 1:
+            b = tl.load(g_base + t * H)
+            bl = tl.load(g_base + (c * C + C - 1) * H)
+            dec = tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))
+            A = _dot(q, tl.trans(k), DOT) * dec
+            o = _dot(q * tl.exp(b)[:, None], S, DOT) + _dot(A, v, DOT)
+            S = S * tl.exp(bl) + _dot(tl.trans(k * tl.exp(bl - b)[:, None]), v, DOT)
+        else:
+            b = tl.load(g_base + t[:, None] * (H * K) + ok[None, :], mask=mk[None, :], other=0.0)
+            bl = tl.load(g_base + (c * C + C - 1) * (H * K) + ok, mask=mk, other=0.0)
+            qg = q * tl.exp(b)
+            if tl.max(tl.abs(b)) < LIMIT:
+                A = tl.where(causal, _dot(qg, tl.trans(k * tl.exp(-b)), DOT), 0.0)
+            else:
+                A = tl.zeros([C, C], dtype=tl.float32)
+                for s in range(0, C):
+                    ts = c * C + s
+                    ks = tl.load(k_base + ts * (H * K) + ok, mask=mk & (ts < T), other=0.0).to(tl.float32)
+                    bs = tl.load(g_base + ts * (H * K) + ok, mask=mk, other=0.0)
+                    e = tl.exp(tl.where(rows[:, None] >= s, b - bs[None, :], float("-inf")))
+                    a = tl.sum(q * ks[None, :] * e, 1)
+                    A = tl.where(rows[None, :] == s, a[:, None], A)
+            o = _dot(qg, S, DOT) + _dot(A, v, DOT)
+            S = S * tl.exp(bl)[:, None] + _dot(tl.trans(k * tl.exp(bl[None, :] - b)), v, DOT)
+        tl.store(o_base + t[:, None] * (H * V) + ov[None, :], (o * scale).to(o_ptr.dtype.element_ty), mask=mtv)
+    if STORE_HT:
+        tl.store(ht_ptr + i_bh * K * V + ok[:, None] * V + ov[None, :], S, mask=mk[:, None] & mv[None, :])
+
+
+@triton.jit
+def _bwd_kernel(
+    q_ptr, k_ptr, v_ptr, b_ptr, w_ptr, st_ptr, do_ptr, dht_ptr,
+    dq_ptr, dk_ptr, dv_ptr, dw_ptr, dh0_ptr, dgl_ptr,
+    T, TP, H, K, V, NT, scale,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DELTA: tl.constexpr,
+    HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, DOT: tl.constexpr, LIMIT: tl.constexpr,
+):
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    n_bh = tl.num_programs(1).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    rows = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    ov = i_v * BV + tl.arange(0, BV)
+    mk = ok < K
+    mv = ov < V
+    mkv = mk[:, None] & mv[None, :]
+    causal = rows[:, None] >= rows[None, :]
+    q_base = q_ptr + (i_b * T * H + i_h) * K
+    k_base = k_ptr + (i_b * T * H + i_h) * K
+    do_base = do_ptr + (i_b * T * H + i_h) * V
+    # dq, dk: [NV, B, T, H, K] partial sums over V-blocks
+    dq_base = dq_ptr + (i_v * (n_bh // H) * T * H + i_b * T * H + i_h) * K
+    dk_base = dk_ptr + (i_v * (n_bh // H) * T * H + i_b * T * H + i_h) * K
+    if DELTA:
+        v_base = v_ptr + (i_b * TP * H + i_h) * V
+        w_base = w_ptr + (i_b * TP * H + i_h) * K
+        dv_base = dv_ptr + (i_b * TP * H + i_h) * V
+        dw_base = dw_ptr + (i_v * (n_bh // H) * TP * H + i_b * TP * H + i_h) * K
+    else:
+        v_base = v_ptr + (i_b * T * H + i_h) * V
+        dv_base = dv_ptr + (i_b * T * H + i_h) * V
+    if GATE == 1:
+        g_base = b_ptr + i_b * TP * H + i_h
+    if GATE == 2:
+        g_base = b_ptr + (i_b * TP * H + i_h) * K
+    if HAS_DHT:
+        dS = tl.load(dht_ptr + i_bh * K * V + ok[:, None] * V + ov[None, :], mask=mkv, other=0.0).to(tl.float32)
+    else:
+        dS = tl.zeros([BK, BV], dtype=tl.float32)
+    for cc in range(0, NT):
+        c = NT - 1 - cc
+        t = c * C + rows
+        mt = t < T
+        mqk = mt[:, None] & mk[None, :]
+        mtv = mt[:, None] & mv[None, :]
+        q = tl.load(q_base + t[:, None] * (H * K) + ok[None, :], mask=mqk, other=0.0).to(tl.float32)
+        k = tl.load(k_base + t[:, None] * (H * K) + ok[None, :], mask=mqk, other=0.0).to(tl.float32)
+        do = tl.load(do_base + t[:, None] * (H * V) + ov[None, :], mask=mtv, other=0.0).to(tl.float32)
+        Sc = tl.load(st_ptr + ((i_bh * NT + c) * K + ok[:, None]) * V + ov[None, :], mask=mkv, other=0.0)
+        if DELTA:
+            u = tl.load(v_base + t[:, None] * (H * V) + ov[None, :], mask=mtv, other=0.0).to(tl.float32)
+            w = tl.load(w_base + t[:, None] * (H * K) + ok[None, :], mask=mqk, other=0.0).to(tl.float32)
+            v = u - _dot(w, Sc, DOT)
+        else:
+            v = tl.load(v_base + t[:, None] * (H * V) + ov[None, :], mask=mtv, other=0.0).to(tl.float32)
+        dA = tl.where(causal, _dot(do, tl.trans(v), DOT), 0.0) * scale
+        if GATE == 0:
+            A = tl.where(causal, _dot(q, tl.trans(k), DOT), 0.0)
+            dq = scale * _dot(do, tl.trans(Sc), DOT) + _dot(dA, k, DOT)
+            dk = _dot(tl.trans(dA), q, DOT) + _dot(v, tl.trans(dS), DOT)
+            kd = k
+            qg = q
+        elif GATE == 1:
+            b = tl.load(g_base + t * H)
+            bl = tl.load(g_base + (c * C + C - 1) * H)
+            dec = tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))
+            A = _dot(q, tl.trans(k), DOT) * dec
+            dA = dA * dec
+            dq = scale * tl.exp(b)[:, None] * _dot(do, tl.trans(Sc), DOT) + _dot(dA, k, DOT)
+            kd = k * tl.exp(bl - b)[:, None]
+            qg = q * tl.exp(b)[:, None]
+            dk = _dot(tl.trans(dA), q, DOT) + tl.exp(bl - b)[:, None] * _dot(v, tl.trans(dS), DOT)
+        else:
+            b = tl.load(g_base + t[:, None] * (H * K) + ok[None, :], mask=mk[None, :], other=0.0)
+            bl = tl.load(g_base + (c * C + C - 1) * (H * K) + ok, mask=mk, other=0.0)
+            eb = tl.exp(b)
+            qg = q * eb
+            kd = k * tl.exp(bl[None, :] - b)
+            dq = scale * eb * _dot(do, tl.trans(Sc), DOT)
+            dk = _dot(v, tl.trans(dS), DOT) * tl.exp(bl[None, :] - b)
+            if tl.max(tl.abs(b)) < LIMIT:
+                ken = k * tl.exp(-b)
+                A = tl.where(causal, _dot(qg, tl.trans(ken), DOT), 0.0)
+                dq += eb * _dot(dA, ken, DOT)
+                dk += tl.exp(-b) * _dot(tl.trans(dA), qg, DOT)
+            else:
+                A = tl.zeros([C, C], dtype=tl.float32)
+                for s in range(0, C):
+                    ts = c * C + s
+                    ks = tl.load(k_base + ts * (H * K) + ok, mask=mk & (ts < T), other=0.0).to(tl.float32)
+                    bs = tl.load(g_base + ts * (H * K) + ok, mask=mk, other=0.0)
+                    e = tl.exp(tl.where(rows[:, None] >= s, b - bs[None, :], float("-inf")))
+                    a = tl.sum(q * ks[None, :] * e, 1)
+                    A = tl.where(rows[None, :] == s, a[:, None], A)
+                    da = tl.sum(tl.where(rows[None, :] == s, dA, 0.0), 1)  # column s of dA
+                    dq += da[:, None] * ks[None, :] * e
+                    dks = tl.sum(da[:, None] * q * e, 0)
+                    dk += tl.where(rows[:, None] == s, dks[None, :], 0.0)
+        dv = scale * _dot(tl.trans(A), do, DOT) + _dot(kd, dS, DOT)
+        if GATE == 1:
+            Sn = Sc * tl.exp(bl) + _dot(tl.trans(kd), v, DOT)
+            tl.store(dgl_ptr + (i_v * n_bh + i_bh) * NT + c, tl.sum(tl.sum(dS * Sn, 1), 0))
+        if GATE == 2:
+            Sn = Sc * tl.exp(bl)[:, None] + _dot(tl.trans(kd), v, DOT)
+            tl.store(dgl_ptr + ((i_v * n_bh + i_bh) * NT + c) * K + ok, tl.sum(dS * Sn, 1), mask=mk)
+        if GATE == 0:
+            dS = dS + scale * _dot(tl.trans(qg), do, DOT)
+        elif GATE == 1:
+            dS = dS * tl.exp(bl) + scale * _dot(tl.trans(qg), do, DOT)
+        else:
+            dS = dS * tl.exp(bl)[:, None] + scale * _dot(tl.trans(qg), do, DOT)
+        if DELTA:
+            dS = dS - _dot(tl.trans(w), dv, DOT)
+            dw = -_dot(dv, tl.trans(Sc), DOT)
+            tl.store(dw_base + t[:, None] * (H * K) + ok[None, :], dw, mask=mqk)
+        tl.store(dq_base + t[:, None] * (H * K) + ok[None, :], dq, mask=mqk)
+        tl.store(dk_base + t[:, None] * (H * K) + ok[None, :], dk, mask=mqk)
+        tl.store(dv_base + t[:, None] * (H * V) + ov[None, :], dv, mask=mtv)
+    if STORE_DH0:
+        tl.store(dh0_ptr + i_bh * K * V + ok[:, None] * V + ov[None, :], dS, mask=mkv)
+
+
+def _dot_mode(dtype: torch.dtype) -> int:
+    mode = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}[dtype]
+    return mode + 2 if mode and interpreting() else mode
+
+
+def _blocks(K: int, V: int, bwd: bool):
+    """Block sizes and warps: one K block (K <= 256), V split so the fp32 state tiles fit in registers."""
+    BK = max(16, triton.next_power_of_2(K))
+    if bwd:
+        BV = 32 if BK >= 128 else 64
+    else:
+        BV = 64 if BK <= 128 else 32
+    BV = min(BV, max(16, triton.next_power_of_2(V)))
+    warps = 8 if BK >= 128 else 4
+    return BK, BV, warps
+
+
+def chunk_scan_fwd(q, k, v, b, w, h0, scale, C, gate, delta, need_ht, store_states):
+    """Launch the forward; q, k [B,T,H,K], v [B,T,H,V] (or U [B,Tp,H,V] fp32 with delta), b/w fp32 padded.
+
+    Returns (o, ht or None, states [B,H,NT,K,V] fp32 or None).
+    """
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    NT = max(1, triton.cdiv(T, C))
+    TP = NT * C
+    BK, BV, warps = _blocks(K, V, bwd=False)
+    o = torch.empty(B, T, H, V, device=q.device, dtype=q.dtype)
+    ht = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32) if need_ht else None
+    st = torch.empty(B, H, NT, K, V, device=q.device, dtype=torch.float32) if store_states else None
+    dummy = o
+    grid = (triton.cdiv(V, BV), B * H)
+    extra = {} if interpreting() else dict(num_warps=warps, num_stages=2)
+    _fwd_kernel[grid](
+        q, k, v, b if b is not None else dummy, w if w is not None else dummy, h0 if h0 is not None else dummy,
+        o, ht if ht is not None else dummy, st if st is not None else dummy,
+        T, TP, H, K, V, NT, float(scale),
+        C=C, BK=BK, BV=BV, GATE=gate, DELTA=delta, HAS_H0=h0 is not None, STORE_HT=need_ht,
+        STORE_ST=store_states, DOT=_dot_mode(q.dtype), LIMIT=FAST_LIMIT, **extra)
+    return o, ht, st
+
+
+def chunk_scan_bwd(q, k, v, b, w, st, do, dht, scale, C, gate, delta, need_dh0):
+    """Launch the backward; returns (dq, dk, dv, dw, dh0, dgl) in fp32 (dq, dk summed over V-blocks)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    NT = max(1, triton.cdiv(T, C))
+    TP = NT * C
+    BK, BV, warps = _blocks(K, V, bwd=True)
+    NV = triton.cdiv(V, BV)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    dq = torch.empty(NV, B, T, H, K, **f32)
+    dk = torch.empty(NV, B, T, H, K, **f32)
+    dv = torch.empty(B, TP if delta else T, H, V, **f32)
+    dw = torch.empty(NV, B, TP, H, K, **f32) if delta else None
+    dh0 = torch.empty(B, H, K, V, **f32) if need_dh0 else None
+    dgl = torch.empty(NV, B, H, NT, K if gate == 2 else 1, **f32) if gate else None
+    dummy = dq
+    grid = (NV, B * H)
+    extra = {} if interpreting() else dict(num_warps=warps, num_stages=2)
+    _bwd_kernel[grid](
+        q, k, v, b if b is not None else dummy, w if w is not None else dummy, st, do,
+        dht if dht is not None else dummy,
+        dq, dk, dv, dw if dw is not None else dummy, dh0 if dh0 is not None else dummy,
+        dgl if dgl is not None else dummy,
+        T, TP, H, K, V, NT, float(scale),
+        C=C, BK=BK, BV=BV, GATE=gate, DELTA=delta, HAS_DHT=dht is not None, STORE_DH0=need_dh0,
+        DOT=_dot_mode(q.dtype), LIMIT=FAST_LIMIT, **extra)
+    dq, dk = dq.sum(0), dk.sum(0)
+    if dw is not None:
+        dw = dw.sum(0)
+    if dgl is not None:
+        dgl = dgl.sum(0)
+    return dq, dk, dv, dw, dh0, dgl
+
+
+class ChunkScanFn(torch.autograd.Function):
+    """Autograd around the two kernels.
+
+    Inputs: q, k [B,T,H,K]; v [B,T,H,V] (GLA) or U [B,Tp,H,V] fp32 (delta); b: chunk-local cumsum of the log
+    gates, fp32 [B,Tp,H] (gate 1) or [B,Tp,H,K] (gate 2) or None; w: W [B,Tp,H,K] fp32 (delta) or None;
+    h0 [B,H,K,V] or None. Outputs (o, ht). The gradient for b is d b_t = sum(q_t dq_t - k_t dk_t) plus, at
+    each chunk's last row, sum(dS_end * S_end); torch's cumsum backward turns it into dg.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, b, w, h0, scale, C, gate, delta, need_ht):
+        need_grad = any(ctx.needs_input_grad[:6])
+        o, ht, st = chunk_scan_fwd(q, k, v, b, w, h0, scale, C, gate, delta, need_ht, store_states=need_grad)
+        if need_grad:
+            ctx.save_for_backward(q, k, v, b, w, h0, st)
+        ctx.cfg = (scale, C, gate, delta)
+        if ht is None:
+            return o, None
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, b, w, h0, st = ctx.saved_tensors
+        scale, C, gate, delta = ctx.cfg
+        dq, dk, dv, dw, dh0, dgl = chunk_scan_bwd(
+            q, k, v, b, w, st, do.contiguous(), dht.contiguous() if dht is not None else None,
+            scale, C, gate, delta, need_dh0=h0 is not None)
+        db = None
+        if b is not None and ctx.needs_input_grad[3]:
+            B, T, H, K = q.shape
+            NT = st.shape[2]
+            TP = NT * C
+            red = (q.float() * dq - k.float() * dk)
+            if gate == 1:
+                red = red.sum(-1)
+            db = torch.zeros(b.shape, device=b.device, dtype=torch.float32)
+            db[:, :T] = red
+            ends = db.view(B, NT, C, *b.shape[2:])[:, :, C - 1]  # [B, NT, H(, K)]
+            tail = dgl.permute(0, 2, 1, 3)  # [B, NT, H, K or 1]
+            ends += tail if gate == 2 else tail[..., 0]
+        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), db, dw, dh0.to(h0.dtype) if h0 is not None else None,
+                None, None, None, None, None)
