@@ -25,26 +25,31 @@ def expand_groups(BC: torch.Tensor, dim: int) -> torch.Tensor:
     return BC.repeat_interleave(dim // g, dim=1)
 
 
+def _up(x: torch.Tensor) -> torch.Tensor:
+    """At least fp32 (fp64 stays fp64, so the reference can be gradchecked)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     """fp32 copies, Δ with bias/softplus applied, B/C per channel, everything flipped when scanning backwards."""
     dim = u.shape[1]
-    u32, dt = u.float(), delta.float()
+    u32, dt = _up(u), _up(delta)
     if delta_bias is not None:
-        dt = dt + delta_bias.float()[None, :, None]
+        dt = dt + _up(delta_bias)[None, :, None]
     if delta_softplus:
         dt = F.softplus(dt)
-    Bx, Cx = expand_groups(B.float(), dim), expand_groups(C.float(), dim)
-    z32 = z.float() if z is not None else None
+    Bx, Cx = expand_groups(_up(B), dim), expand_groups(_up(C), dim)
+    z32 = _up(z) if z is not None else None
     if reverse:
         u32, dt, Bx, Cx = u32.flip(-1), dt.flip(-1), Bx.flip(-1), Cx.flip(-1)
         z32 = z32.flip(-1) if z32 is not None else None
-    return u32, dt, A.float(), Bx, Cx, z32
+    return u32, dt, _up(A), Bx, Cx, z32
 
 
 def _finish(y, u32, D, z32, reverse, out_dtype):
     """Skip term, SiLU gate, flip back, cast: the shared tail of every reference path."""
     if D is not None:
-        y = y + u32 * D.float()[None, :, None]
+        y = y + u32 * _up(D)[None, :, None]
     if z32 is not None:
         y = y * F.silu(z32)
     if reverse:

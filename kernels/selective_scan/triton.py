@@ -4,9 +4,10 @@ Design (one pass over the inputs, memory-bound in principle):
 
 - Grid ``(cdiv(D, BLOCK_D), batch)``: a program owns BLOCK_D channels of one sequence and keeps their
   ``[BLOCK_D, N]`` fp32 state in registers while it walks L in tiles of BLOCK_L tokens. Each tile loads
-  u / delta / z as coalesced ``[BLOCK_D, BLOCK_L]`` blocks and B / C as ``[N, BLOCK_L]`` blocks (shared by
+  u / delta / z as ``[BLOCK_L, BLOCK_D]`` blocks and B / C as ``[BLOCK_L, N]`` blocks (shared by
   the program's channels: BLOCK_D must divide the channels of a group).
-- Inside a tile the decays ``exp2(Δ A log2e)`` and inputs ``Δ u B`` form ``[BLOCK_D, N, BLOCK_L]`` and one
+- Inside a tile the decays ``exp2(Δ A log2e)`` and inputs ``Δ u B`` form token-major ``[BLOCK_L, N, BLOCK_D]``
+  tensors (Triton's default layout then puts lanes on channels/states and keeps tokens in-thread) and one
   ``tl.associative_scan`` over the token axis gives every state of the tile; the state carried in from the
   previous tile enters as ``prod(decay) * h_prev``. One exp per (channel, state, token): the minimum.
 - ``reverse=True`` only changes the addresses (token ``L-1-p`` at scan step ``p``), so a bidirectional block
@@ -65,6 +66,8 @@ def _fwd_kernel(
     REVERSE: tl.constexpr, STORE_STATES: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
+    # Tiles are token-major [BLOCK_L, NP, BLOCK_D]: Triton's default layout gives lanes to the last axes
+    # (channels, then states), so the scanned token axis stays inside each thread (no shuffles per step).
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     d0 = pid_d * BLOCK_D
@@ -73,23 +76,23 @@ def _fwd_kernel(
     offs_l = tl.arange(0, BLOCK_L)
     mask_d = offs_d < Dch
     mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
+    mask_nd = mask_n[:, None] & mask_d[None, :]
 
-    A2 = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    A2 = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32) * 1.4426950408889634
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
 
-    row = pid_b * Dch * L + offs_d.to(tl.int64)[:, None] * L                       # [BD, 1]
-    rowB = pid_b * stride_Bb + (d0 // cpg_B) * stride_Bg + offs_n.to(tl.int64)[:, None] * L
-    rowC = pid_b * stride_Cb + (d0 // cpg_C) * stride_Cg + offs_n.to(tl.int64)[:, None] * L
+    col = pid_b * Dch * L + offs_d.to(tl.int64)[None, :] * L                       # [1, BD]
+    colB = pid_b * stride_Bb + (d0 // cpg_B) * stride_Bg + offs_n.to(tl.int64)[None, :] * L
+    colC = pid_b * stride_Cb + (d0 // cpg_C) * stride_Cg + offs_n.to(tl.int64)[None, :] * L
     n_chunks = tl.cdiv(L, CHUNK)
-    st_row = (pid_b * Dch + offs_d.to(tl.int64)[:, None]) * n_chunks * N + offs_n[None, :]   # [BD, NP]
+    st_off = (pid_b * Dch + offs_d.to(tl.int64)[None, :]) * n_chunks * N + offs_n[:, None]   # [NP, BD]
 
-    h = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
+    h = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
     if STORE_STATES:
-        tl.store(states_ptr + st_row, h, mask=mask_dn)
+        tl.store(states_ptr + st_off, h, mask=mask_nd)
     for i in range(0, tl.cdiv(L, BLOCK_L)):
         p = i * BLOCK_L + offs_l
         mask_l = p < L
@@ -97,38 +100,38 @@ def _fwd_kernel(
             t = L - 1 - p
         else:
             t = p
-        mask = mask_d[:, None] & mask_l[None, :]
-        u = tl.load(u_ptr + row + t[None, :], mask=mask, other=0.0).to(tl.float32)
-        dt = tl.load(dt_ptr + row + t[None, :], mask=mask, other=0.0).to(tl.float32)
+        mask = mask_l[:, None] & mask_d[None, :]
+        u = tl.load(u_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)        # [BL, BD]
+        dt = tl.load(dt_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
         if HAS_BIAS:
-            dt = dt + bias[:, None]
+            dt = dt + bias[None, :]
         if SOFTPLUS:
             dt = _softplus(dt)
         dt = tl.where(mask, dt, 0.0)                                               # padding: identity step
-        mask_nl = mask_n[:, None] & mask_l[None, :]
-        Bt = tl.load(B_ptr + rowB + t[None, :], mask=mask_nl, other=0.0).to(tl.float32)   # [NP, BL]
-        Ct = tl.load(C_ptr + rowC + t[None, :], mask=mask_nl, other=0.0).to(tl.float32)
+        mask_ln = mask_l[:, None] & mask_n[None, :]
+        Bt = tl.load(B_ptr + colB + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)   # [BL, NP]
+        Ct = tl.load(C_ptr + colC + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)
 
-        a = tl.exp2(dt[:, None, :] * A2[:, :, None])                                # [BD, NP, BL]
-        b = (dt * u)[:, None, :] * Bt[None, :, :]
-        a_s, b_s = tl.associative_scan((a, b), axis=2, combine_fn=_affine_combine)
-        hs = a_s * h[:, :, None] + b_s
-        y = tl.sum(hs * Ct[None, :, :], axis=1)                                     # [BD, BL]
-        h = tl.sum(tl.where(offs_l[None, None, :] == BLOCK_L - 1, hs, 0.0), axis=2)
+        a = tl.exp2(dt[:, None, :] * A2[None, :, :])                               # [BL, NP, BD]
+        b = (dt * u)[:, None, :] * Bt[:, :, None]
+        a_s, b_s = tl.associative_scan((a, b), axis=0, combine_fn=_affine_combine)
+        hs = a_s * h[None, :, :] + b_s
+        y = tl.sum(hs * Ct[:, :, None], axis=1)                                    # [BL, BD]
+        h = tl.sum(tl.where(offs_l[:, None, None] == BLOCK_L - 1, hs, 0.0), axis=0)
 
         if HAS_D:
-            y += Dv[:, None] * u
+            y += Dv[None, :] * u
         if HAS_Z:
-            zz = tl.load(z_ptr + row + t[None, :], mask=mask, other=0.0).to(tl.float32)
+            zz = tl.load(z_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
             y = y * zz * tl.sigmoid(zz)
-        tl.store(y_ptr + row + t[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptr + col + t[:, None], y.to(y_ptr.dtype.element_ty), mask=mask)
         if STORE_STATES:
             end = (i + 1) * BLOCK_L
             if (end % CHUNK == 0) & (end < L):
-                tl.store(states_ptr + st_row + (end // CHUNK) * N, h, mask=mask_dn)
+                tl.store(states_ptr + st_off + (end // CHUNK) * N, h, mask=mask_nd)
 
-    last_off = (pid_b * Dch + offs_d.to(tl.int64)[:, None]) * N + offs_n[None, :]
-    tl.store(last_ptr + last_off, h, mask=mask_dn)
+    last_off = (pid_b * Dch + offs_d.to(tl.int64)[None, :]) * N + offs_n[:, None]
+    tl.store(last_ptr + last_off, h, mask=mask_nd)
 
 
 @triton.jit
@@ -150,27 +153,25 @@ def _bwd_kernel(
     offs_l = tl.arange(0, CHUNK)
     mask_d = offs_d < Dch
     mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
+    mask_nd = mask_n[:, None] & mask_d[None, :]
 
-    A = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    A = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32)   # [NP, BD]
     A2 = A * 1.4426950408889634
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
 
-    row = pid_b * Dch * L + offs_d.to(tl.int64)[:, None] * L
-    gB = d0 // cpg_B
-    gC = d0 // cpg_C
-    rowB = pid_b * stride_Bb + gB * stride_Bg + offs_n.to(tl.int64)[:, None] * L
-    rowC = pid_b * stride_Cb + gC * stride_Cg + offs_n.to(tl.int64)[:, None] * L
+    col = pid_b * Dch * L + offs_d.to(tl.int64)[None, :] * L
+    colB = pid_b * stride_Bb + (d0 // cpg_B) * stride_Bg + offs_n.to(tl.int64)[None, :] * L
+    colC = pid_b * stride_Cb + (d0 // cpg_C) * stride_Cg + offs_n.to(tl.int64)[None, :] * L
     n_chunks = tl.cdiv(L, CHUNK)
-    st_row = (pid_b * Dch + offs_d.to(tl.int64)[:, None]) * n_chunks * N + offs_n[None, :]
+    st_off = (pid_b * Dch + offs_d.to(tl.int64)[None, :]) * n_chunks * N + offs_n[:, None]
 
-    dA_acc = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
+    dA_acc = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    carry = tl.zeros([BLOCK_D, NP], dtype=tl.float32)       # a_s g_s at the first token of the next chunk
+    carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)       # a_s g_s at the first token of the next chunk
     for kk in range(0, n_chunks):
         k = n_chunks - 1 - kk
         p = k * CHUNK + offs_l
@@ -179,73 +180,73 @@ def _bwd_kernel(
             t = L - 1 - p
         else:
             t = p
-        mask = mask_d[:, None] & mask_l[None, :]
-        mask_nl = mask_n[:, None] & mask_l[None, :]
-        u = tl.load(u_ptr + row + t[None, :], mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(dt_ptr + row + t[None, :], mask=mask, other=0.0).to(tl.float32)
+        mask = mask_l[:, None] & mask_d[None, :]
+        mask_ln = mask_l[:, None] & mask_n[None, :]
+        u = tl.load(u_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(dt_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
         if HAS_BIAS:
-            x = x + bias[:, None]
+            x = x + bias[None, :]
         if SOFTPLUS:
             dt = _softplus(x)
         else:
             dt = x
         dt = tl.where(mask, dt, 0.0)
-        Bt = tl.load(B_ptr + rowB + t[None, :], mask=mask_nl, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + rowC + t[None, :], mask=mask_nl, other=0.0).to(tl.float32)
-        dout = tl.load(dout_ptr + row + t[None, :], mask=mask, other=0.0).to(tl.float32)
-        h0 = tl.load(states_ptr + st_row + k * N, mask=mask_dn, other=0.0)
+        Bt = tl.load(B_ptr + colB + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + colC + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)
+        dout = tl.load(dout_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
+        h0 = tl.load(states_ptr + st_off + k * N, mask=mask_nd, other=0.0)
 
-        # recompute the chunk's states
+        # recompute the chunk's states from its stored start state
         dtu = dt * u
-        a = tl.exp2(dt[:, None, :] * A2[:, :, None])
-        b = dtu[:, None, :] * Bt[None, :, :]
-        a_s, b_s = tl.associative_scan((a, b), axis=2, combine_fn=_affine_combine)
-        hs = a_s * h0[:, :, None] + b_s
+        a = tl.exp2(dt[:, None, :] * A2[None, :, :])                               # [CH, NP, BD]
+        b = dtu[:, None, :] * Bt[:, :, None]
+        a_s, b_s = tl.associative_scan((a, b), axis=0, combine_fn=_affine_combine)
+        hs = a_s * h0[None, :, :] + b_s
 
         if HAS_Z:
-            zz = tl.load(z_ptr + row + t[None, :], mask=mask, other=0.0).to(tl.float32)
+            zz = tl.load(z_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
             sz = tl.sigmoid(zz)
-            y = tl.sum(hs * Ct[None, :, :], axis=1)
+            y = tl.sum(hs * Ct[:, :, None], axis=1)
             if HAS_D:
-                y += Dv[:, None] * u
+                y += Dv[None, :] * u
             dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
-            tl.store(dz_ptr + row + t[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask)
+            tl.store(dz_ptr + col + t[:, None], dz.to(dz_ptr.dtype.element_ty), mask=mask)
             dy = dout * zz * sz
         else:
             dy = dout
         dy = tl.where(mask, dy, 0.0)
         if HAS_D:
-            dD_acc += tl.sum(dy * u, axis=1)
-            du = dy * Dv[:, None]
+            dD_acc += tl.sum(dy * u, axis=0)
+            du = dy * Dv[None, :]
         else:
-            du = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
+            du = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
 
-        dC_part = tl.sum(hs * dy[:, None, :], axis=0)                              # [NP, CHUNK]
-        tl.atomic_add(dC_ptr + rowC + t[None, :], dC_part, mask=mask_nl, sem="relaxed")
+        dC_part = tl.sum(hs * dy[:, None, :], axis=2)                              # [CH, NP]
+        tl.atomic_add(dC_ptr + colC + t[:, None], dC_part, mask=mask_ln, sem="relaxed")
 
-        # adjoint g_t = dL/dh_t, reverse scan within the chunk plus the carry from later chunks
-        c = Ct[None, :, :] * dy[:, None, :]
-        ones = tl.full([BLOCK_D, NP, CHUNK], 1.0, tl.float32)
-        _, q_s, g_s = tl.associative_scan((a, ones, c), axis=2, combine_fn=_adjoint_combine, reverse=True)
-        g = g_s + q_s * carry[:, :, None]
-        carry = tl.sum(tl.where(offs_l[None, None, :] == 0, a * g, 0.0), axis=2)
+        # adjoint g_t = dL/dh_t: reverse scan within the chunk plus the carry from later chunks
+        c = Ct[:, :, None] * dy[:, None, :]
+        ones = tl.full([CHUNK, NP, BLOCK_D], 1.0, tl.float32)
+        _, q_s, g_s = tl.associative_scan((a, ones, c), axis=0, combine_fn=_adjoint_combine, reverse=True)
+        g = g_s + q_s * carry[None, :, :]
+        carry = tl.sum(tl.where(offs_l[:, None, None] == 0, a * g, 0.0), axis=0)
 
-        dB_part = tl.sum(g * dtu[:, None, :], axis=0)
-        tl.atomic_add(dB_ptr + rowB + t[None, :], dB_part, mask=mask_nl, sem="relaxed")
-        s = tl.sum(g * Bt[None, :, :], axis=1)                                      # d(Δ u)
+        dB_part = tl.sum(g * dtu[:, None, :], axis=2)
+        tl.atomic_add(dB_ptr + colB + t[:, None], dB_part, mask=mask_ln, sem="relaxed")
+        s = tl.sum(g * Bt[:, :, None], axis=1)                                     # d(Δ u)  [CH, BD]
         du += dt * s
-        w = g * (hs - b)                                                           # g_t * a_t * h_{t-1}
-        ddt = u * s + tl.sum(w * A[:, :, None], axis=1)
-        dA_acc += tl.sum(w * dt[:, None, :], axis=2)
+        w = g * (hs - b)                                                           # g_t a_t h_{t-1}
+        ddt = u * s + tl.sum(w * A[None, :, :], axis=1)
+        dA_acc += tl.sum(w * dt[:, None, :], axis=0)
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(x)
         ddt = tl.where(mask, ddt, 0.0)
         if HAS_BIAS:
-            dbias_acc += tl.sum(ddt, axis=1)
-        tl.store(du_ptr + row + t[None, :], du.to(du_ptr.dtype.element_ty), mask=mask)
-        tl.store(ddt_ptr + row + t[None, :], ddt.to(ddt_ptr.dtype.element_ty), mask=mask)
+            dbias_acc += tl.sum(ddt, axis=0)
+        tl.store(du_ptr + col + t[:, None], du.to(du_ptr.dtype.element_ty), mask=mask)
+        tl.store(ddt_ptr + col + t[:, None], ddt.to(ddt_ptr.dtype.element_ty), mask=mask)
 
-    tl.atomic_add(dA_ptr + offs_d[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn, sem="relaxed")
+    tl.atomic_add(dA_ptr + offs_d[None, :] * N + offs_n[:, None], dA_acc, mask=mask_nd, sem="relaxed")
     if HAS_D:
         tl.atomic_add(dD_ptr + offs_d, dD_acc, mask=mask_d, sem="relaxed")
     if HAS_BIAS:
@@ -270,9 +271,12 @@ def _block_d_cap(cpg: int, grouped: bool) -> int:
     return cap
 
 
+# Token-major tiles with BLOCK_D = 32 * num_warps put one channel per lane and all N states plus the tile's
+# tokens inside the thread (no shuffles in the scan or the N-reduction); the others split N over warps/lanes.
 _FWD_CONFIGS = [
     triton.Config({"BLOCK_D": bd, "BLOCK_L": bl}, num_warps=w)
-    for bd, bl, w in [(2, 32, 2), (4, 32, 4), (8, 32, 4), (8, 32, 8), (16, 16, 4), (16, 32, 8), (4, 16, 2)]
+    for bd, bl, w in [(32, 4, 1), (64, 4, 2), (128, 4, 4), (32, 8, 2), (16, 8, 1), (32, 16, 4), (8, 16, 1),
+                      (4, 32, 4)]
 ]
 _BWD_CONFIGS = [
     triton.Config({"BLOCK_D": bd}, num_warps=w)

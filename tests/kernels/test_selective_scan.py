@@ -1,0 +1,254 @@
+"""Selective scan: Triton path (interpreter on CPU, compiled on GPU) and chunked path vs the fp32 token loop.
+
+Metric: relative RMS error (kernels.common.rel_rms) of the output and of every input gradient.
+Tolerances: fp32 inputs 1e-5 (CPU interpreter) / 1e-4 (GPU); bf16 inputs 1e-2 (outputs and gradients are
+rounded to bf16, ~4e-3 RMS); the reference always runs in fp32 on the same (upcast) input values.
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from kernels.common import rel_rms  # noqa: E402
+from kernels.selective_scan import (  # noqa: E402
+    selective_scan,
+    selective_scan_chunked,
+    selective_scan_ref,
+    selective_state_update,
+)
+
+NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+
+
+def make_inputs(batch, dim, L, n, groups=None, dtype=torch.float32, has_D=True, has_z=True, has_bias=True,
+                device="cpu", seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(device)
+
+    u = rn(batch, dim, L).to(dtype)
+    delta = rn(batch, dim, L, scale=0.5).to(dtype)
+    A = -(torch.rand(dim, n, generator=g) * 2 + 0.1).to(device)      # real, negative: decays in (0, 1)
+    bc_shape = (batch, n, L) if groups is None else (batch, groups, n, L)
+    B = rn(*bc_shape).to(dtype)
+    C = rn(*bc_shape).to(dtype)
+    D = rn(dim) if has_D else None
+    z = rn(batch, dim, L).to(dtype) if has_z else None
+    bias = rn(dim, scale=0.3) if has_bias else None
+    return [u, delta, A, B, C, D, z, bias]
+
+
+def run_with_grads(fn, inputs, dy, **kw):
+    """Output and the gradient of <y, dy> for every present input (inputs are fresh leaves)."""
+    leaves = [x.detach().clone().requires_grad_() if x is not None else None for x in inputs]
+    y = fn(*leaves, **kw)
+    y = y[0] if isinstance(y, tuple) else y
+    present = [x for x in leaves if x is not None]
+    grads = torch.autograd.grad((y.float() * dy).sum(), present)
+    it = iter(grads)
+    return y, [next(it) if x is not None else None for x in leaves]
+
+
+def compare(inputs, tol, ref_fn=selective_scan_ref, **kw):
+    """Triton (or dispatched) path on `inputs` vs `ref_fn` on fp32 copies; asserts value and all gradients."""
+    ref_inputs = [x.detach().float() if x is not None else None for x in inputs]
+    dy = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(1)).to(inputs[0].device)
+    y, grads = run_with_grads(selective_scan, inputs, dy, **kw)
+    y_ref, grads_ref = run_with_grads(ref_fn, ref_inputs, dy, **kw)
+    assert y.dtype == inputs[0].dtype
+    errs = {"y": rel_rms(y, y_ref)}
+    for name, g_, r in zip(NAMES, grads, grads_ref):
+        if r is not None:
+            assert g_ is not None and g_.shape == r.shape, name
+            assert torch.isfinite(g_.float()).all(), name
+            errs["d" + name] = rel_rms(g_, r)
+    bad = {k: v for k, v in errs.items() if not v < tol}
+    assert not bad, f"rel RMS above {tol}: {bad} (all: {errs})"
+    return errs
+
+
+# ----------------------------------------------------------------------------------------------- CPU / interpreter
+
+CASES = [
+    # batch, dim, L, n, groups, has_D, has_z, has_bias, softplus, reverse
+    (2, 6, 37, 16, None, True, True, True, True, False),    # L > one chunk, not a multiple; D not a power of two
+    (1, 12, 40, 16, 2, True, True, True, True, True),       # grouped B/C, reverse
+    (1, 3, 1, 1, None, False, False, False, False, False),  # L = 1, N = 1, nothing optional
+    (2, 5, 19, 1, None, True, False, True, False, True),    # N = 1, no gate, reverse
+    (1, 4, 70, 16, None, False, True, False, True, False),  # three chunks
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_triton_fp32_matches_ref(case):
+    batch, dim, L, n, groups, has_D, has_z, has_bias, softplus, reverse = case
+    inputs = make_inputs(batch, dim, L, n, groups, torch.float32, has_D, has_z, has_bias)
+    compare(inputs, TOL[torch.float32], delta_softplus=softplus, reverse=reverse)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[1]])
+def test_triton_bf16_matches_ref(case):
+    batch, dim, L, n, groups, has_D, has_z, has_bias, softplus, reverse = case
+    inputs = make_inputs(batch, dim, L, n, groups, torch.bfloat16, has_D, has_z, has_bias)
+    compare(inputs, TOL[torch.bfloat16], delta_softplus=softplus, reverse=reverse)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_last_state(reverse):
+    inputs = make_inputs(2, 6, 37, 16, groups=2)
+    y, last = selective_scan(*inputs, delta_softplus=True, reverse=reverse, return_last_state=True)
+    y_ref, last_ref = selective_scan_ref(*inputs, delta_softplus=True, reverse=reverse, return_last_state=True)
+    assert last.shape == (2, 6, 16) and last.dtype == torch.float32
+    assert rel_rms(last, last_ref) < 1e-5 and rel_rms(y, y_ref) < 1e-5
+
+
+def test_reverse_equals_flipped_forward():
+    inputs = make_inputs(1, 4, 21, 16)
+    flip = [x.flip(-1) if x is not None and x.dim() >= 3 else x for x in inputs]
+    y_rev = selective_scan(*inputs, delta_softplus=True, reverse=True)
+    y_flip = selective_scan(*flip, delta_softplus=True).flip(-1)
+    assert rel_rms(y_rev, y_flip) < 1e-6
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_chunked_matches_ref(case, monkeypatch):
+    batch, dim, L, n, groups, has_D, has_z, has_bias, softplus, reverse = case
+    inputs = make_inputs(batch, dim, L, n, groups, torch.float32, has_D, has_z, has_bias)
+    dy = torch.randn(inputs[0].shape)
+    kw = dict(delta_softplus=softplus, reverse=reverse)
+    y, grads = run_with_grads(lambda *a, **k: selective_scan_chunked(*a, chunk_size=16, **k), inputs, dy, **kw)
+    y_ref, grads_ref = run_with_grads(selective_scan_ref, inputs, dy, **kw)
+    assert rel_rms(y, y_ref) < 1e-5
+    for name, g_, r in zip(NAMES, grads, grads_ref):
+        if r is not None:
+            assert rel_rms(g_, r) < 1e-5, name
+
+
+def test_chunked_tiny_decays_stay_finite():
+    """Huge Δ·|A| (decays underflow to 0) must not produce inf/nan in the chunked path."""
+    inputs = make_inputs(1, 4, 50, 16, has_bias=False)
+    inputs[1] = inputs[1].abs() * 200
+    y = selective_scan_chunked(*inputs)
+    y_ref = selective_scan_ref(*inputs)
+    assert torch.isfinite(y).all() and rel_rms(y, y_ref) < 1e-5
+
+
+def test_dispatch_uses_reference_when_asked(monkeypatch):
+    monkeypatch.setenv("SPEEDZOO_KERNELS", "reference")
+    inputs = make_inputs(1, 3, 9, 4)
+    assert rel_rms(selective_scan(*inputs, delta_softplus=True), selective_scan_ref(*inputs, delta_softplus=True)) < 1e-5
+
+
+def test_ref_gradcheck_fp64():
+    g = torch.Generator().manual_seed(0)
+    batch, dim, L, n = 1, 2, 5, 3
+
+    def rn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    u, delta, z, B, C, D, bias = rn(batch, dim, L), rn(batch, dim, L), rn(batch, dim, L), rn(batch, n, L), \
+        rn(batch, n, L), rn(dim), rn(dim)
+    A = (-torch.rand(dim, n, generator=g, dtype=torch.float64) - 0.1).requires_grad_()
+
+    def f(*args):
+        return selective_scan_ref(*args, delta_softplus=True, reverse=True)
+
+    assert torch.autograd.gradcheck(f, (u, delta, A, B, C, D, z, bias), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [None, 2])
+def test_state_update_reproduces_scan(groups):
+    u, delta, A, B, C, D, z, bias = make_inputs(2, 6, 11, 16, groups)
+    y_full, last = selective_scan_ref(u, delta, A, B, C, D, z, bias, delta_softplus=True, return_last_state=True)
+    state = torch.zeros(2, 6, 16)
+    ys = []
+    for t in range(u.shape[-1]):
+        y_t, state = selective_state_update(state, u[..., t], delta[..., t], A, B[..., t], C[..., t], D, z[..., t],
+                                            bias, delta_softplus=True)
+        ys.append(y_t)
+    assert rel_rms(torch.stack(ys, -1), y_full) < 1e-5
+    assert rel_rms(state, last) < 1e-5
+
+
+def test_validation_errors():
+    u, delta, A, B, C, D, z, bias = make_inputs(1, 4, 8, 16)
+    with pytest.raises(ValueError, match="A must be"):
+        selective_scan(u, delta, A[:3], B, C)
+    with pytest.raises(ValueError, match="delta must have"):
+        selective_scan(u, delta[..., :4], A, B, C)
+    with pytest.raises(ValueError, match="grouped B"):
+        selective_scan(u, delta, A, B[:, None].expand(1, 3, 16, 8), C)
+    with pytest.raises(ValueError, match="D must have"):
+        selective_scan(u, delta, A, B, C, D=torch.zeros(5))
+    with pytest.raises(ValueError, match="float32"):
+        selective_scan(u, delta, A.double(), B, C)
+
+
+def test_noncontiguous_inputs():
+    u, delta, A, B, C, D, z, bias = make_inputs(2, 4, 12, 8)
+    u_nc = u.transpose(1, 2).contiguous().transpose(1, 2)
+    B_nc = B.transpose(1, 2).contiguous().transpose(1, 2)
+    y = selective_scan(u_nc, delta, A, B_nc, C, D, z, bias, delta_softplus=True)
+    assert rel_rms(y, selective_scan_ref(u, delta, A, B, C, D, z, bias, delta_softplus=True)) < 1e-5
+
+
+# ----------------------------------------------------------------------------------------------- GPU
+
+# The four benchmark shapes (B, D, L, N) at small batch: Vim-Ti 224, Vim-Ti 1248, Vim-S 224, LM-like.
+GPU_SHAPES = [(2, 384, 197, 16), (1, 384, 6085, 16), (2, 768, 197, 16), (1, 2048, 4096, 16)]
+
+
+def _gpu_ref(*args, **kw):
+    """fp32 chunked path on the GPU (checked against the token loop on CPU above)."""
+    return selective_scan_chunked(*args, **kw)
+
+
+@pytest.mark.parametrize("shape", GPU_SHAPES)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_bf16_vim_shapes(shape, reverse):
+    batch, dim, L, n = shape
+    inputs = make_inputs(batch, dim, L, n, dtype=torch.bfloat16, device="cuda")
+    errs = compare(inputs, 1e-2, ref_fn=_gpu_ref, delta_softplus=True, reverse=reverse)
+    print(shape, reverse, {k: f"{v:.1e}" for k, v in errs.items()})
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_fp32_odd_shapes(case):
+    batch, dim, L, n, groups, has_D, has_z, has_bias, softplus, reverse = case
+    inputs = make_inputs(batch, dim, L, n, groups, torch.float32, has_D, has_z, has_bias, device="cuda")
+    compare(inputs, 1e-4, delta_softplus=softplus, reverse=reverse)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_grouped_bf16_and_last_state():
+    inputs = make_inputs(2, 384, 300, 16, groups=4, dtype=torch.bfloat16, device="cuda")
+    compare(inputs, 1e-2, ref_fn=_gpu_ref, delta_softplus=True)
+    y, last = selective_scan(*inputs, delta_softplus=True, return_last_state=True)
+    _, last_ref = _gpu_ref(*[x.float() if x is not None else None for x in inputs], delta_softplus=True,
+                           return_last_state=True)
+    assert rel_rms(last, last_ref) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_int64_offsets():
+    """B·D·L above 2^31 elements: offsets must be 64-bit (checks the last channel of the last batch)."""
+    batch, dim, L, n = 2, 2048, 600_000, 1
+    try:
+        inputs = make_inputs(batch, dim, L, n, dtype=torch.bfloat16, device="cuda", has_z=False)
+    except torch.OutOfMemoryError:
+        pytest.skip("not enough GPU memory")
+    u, delta, A, B, C, D, _, bias = inputs
+    y = selective_scan(*inputs, delta_softplus=True)
+    y_ref = selective_scan_chunked(u[-1:, -2:], delta[-1:, -2:], A[-2:], B[-1:], C[-1:], D[-2:], None, bias[-2:],
+                                   delta_softplus=True)
+    assert rel_rms(y[-1:, -2:], y_ref) < 1e-2
