@@ -23,6 +23,8 @@ Importing this module compiles nothing; kernels are jit-compiled on first call.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -306,12 +308,22 @@ _bwd_tuned = triton.autotune(_BWD_CONFIGS, key=_KEY, prune_configs_by={"early_co
                              reset_to_zero=["dA_ptr", "dB_ptr", "dC_ptr", "dD_ptr", "dbias_ptr"])(_bwd_kernel)
 
 
-def _interpret_config(cap: int, chunk: int, fwd: bool) -> dict:
-    """One fixed small config for the CPU interpreter (autotuning there would only waste time)."""
-    cfg = {"BLOCK_D": max(1, min(cap, 4))}
+def _fixed_config(cap: int, chunk: int, fwd: bool) -> dict:
+    """One config without autotuning: small for the CPU interpreter, a sane default on the GPU
+    (``SPEEDZOO_AUTOTUNE=0`` skips autotuning, e.g. for quick test runs)."""
+    if interpreting():
+        cfg = {"BLOCK_D": max(1, min(cap, 4))}
+        if fwd:
+            cfg["BLOCK_L"] = min(16, chunk)
+        return cfg
     if fwd:
-        cfg["BLOCK_L"] = min(16, chunk)
-    return cfg
+        bd = max(1, min(cap, 32))
+        return {"BLOCK_D": bd, "BLOCK_L": 4 if bd == 32 else 8, "num_warps": 1}
+    return {"BLOCK_D": max(1, min(cap, 4)), "num_warps": 4}
+
+
+def _autotune() -> bool:
+    return not interpreting() and os.environ.get("SPEEDZOO_AUTOTUNE", "1") != "0"
 
 
 def _bucket(x: int) -> int:
@@ -349,8 +361,8 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, s
             delta_bias if delta_bias is not None else dummy, y, last, states, *scalars)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=bool(softplus), REVERSE=bool(reverse), STORE_STATES=bool(store_states))
-    if interpreting():
-        cfg = _interpret_config(cap, chunk, fwd=True)
+    if not _autotune():
+        cfg = _fixed_config(cap, chunk, fwd=True)
         grid = (triton.cdiv(dim, cfg["BLOCK_D"]), batch)
         _fwd_kernel[grid](*args, **meta, **flags, **cfg)
     else:
@@ -379,8 +391,8 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reve
             du, ddelta, dz if dz is not None else dummy, dA, dB, dC, dD, dbias, *scalars)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=bool(softplus), REVERSE=bool(reverse))
-    if interpreting():
-        cfg = _interpret_config(cap, chunk, fwd=False)
+    if not _autotune():
+        cfg = _fixed_config(cap, chunk, fwd=False)
         grid = (triton.cdiv(dim, cfg["BLOCK_D"]), batch)
         _bwd_kernel[grid](*args, **meta, **flags, **cfg)
     else:

@@ -1,0 +1,160 @@
+"""Selective scan benchmark: ours (Triton) vs the official mamba_ssm CUDA kernel, same process, same inputs.
+
+    python -m zoo.bench.selective_scan [--official-dir DIR] [--shapes vim|small] [--out DIR]
+
+bf16 u/delta/z/B/C, fp32 A/D/delta_bias, z gate, softplus. Reports the median ms of fwd and fwd+bwd
+(triton.testing.do_bench), bandwidth on the *minimum* traffic (read u, delta, z, B, C; write y) against the
+4.27 TB/s copy rate, and official/ours ratios. Correctness of ours vs official is checked before timing.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from kernels.common import rel_rms
+
+COPY_TBPS = 4.27
+SHAPES = {
+    "vim": [(128, 384, 197, 16), (8, 384, 6085, 16), (128, 768, 197, 16), (8, 2048, 4096, 16)],
+    "small": [(8, 384, 197, 16), (2, 384, 1024, 16)],
+}
+
+
+def make_inputs(batch, dim, L, n, device="cuda", dtype=torch.bfloat16, seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+
+    def rn(*shape, scale=1.0, dt=dtype):
+        return (torch.randn(*shape, generator=g, device=device) * scale).to(dt)
+
+    u, delta, z = rn(batch, dim, L), rn(batch, dim, L, scale=0.5), rn(batch, dim, L)
+    A = -torch.exp(torch.rand(dim, n, generator=g, device=device) * 2.0)     # A = -exp(A_log), as in Mamba
+    B, C = rn(batch, n, L), rn(batch, n, L)
+    D = rn(dim, dt=torch.float32)
+    bias = rn(dim, scale=0.5, dt=torch.float32) - 4.0                        # softplus(bias) ~ dt_init range
+    return u, delta, A, B, C, D, z, bias
+
+
+def min_traffic_bytes(batch, dim, L, n, elt=2):
+    """Read u, delta, z ([B, D, L]) and B, C ([B, N, L]); write y ([B, D, L]); bf16."""
+    return elt * (4 * batch * dim * L + 2 * batch * n * L)
+
+
+def _bench(fn, warmup=25, rep=100):
+    import triton
+
+    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def _runner(fn, inputs, mode):
+    u, delta, A, B, C, D, z, bias = inputs
+    if mode == "fwd":
+        def run():
+            with torch.no_grad():
+                fn(u, delta, A, B, C, D, z, bias, delta_softplus=True)
+        return run
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    dy = torch.randn_like(u)
+
+    def run():
+        for t in leaves:
+            t.grad = None
+        y = fn(*leaves, delta_softplus=True)
+        y.backward(dy)
+    return run
+
+
+def _grads(fn, inputs, dy):
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    y = fn(*leaves, delta_softplus=True)
+    y.backward(dy)
+    return y.detach(), [t.grad for t in leaves]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--official-dir", default=None, help="folder holding mamba_selective_scan/ sources")
+    parser.add_argument("--shapes", choices=sorted(SHAPES), default="vim")
+    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--no-official", action="store_true", help="skip building/timing the CUDA kernel")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("selective_scan benchmark needs a CUDA GPU", file=sys.stderr)
+        return 2
+
+    from kernels.selective_scan import selective_scan, selective_scan_chunked
+    from zoo.bench.results import write_results
+
+    official = None
+    if not args.no_official:
+        from zoo.bench.official import load_selective_scan_cuda, official_selective_scan_fn
+
+        print("building the official selective_scan CUDA extension (first run: minutes) ...", flush=True)
+        official = official_selective_scan_fn(load_selective_scan_cuda(args.official_dir))
+
+    impls = {"ours": selective_scan}
+    if official is not None:
+        impls["mamba_ssm"] = official
+    rows = []
+    for shape in SHAPES[args.shapes]:
+        batch, dim, L, n = shape
+        inputs = make_inputs(batch, dim, L, n)
+        shape_s = f"B{batch}_D{dim}_L{L}_N{n}"
+        # correctness before timing: ours vs official (or vs the fp32 chunked path) on the same inputs
+        dy = torch.randn_like(inputs[0])
+        y_ours, g_ours = _grads(selective_scan, inputs, dy)
+        if official is not None:
+            y_off, g_off = _grads(official, inputs, dy)
+            peer = "mamba_ssm"
+        else:
+            y_off, g_off = _grads(selective_scan_chunked, [t.float() if t.is_floating_point() else t
+                                                           for t in inputs], dy.float())
+            peer = "fp32 chunked"
+        names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+        errs = {"y": rel_rms(y_ours, y_off)}
+        errs.update({f"d{k}": rel_rms(a, b) for k, a, b in zip(names, g_ours, g_off)})
+        worst = max(errs.values())
+        print(f"{shape_s}: rel RMS ours vs {peer}: " + " ".join(f"{k}={v:.1e}" for k, v in errs.items())
+              + ("" if worst < 2e-2 else "  <-- MISMATCH"), flush=True)
+        mb = min_traffic_bytes(batch, dim, L, n)
+        times = {}
+        for mode in ("fwd", "fwdbwd"):
+            for impl, fn in impls.items():
+                ms = _bench(_runner(fn, inputs, mode))
+                times[(mode, impl)] = ms
+                row = dict(op="selective_scan", shape=shape_s, mode=mode, impl=impl, dtype="bf16", ms=round(ms, 4))
+                if mode == "fwd":
+                    gbps = mb / (ms * 1e-3) / 1e9
+                    row.update(gbps=round(gbps, 1), bw_frac=round(gbps / (COPY_TBPS * 1e3), 4),
+                               traffic="min: read u,delta,z,B,C + write y")
+                row["max_rel_rms_vs_peer"] = float(f"{worst:.2e}")
+                rows.append(row)
+            if ("mamba_ssm" in impls):
+                ratio = times[(mode, "mamba_ssm")] / times[(mode, "ours")]
+                for r in rows[-len(impls):]:
+                    r["ratio_official_over_ours"] = round(ratio, 3)
+        torch.cuda.empty_cache()
+
+    # the PyTorch references for context at one small shape (cheap)
+    small = (8, 384, 197, 16)
+    inputs = make_inputs(*small)
+    ms = _bench(_runner(selective_scan_chunked, inputs, "fwd"), warmup=5, rep=20)
+    rows.append(dict(op="selective_scan", shape="B{}_D{}_L{}_N{}".format(*small), mode="fwd",
+                     impl="reference", dtype="bf16", ms=round(ms, 4), note="chunked PyTorch path (fp32 math)"))
+
+    path = write_results("selective_scan", rows, out_dir=args.out)
+    print(f"\nwrote {path}\n")
+    header = f"{'shape':<26}{'mode':<8}{'impl':<11}{'ms':>9}{'GB/s':>9}{'bw%':>7}{'off/ours':>10}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['shape']:<26}{r['mode']:<8}{r['impl']:<11}{r['ms']:>9.4f}"
+              f"{r.get('gbps', float('nan')):>9.1f}{100 * r.get('bw_frac', float('nan')):>7.1f}"
+              f"{r.get('ratio_official_over_ours', float('nan')):>10.3f}")
+    print("(GB/s and bw% on minimum traffic: read u, delta, z, B, C + write y; copy rate 4.27 TB/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
