@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-import zoo
+from zoo.factory import create_model
 from zoo.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -132,9 +132,9 @@ class ClassificationTask(pl.LightningModule):
     # -- construction ------------------------------------------------------------------------------------
     def _build(self, num_classes: int) -> None:
         hp = self.hparams
-        self.model = zoo.create_model(hp.model, pretrained=hp.pretrained, num_classes=num_classes,
-                                      in_chans=hp.in_chans, img_size=hp.img_size, checkpoint_path=hp.checkpoint_path,
-                                      drop_path_rate=hp.drop_path_rate, **dict(hp.model_args or {}))
+        self.model = create_model(hp.model, pretrained=hp.pretrained, num_classes=num_classes,
+                                 in_chans=hp.in_chans, img_size=hp.img_size, checkpoint_path=hp.checkpoint_path,
+                                 drop_path_rate=hp.drop_path_rate, **dict(hp.model_args or {}))
         self.hparams["num_classes"] = num_classes
         self._apply_freeze()
         metrics = {}

@@ -77,7 +77,9 @@ def _stack(items):
 
 def decode_dataset(ds: Dataset, workers: int = 0, desc: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """Decode every item of a (transform=_ToUint8) data set into ([N, C, H, W] uint8, [N] int64)."""
-    loader = DataLoader(ds, batch_size=256, num_workers=workers, collate_fn=_stack)
+    # own generator: decoding (a cache miss) must not advance the global RNG, or model init would differ
+    # between a first run and a rerun
+    loader = DataLoader(ds, batch_size=256, num_workers=workers, collate_fn=_stack, generator=torch.Generator())
     xs, ys = [], []
     for i, (x, y) in enumerate(loader):
         xs.append(x)

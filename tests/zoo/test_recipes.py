@@ -1,0 +1,168 @@
+"""zoo fit: smoke runs of the shipped recipes on tiny real subsets, exact resume, config errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared" / "data"
+
+TINY_IMAGE = ["--data.train_subset", "4", "--data.val_subset", "2", "--data.batch_size", "10",
+              "--data.eval_batch_size", "20", "--model.model_args", "{depth: 2}"]
+
+
+@pytest.fixture
+def in_repo(monkeypatch, zoo_cache):
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is missing")
+    monkeypatch.chdir(REPO)  # the recipes' ../shared/data paths are relative to the repository root
+    return zoo_cache
+
+
+def _fit(args):
+    from zoo.recipes.cli import main
+    return main(args)
+
+
+def _meta(path: Path) -> dict:
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+def test_fit_smoke_image_recipe(in_repo, tmp_path):
+    run = tmp_path / "run"
+    rc = _fit(["--config", "configs/cifar10_vit_micro.yaml", "--fast-dev-run", *TINY_IMAGE,
+               "--trainer.default_root_dir", str(run)])
+    assert rc == 0
+    meta = _meta(run / "export.safetensors")
+    assert meta["model"] == "vit_micro_patch4_32" and meta["recipe"] == "cifar10_vit_micro"
+    assert meta["num_classes"] == "10" and meta["val_top1"] != ""
+    from safetensors.torch import load_file
+    assert all(v.dtype == torch.float16 for v in load_file(str(run / "export.safetensors")).values()
+               if v.is_floating_point())
+    assert list((in_repo / "datasets").glob("*.pt")), "decoded subset was not cached"
+
+
+def test_fit_smoke_audio_recipe(in_repo, tmp_path):
+    run = tmp_path / "run"
+    rc = _fit(["--config", "fsdd_vim_audio", "--fast-dev-run", "--data.train_subset", "2", "--data.val_subset", "1",
+               "--data.batch_size", "8", "--data.num_workers", "0", "--model.model_args", "{depth: 1, patch_size: 8}",
+               "--trainer.default_root_dir", str(run)])
+    assert rc == 0
+    meta = _meta(run / "export.safetensors")
+    assert meta["in_chans"] == "1" and meta["img_size"] == "[64, 96]"
+    assert '"kaldi_fbank"' in meta["preprocess"]
+
+
+def _state(ckpt: Path) -> tuple[dict, dict]:
+    c = torch.load(ckpt, map_location="cpu", weights_only=True)
+    return c["state_dict"], c["optimizer_states"][0]["state"]
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(in_repo, tmp_path, monkeypatch):
+    """6 steps straight vs 3 steps + kill + resume (mid-epoch: 4 batches an epoch), on the CPU."""
+    import zoo.recipes.cli as cli
+    from lightning.pytorch.callbacks import Callback
+
+    common = ["--config", "configs/cifar10_vit_micro.yaml", *TINY_IMAGE, "--trainer.max_steps", "6",
+              "--data.eval_batch_size", "20", "--model.warmup_steps", "2", "--model.drop_path_rate", "0.1",
+              "--checkpoint_every_n_steps", "3", "--progress", "none", "--trainer.enable_model_summary", "false",
+              "--trainer.deterministic", "true"]
+    straight = tmp_path / "straight"
+    assert _fit(common + ["--trainer.default_root_dir", str(straight)]) == 0
+
+    class Killed(RuntimeError):
+        pass
+
+    class KillAtStep(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 4:  # after step 3's checkpoint, in the middle of step 4
+                raise Killed()
+
+    real = cli._make_callbacks
+    monkeypatch.setattr(cli, "_make_callbacks", lambda *a, **k: real(*a, **k) + [KillAtStep()])
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Killed):
+        _fit(common + ["--trainer.default_root_dir", str(resumed)])
+    monkeypatch.setattr(cli, "_make_callbacks", real)
+    ck = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck["global_step"] == 3
+    assert _fit(common + ["--trainer.default_root_dir", str(resumed), "--resume"]) == 0
+
+    w_a, opt_a = _state(straight / "checkpoints" / "last.ckpt")
+    w_b, opt_b = _state(resumed / "checkpoints" / "last.ckpt")
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert w_a.keys() == w_b.keys()
+    for k in w_a:
+        torch.testing.assert_close(w_a[k], w_b[k], rtol=0, atol=1e-6, msg=k)
+    for i in opt_a:
+        torch.testing.assert_close(opt_a[i]["exp_avg"], opt_b[i]["exp_avg"], rtol=0, atol=1e-6)
+
+
+def test_unknown_config_key_suggests_the_right_one(in_repo):
+    from zoo.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"model\.lrr.*Did you mean: model\.lr"):
+        _fit(["--config", "configs/cifar10_vit_micro.yaml", "--model.lrr", "0.1"])
+    with pytest.raises(ConfigError, match=r"data\.batch_sise.*data\.batch_size"):
+        _fit(["--config", "configs/cifar10_vit_micro.yaml", "--data.batch_sise", "3"])
+
+
+def test_unknown_key_in_yaml(in_repo, tmp_path):
+    from zoo.errors import ConfigError
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text((REPO / "configs" / "cifar10_vit_micro.yaml").read_text().replace("max_epochs:", "max_epoch:"))
+    with pytest.raises(ConfigError, match=r"trainer\.max_epoch'.*trainer\.max_epochs"):
+        _fit(["--config", str(cfg)])
+
+
+def test_missing_config_names_shipped_recipes(in_repo):
+    from zoo.errors import ConfigError
+    with pytest.raises(ConfigError, match="cifar10_vit_micro.yaml"):
+        _fit(["--config", "cifar10_vit_mikro.yaml"])
+
+
+def test_num_classes_mismatch(in_repo):
+    from zoo.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"num_classes=7.*10 classes.*model\.num_classes: 10"):
+        _fit(["--config", "configs/cifar10_vit_micro.yaml", "--fast-dev-run", *TINY_IMAGE, "--model.num_classes", "7"])
+
+
+def test_missing_data_path_is_a_data_error(in_repo):
+    from zoo.errors import DataError
+    with pytest.raises(DataError, match="does not exist"):
+        _fit(["--config", "configs/cifar10_vit_micro.yaml", "--fast-dev-run", *TINY_IMAGE,
+              "--data.path", "no/such/cifar.zip"])
+
+
+def test_device_side_crop_and_flip():
+    from zoo.recipes.memory_data import InMemoryImageDataModule, TensorImages
+
+    dm = InMemoryImageDataModule(path="unused", crop_padding=2, padding_mode="zeros", seed=3)
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    dm.train_data = TensorImages(x.to(torch.uint8), torch.zeros(2, dtype=torch.long), ["a"])
+    out = dm.augment_batch(x, torch.tensor([0, 1]), epoch=5)
+    table = dm._epoch_table(5, 2)
+    for i in range(2):
+        dy, dx, flip = table[i].tolist()
+        ref = torch.nn.functional.pad(x[i], (2, 2, 2, 2))[:, dy:dy + 8, dx:dx + 8]
+        torch.testing.assert_close(out[i], ref.flip(-1) if flip else ref)
+
+
+def test_freeze_modes():
+    from zoo.recipes.classification import ClassificationTask, parse_freeze
+    from zoo.errors import ConfigError
+
+    assert parse_freeze("freeze_blocks:3") == ("freeze_blocks", 3)
+    with pytest.raises(ConfigError):
+        parse_freeze("freeze_some")
+    t = ClassificationTask("vit_micro_patch4_32", num_classes=10, model_args={"depth": 4}, freeze="freeze_blocks:2")
+    trainable = {n for n, p in t.model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith(("backbone.blocks.0.", "backbone.blocks.1.", "backbone.patch_embed")) for n in trainable)
+    assert any(n.startswith("backbone.blocks.2.") for n in trainable) and "head.fc.weight" in trainable
+    t = ClassificationTask("vit_micro_patch4_32", num_classes=10, model_args={"depth": 2}, freeze="linear_probe")
+    assert {n for n, p in t.model.named_parameters() if p.requires_grad} == {"head.fc.weight", "head.fc.bias"}
+    groups = ClassificationTask("vit_micro_patch4_32", num_classes=10, model_args={"depth": 2}).param_groups()
+    assert all(p.ndim >= 2 for p in groups[0]["params"]) and groups[1]["weight_decay"] == 0.0
