@@ -101,15 +101,16 @@ class BiMambaMixer(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if hidden.dim() != 3 or hidden.shape[-1] != self.dim:
             raise ValueError(f"expected tokens [B, L, {self.dim}], got shape {tuple(hidden.shape)}")
-        xz = torch.matmul(self.in_proj.weight, hidden.transpose(1, 2))   # [B, 2E, L], L contiguous
+        # in_proj as two GEMMs straight into [B, E, L]: x and z come out contiguous, so the kernels copy nothing.
+        h_t = hidden.transpose(1, 2)
+        w_x, w_z = self.in_proj.weight.chunk(2, dim=0)
+        x, z = torch.matmul(w_x, h_t), torch.matmul(w_z, h_t)
         if self.in_proj.bias is not None:
-            xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
-        x, z = xz.chunk(2, dim=1)
+            b_x, b_z = self.in_proj.bias.chunk(2)
+            x, z = x + b_x.to(x.dtype)[:, None], z + b_z.to(z.dtype)[:, None]
         y = self._direction(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, reverse=False)
         y_b = self._direction(x, z, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, reverse=True)
-        y = y + y_b
-        if self.divide_out:
-            y = y / 2
+        y = torch.lerp(y, y_b, 0.5) if self.divide_out else y + y_b  # lerp: the mean in one kernel
         return F.linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
 
     def extra_repr(self) -> str:
