@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Stages of the H200 runs, so each device call is one short command:  bash benchmarks/run_h200.sh STAGE...
+#   setup        install the carried wheels (.whl/) into /tmp/site
+#   gpu-tests    every test marked gpu
+#   bench-scan   selective scan vs mamba_ssm's CUDA kernel (built from .official/)
+#   bench-conv   causal conv1d vs causal-conv1d's CUDA kernel, fused add+RMSNorm vs torch
+#   bench-vim    vim_tiny vs deit_tiny across resolutions
+#   bench-la     linear-attention kernels vs fla
+#   bench-mixers pluggable-mixer ViT across resolutions
+#   train-cifar  the two CIFAR-10 recipes side by side on the one GPU (data from .data/; runs/ kept for --resume)
+#   train-audio  the spoken-digit recipe
+# Logs and results land in $OUT (or ./out when run by hand).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} ZOO_OFFLINE=1 ZOO_CACHE=/tmp/zoo-cache
+export SPEEDZOO_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+DATA=${DATA:-.data}
+
+stage() {
+  local name=$1; shift
+  echo "=== $name: $*"
+  local t0=$SECONDS
+  "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  tail -n 25 "$OUT/$name.log"
+  echo "=== $name: rc=$rc in $((SECONDS - t0)) s"
+}
+
+for s in "$@"; do
+  case $s in
+    setup) python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1
+           nvidia-smi --query-gpu=name,memory.used,clocks.sm,clocks.mem --format=csv ;;
+    gpu-tests) stage gpu-tests python3 -m pytest -q -m gpu tests -p no:cacheprovider --timeout 300 ;;
+    bench-scan) stage bench-scan python3 -m zoo.bench.selective_scan --official-dir .official/mamba_selective_scan ;;
+    bench-conv) stage bench-conv python3 -m zoo.bench.conv_norm --official-dir .official/causal_conv1d ;;
+    bench-vim) stage bench-vim python3 -m zoo.bench.vim_vs_deit ;;
+    bench-la) stage bench-la python3 -m zoo.bench.linear_attention ;;
+    bench-mixers) stage bench-mixers python3 -m zoo.bench.mixers ;;
+    train-cifar)
+      python3 -m zoo.cli fit --config configs/cifar10_vit_micro.yaml --data.path "$DATA/cifar10-train.zip" \
+        --data.val_path "$DATA/cifar10-test.zip" --trainer.default_root_dir runs/cifar10_vit_micro ${FIT_ARGS:-} > "$OUT/train-vit.log" 2>&1 &
+      p1=$!
+      python3 -m zoo.cli fit --config configs/cifar10_vim_micro.yaml --data.path "$DATA/cifar10-train.zip" \
+        --data.val_path "$DATA/cifar10-test.zip" --trainer.default_root_dir runs/cifar10_vim_micro ${FIT_ARGS:-} > "$OUT/train-vim.log" 2>&1 &
+      p2=$!
+      wait $p1; echo "vit rc=$?"; wait $p2; echo "vim rc=$?"
+      tail -n 15 "$OUT/train-vit.log" "$OUT/train-vim.log" ;;
+    train-audio) stage train-audio python3 -m zoo.cli fit --config configs/fsdd_vim_audio.yaml \
+        --data.path "$DATA/fsdd.zip" --trainer.default_root_dir runs/fsdd_vim_audio ${FIT_ARGS:-} ;;
+    *) echo "unknown stage $s"; exit 2 ;;
+  esac
+done
+# Results come back as one archive (the device returns at most 8 files).
+tar czf "$OUT/results.tgz" benchmarks/results $(find runs -name 'export.safetensors' -o -name 'metrics.csv' -o -name 'config.yaml' 2>/dev/null) 2>/dev/null
+ls -la "$OUT"
