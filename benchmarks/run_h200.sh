@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stages of the H200 runs, so each device call is one short command:  bash benchmarks/run_h200.sh STAGE...
 #   setup        install the carried wheels (.whl/) into /tmp/site
-#   gpu-tests    every test marked gpu
+#   prebuild     start compiling the official CUDA extensions in the background
+#   gpu-tests    every test marked gpu (or those under $GPU_TESTS)
 #   bench-scan   selective scan vs mamba_ssm's CUDA kernel (built from .official/)
 #   bench-conv   causal conv1d vs causal-conv1d's CUDA kernel, fused add+RMSNorm vs torch
 #   bench-vim    vim_tiny vs deit_tiny across resolutions
@@ -31,8 +32,11 @@ for s in "$@"; do
   case $s in
     setup) python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1
            nvidia-smi --query-gpu=name,memory.used,clocks.sm,clocks.mem --format=csv ;;
-    gpu-tests) stage gpu-tests python3 -m pytest -q -m gpu tests -p no:cacheprovider --timeout 300 ;;
-    bench-scan) stage bench-scan python3 -m zoo.bench.selective_scan --official-dir .official/mamba_selective_scan ;;
+    prebuild) # compile the official CUDA extensions on the CPUs while the GPU runs the tests
+           (python3 -c "from zoo.bench.official import load_selective_scan_cuda as f; f('.official')" > "$OUT/prebuild-scan.log" 2>&1 &)
+           (python3 -c "from pathlib import Path; from zoo.bench.conv_norm import build_official as f; f(Path('.official/causal_conv1d'))" > "$OUT/prebuild-conv.log" 2>&1 &) ;;
+    gpu-tests) stage gpu-tests python3 -m pytest -q -m gpu ${GPU_TESTS:-tests} -p no:cacheprovider --timeout 300 ;;
+    bench-scan) stage bench-scan python3 -m zoo.bench.selective_scan --official-dir .official ;;
     bench-conv) stage bench-conv python3 -m zoo.bench.conv_norm --official-dir .official/causal_conv1d ;;
     bench-vim) stage bench-vim python3 -m zoo.bench.vim_vs_deit ;;
     bench-la) stage bench-la python3 -m zoo.bench.linear_attention ;;

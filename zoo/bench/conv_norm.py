@@ -50,18 +50,7 @@ def _find_csrc(official_dir: Path) -> Path | None:
     return None
 
 
-def _cuda_home() -> str | None:
-    """A CUDA toolkit folder with headers. torch guesses dirname(dirname(which nvcc)), which is wrong when
-    nvcc is a wrapper script in /usr/local/bin (as on our machines), so look for include/cuda_runtime_api.h."""
-    cands = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda",
-             *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        cands.append(str(Path(nvcc).resolve().parents[1]))
-    for c in cands:
-        if c and (Path(c) / "include" / "cuda_runtime_api.h").is_file() and (Path(c) / "bin" / "nvcc").exists():
-            return c
-    return None
+from zoo.bench.official import cuda_home as _cuda_home  # noqa: E402
 
 
 def build_official(official_dir: Path, build_root: Path = Path("/tmp/speedzoo_ext")):

@@ -8,6 +8,8 @@ machine reuses the build. Nothing here is imported by library code.
 from __future__ import annotations
 
 import os
+import shutil
+import glob
 from pathlib import Path
 from typing import Callable
 
@@ -33,11 +35,33 @@ NVCC_FLAGS = [
 ]
 
 
+def cuda_home() -> str | None:
+    """A CUDA toolkit folder with headers. torch guesses dirname(dirname(which nvcc)), which is wrong when
+    nvcc is a wrapper script in /usr/local/bin (as on our machines), so look for include/cuda_runtime_api.h."""
+    cands = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda",
+             *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        cands.append(str(Path(nvcc).resolve().parents[1]))
+    for c in cands:
+        if c and (Path(c) / "include" / "cuda_runtime_api.h").is_file() and (Path(c) / "bin" / "nvcc").exists():
+            return c
+    return None
+
+
 def build_extension(name: str, source_dir: str | os.PathLike, build_root: str = "/tmp/speedzoo_official",
                     max_jobs: int = 16):
     """Compile every .cpp/.cu file of `source_dir` into a Python extension module and return it."""
-    from torch.utils.cpp_extension import load
+    home = cuda_home()
+    if home is not None:
+        os.environ["CUDA_HOME"] = home  # read when cpp_extension is first imported ...
+    import torch.utils.cpp_extension as cpp_ext
 
+    if home is not None:
+        cpp_ext.CUDA_HOME = home  # ... and patched in case it was imported before
+    ldflags = []
+    if home is not None and (Path(home) / "lib").is_dir() and not (Path(home) / "lib64").is_dir():
+        ldflags.append(f"-L{Path(home) / 'lib'}")  # torch links -L$CUDA_HOME/lib64 -lcudart
     src = Path(source_dir)
     sources = sorted(str(p) for p in src.iterdir() if p.suffix in (".cpp", ".cu"))
     if not sources:
@@ -45,8 +69,9 @@ def build_extension(name: str, source_dir: str | os.PathLike, build_root: str = 
     build_dir = Path(build_root) / name
     build_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MAX_JOBS", str(max_jobs))
-    return load(name=name, sources=sources, extra_cflags=["-O3", "-std=c++17"], extra_cuda_cflags=NVCC_FLAGS,
-                extra_include_paths=[str(src)], build_directory=str(build_dir), verbose=False)
+    return cpp_ext.load(name=name, sources=sources, extra_cflags=["-O3", "-std=c++17"], extra_cuda_cflags=NVCC_FLAGS,
+                        extra_ldflags=ldflags, extra_include_paths=[str(src)], build_directory=str(build_dir),
+                        verbose=False)
 
 
 def load_selective_scan_cuda(official_dir: str | os.PathLike | None = None):
