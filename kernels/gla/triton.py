@@ -34,6 +34,7 @@ from kernels.common import interpreting
 
 __all__ = ["chunk_scan_fwd", "chunk_scan_bwd", "ChunkScanFn", "FAST_LIMIT"]
 
+NUM_STAGES = 2  # software pipelining of the chunk loop on the GPU
 FAST_LIMIT = 40.0  # max |b| inside a chunk for the factored per-channel path (e^40 ~ 2e17, safe in fp32)
 
 
@@ -297,7 +298,7 @@ def chunk_scan_fwd(q, k, v, b, w, h0, scale, C, gate, delta, need_ht, store_stat
     st = torch.empty(B, H, NT, K, V, device=q.device, dtype=torch.float32) if store_states else None
     dummy = o
     grid = (triton.cdiv(V, BV), B * H)
-    extra = {} if interpreting() else dict(num_warps=warps, num_stages=2)
+    extra = {} if interpreting() else dict(num_warps=warps, num_stages=NUM_STAGES)
     _fwd_kernel[grid](
         q, k, v, b if b is not None else dummy, w if w is not None else dummy, h0 if h0 is not None else dummy,
         o, ht if ht is not None else dummy, st if st is not None else dummy,
@@ -324,7 +325,7 @@ def chunk_scan_bwd(q, k, v, b, w, st, do, dht, scale, C, gate, delta, need_dh0):
     dgl = torch.empty(NV, B, H, NT, K if gate == 2 else 1, **f32) if gate else None
     dummy = dq
     grid = (NV, B * H)
-    extra = {} if interpreting() else dict(num_warps=warps, num_stages=2)
+    extra = {} if interpreting() else dict(num_warps=warps, num_stages=NUM_STAGES)
     _bwd_kernel[grid](
         q, k, v, b if b is not None else dummy, w if w is not None else dummy, st, do,
         dht if dht is not None else dummy,

@@ -160,7 +160,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_bf16_vs_fp32_reference(gate, shape):
     """Compiled kernels on the GPU (Hopper: fla's gated backward miscompiles under Triton 3.6; ours must not)."""
     if os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("GPU tests need compiled Triton: run without TRITON_INTERPRET=1")
+        pytest.skip("GPU tests need compiled Triton: run with TRITON_INTERPRET=0")
     B, T, H, D = shape
     _check(B, T, H, D, D, gate, torch.bfloat16, C=64, device="cuda", strength=0.1 if gate == "vector" else 1.0)
 
@@ -170,7 +170,7 @@ def test_gpu_bf16_vs_fp32_reference(gate, shape):
 @pytest.mark.parametrize("gate", ["scalar", "vector"])
 def test_gpu_fp32_and_bidirectional(gate):
     if os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("GPU tests need compiled Triton: run without TRITON_INTERPRET=1")
+        pytest.skip("GPU tests need compiled Triton: run with TRITON_INTERPRET=0")
     _check(2, 500, 4, 64, 64, gate, torch.float32, C=64, device="cuda", tol=1e-4, tol_g=1e-3)
     _check(2, 300, 2, 64, 64, gate, torch.float32, C=64, h0=False, causal=False, device="cuda", tol=1e-4,
            tol_g=1e-3)

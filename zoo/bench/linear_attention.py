@@ -186,6 +186,12 @@ def rel_rms(x, y) -> float:
     return float((x - y).norm() / y.norm().clamp_min(1e-30))
 
 
+def _log_row(row: dict) -> None:
+    log.info("%-12s %-28s %-7s %-11s %s", row["op"], row["shape"], row["mode"], row["impl"],
+             f"{row['ms']:.3f} ms  {row['gbps']:.0f} GB/s  floor {row['floor_ms']:.3f} ms"
+             if "ms" in row else f"{row.get('status')}: {row.get('error', '')[:120]}")
+
+
 # ---- main -----------------------------------------------------------------------------------------------
 
 def bench(shapes: dict, ops, quick: bool, fla, check: bool, device) -> list[dict]:
@@ -241,6 +247,7 @@ def bench(shapes: dict, ops, quick: bool, fla, check: bool, device) -> list[dict
                     if note:
                         row["check"] = note
                     rows.append(row)
+                    _log_row(row)
                     if device == "cuda":
                         torch.cuda.empty_cache()
             del a
@@ -255,6 +262,7 @@ def bench(shapes: dict, ops, quick: bool, fla, check: bool, device) -> list[dict
             except Exception as exc:  # noqa: BLE001
                 row.update(status="error", error=f"{type(exc).__name__}: {exc}"[:300])
             rows.append(row)
+            _log_row(row)
         del a
     return rows
 
@@ -289,10 +297,6 @@ def main(argv: list[str] | None = None) -> int:
                          rows, command="python -m zoo.bench.linear_attention " + " ".join(argv or sys.argv[1:]),
                          out_dir=args.out_dir, extra_meta={"fla": fla_note, "device": device,
                                                            "gate_fp32": True, "floor": "inputs+outputs once"})
-    for row in rows:
-        log.info("%-12s %-28s %-7s %-11s %s", row["op"], row["shape"], row["mode"], row["impl"],
-                 f"{row['ms']:.3f} ms  {row['gbps']:.0f} GB/s  floor {row['floor_ms']:.3f} ms"
-                 if "ms" in row else f"{row.get('status')}: {row.get('error', '')[:120]}")
     log.info("wrote %s", path)
     return 0
 
