@@ -319,8 +319,9 @@ def chunk_scan_bwd(q, k, v, b, w, st, do, dht, scale, C, gate, delta, need_dh0):
     f32 = dict(device=q.device, dtype=torch.float32)
     dq = torch.empty(NV, B, T, H, K, **f32)
     dk = torch.empty(NV, B, T, H, K, **f32)
-    dv = torch.empty(B, TP if delta else T, H, V, **f32)
-    dw = torch.empty(NV, B, TP, H, K, **f32) if delta else None
+    # delta mode: U, W have padding rows the kernel never reads (zero gradient), so start from zeros
+    dv = torch.zeros(B, TP, H, V, **f32) if delta else torch.empty(B, T, H, V, **f32)
+    dw = torch.zeros(NV, B, TP, H, K, **f32) if delta else None
     dh0 = torch.empty(B, H, K, V, **f32) if need_dh0 else None
     dgl = torch.empty(NV, B, H, NT, K if gate == 2 else 1, **f32) if gate else None
     dummy = dq
