@@ -10,7 +10,6 @@ fp32 naive in fp16/bf16 runs. The GPU tests use the same bf16 bounds and 1e-4 in
 """
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -12,7 +12,6 @@ own harness (fp16/bf16 chunk vs fused-recurrent), we measure against fp32 truth 
 """
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

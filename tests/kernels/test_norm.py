@@ -5,9 +5,7 @@ tensor compared is bf16 (the interpreter truncates fp32->bf16, ~1 ulp = 2^-8; on
 inputs/outputs against an fp32 reference). Width 1 is compared with an absolute tolerance: LayerNorm's
 output is then just the bias and its gradients are cancellations around zero.
 """
-import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import itertools  # noqa: E402
 

@@ -4,9 +4,7 @@ Metric: relative RMS error (kernels.common.rel_rms) of the output and of every i
 Tolerances: fp32 inputs 1e-5 (CPU interpreter) / 1e-4 (GPU); bf16 inputs 1e-2 (outputs and gradients are
 rounded to bf16, ~4e-3 RMS); the reference always runs in fp32 on the same (upcast) input values.
 """
-import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
