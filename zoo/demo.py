@@ -34,6 +34,18 @@ def _topk_line(probs: torch.Tensor, labels: list[str], k: int = 3) -> str:
     return "  ".join(f"{labels[i]} {v:.0%}" for v, i in zip(values.tolist(), idx.tolist()))
 
 
+def _report(files, probs: torch.Tensor, labels: list[str]) -> float:
+    """One line per sample (true class from the file name's prefix, top-3); returns the fraction correct."""
+    width = max(len(f.name) for f in files)
+    correct = 0
+    for f, p in zip(files, probs):
+        truth = f.name.split("_")[0]
+        correct += labels[int(p.argmax())] == truth
+        print(f"  {f.name:<{width}}  true {truth:<10} -> {_topk_line(p, labels)}")
+    print(f"  {correct}/{len(files)} correct\n")
+    return correct / len(files)
+
+
 def classify_images(model_name: str, pretrained: bool = True) -> float:
     """Classify the bundled CIFAR-10 images; returns the fraction classified correctly."""
     from PIL import Image
@@ -53,14 +65,7 @@ def classify_images(model_name: str, pretrained: bool = True) -> float:
     status = "" if pretrained else "  (untrained weights: predictions are chance)"
     print(f"{model_name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, "
           f"{len(files)} images in {elapsed * 1000:.0f} ms{status}")
-    correct = 0
-    for f, p in zip(files, probs):
-        truth = f.name.split("_")[0]
-        top = labels[int(p.argmax())]
-        correct += top == truth
-        print(f"  {f.name:<22} true {truth:<10} -> {_topk_line(p, labels)}")
-    print(f"  {correct}/{len(files)} correct\n")
-    return correct / len(files)
+    return _report(files, probs, labels)
 
 
 def classify_digits(model_name: str) -> float:
@@ -75,14 +80,7 @@ def classify_digits(model_name: str) -> float:
     with torch.inference_mode():
         probs = model(feats).softmax(-1)
     print(f"{model_name}: {len(files)} spoken digits (FSDD test split), log-mel {tuple(feats.shape[1:])}")
-    correct = 0
-    for f, p in zip(files, probs):
-        truth = f.name.split("_")[0]
-        top = labels[int(p.argmax())]
-        correct += top == truth
-        print(f"  {f.name:<14} true {truth} -> {_topk_line(p, labels)}")
-    print(f"  {correct}/{len(files)} correct\n")
-    return correct / len(files)
+    return _report(files, probs, labels)
 
 
 def run_demo(list_only: bool = False) -> int:

@@ -17,10 +17,8 @@ sm_90; if it cannot be found or built, its rows are skipped and the reason is re
 from __future__ import annotations
 
 import argparse
-import glob
 import logging
 import os
-import shutil
 import sys
 import time
 import traceback
@@ -50,21 +48,12 @@ def _find_csrc(official_dir: Path) -> Path | None:
     return None
 
 
-from zoo.bench.official import cuda_home as _cuda_home  # noqa: E402
+from zoo.bench.official import prepare_cuda_build  # noqa: E402
 
 
 def build_official(official_dir: Path, build_root: Path = Path("/tmp/speedzoo_ext")):
     """Compile causal-conv1d's csrc for sm_90 (as its setup.py does, minus the other archs); returns the module."""
-    home = _cuda_home()
-    if home is not None:
-        os.environ["CUDA_HOME"] = home  # read when cpp_extension is first imported ...
-    import torch.utils.cpp_extension as cpp_ext
-
-    if home is not None:
-        cpp_ext.CUDA_HOME = home  # ... and patched in case it was imported before
-    ldflags = []
-    if home is not None and (Path(home) / "lib").is_dir() and not (Path(home) / "lib64").is_dir():
-        ldflags.append(f"-L{Path(home) / 'lib'}")  # torch links -L$CUDA_HOME/lib64 -lcudart
+    cpp_ext, ldflags = prepare_cuda_build()
 
     csrc = _find_csrc(official_dir)
     if csrc is None:

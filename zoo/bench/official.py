@@ -49,9 +49,8 @@ def cuda_home() -> str | None:
     return None
 
 
-def build_extension(name: str, source_dir: str | os.PathLike, build_root: str = "/tmp/speedzoo_official",
-                    max_jobs: int = 16):
-    """Compile every .cpp/.cu file of `source_dir` into a Python extension module and return it."""
+def prepare_cuda_build():
+    """Point torch's extension builder at the real toolkit; returns (cpp_extension module, extra ldflags)."""
     home = cuda_home()
     if home is not None:
         os.environ["CUDA_HOME"] = home  # read when cpp_extension is first imported ...
@@ -62,6 +61,13 @@ def build_extension(name: str, source_dir: str | os.PathLike, build_root: str = 
     ldflags = []
     if home is not None and (Path(home) / "lib").is_dir() and not (Path(home) / "lib64").is_dir():
         ldflags.append(f"-L{Path(home) / 'lib'}")  # torch links -L$CUDA_HOME/lib64 -lcudart
+    return cpp_ext, ldflags
+
+
+def build_extension(name: str, source_dir: str | os.PathLike, build_root: str = "/tmp/speedzoo_official",
+                    max_jobs: int = 16):
+    """Compile every .cpp/.cu file of `source_dir` into a Python extension module and return it."""
+    cpp_ext, ldflags = prepare_cuda_build()
     src = Path(source_dir)
     sources = sorted(str(p) for p in src.iterdir() if p.suffix in (".cpp", ".cu"))
     if not sources:
