@@ -8,6 +8,16 @@ file instead: a ``zoo fit`` export, whose metadata also rebuilds the architectur
 Lightning ``.ckpt`` of a recipe, or any weight file). Preprocessing follows the model's pretrained_cfg: timm's
 eval transform for images, the Kaldi fbank front end of ``pretrained_cfg['audio']`` for audio. Rows are
 appended to a CSV in timm's ``validate.py`` columns plus ``dataset`` and ``split``.
+
+Several processes split the evaluation set and add up their counts, so the figures equal one process's
+(every sample counted once: rank r takes samples r, r + N, ...; no padding, since evaluation needs no
+collective per batch and ranks may hold one sample more or less):
+
+    zoo eval MODEL --data cifar10 --nproc 4                      # starts 4 local processes itself
+    torchrun --nproc-per-node 4 -m zoo.cli eval MODEL --data cifar10
+
+Each rank uses ``cuda:LOCAL_RANK`` (NCCL) on GPUs, gloo on the CPU; rank 0's weights are broadcast to the
+others and rank 0 alone prints and writes the CSV.
 """
 from __future__ import annotations
 
@@ -16,14 +26,17 @@ import csv
 import json
 import logging
 import os
+import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from zoo.errors import ConfigError, DataError, WeightLoadError
 
@@ -35,13 +48,39 @@ _SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DATA_ALIASES = {"cifar10": "cifar10-test.zip", "cifar10-train": "cifar10-train.zip", "fsdd": "fsdd.zip"}
 
 
+# ------------------------------------------------------------------------------------------ distributed
+def world() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard(ds: Dataset, rank: int, world_size: int) -> Dataset:
+    """Samples rank, rank + world_size, ...: disjoint shards covering ``ds`` exactly once."""
+    return ds if world_size == 1 else Subset(ds, range(rank, len(ds), world_size))
+
+
+def _sum_across_ranks(values: list[float], op=None) -> list[float]:
+    if world()[1] == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    backend = dist.get_backend()
+    if backend == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t.cpu().tolist()
+
+
 # ------------------------------------------------------------------------------------------ core
 @torch.no_grad()
 def evaluate(model: nn.Module, dataloader, device: str | torch.device = "cpu", amp: bool = False,
              num_classes: Optional[int] = None) -> dict[str, Any]:
     """Top-1/top-5 accuracy (%), mean cross-entropy, per-class accuracy (%) and samples/s of ``model``.
 
-    ``dataloader`` yields (inputs, labels); the model is moved to ``device`` and put in eval mode.
+    ``dataloader`` yields (inputs, labels); the model is moved to ``device`` and put in eval mode. Inside a
+    process group each rank passes its shard and all ranks get the totals (integer counts, so accuracies
+    equal one process's exactly; the loss sum may differ in the last bits from the summation order).
     """
     device = torch.device(device)
     model = model.to(device).eval()
@@ -76,6 +115,17 @@ def evaluate(model: nn.Module, dataloader, device: str | torch.device = "cpu", a
         for cls, h in zip(y.tolist(), hit1.tolist()):
             per_class_total[cls] = per_class_total.get(cls, 0) + 1
             per_class_correct[cls] = per_class_correct.get(cls, 0) + int(h)
+    if world()[1] > 1:
+        n = max([int(n_cls or 0)] + [c + 1 for c in per_class_total])
+        n = int(_sum_across_ranks([float(n)], dist.ReduceOp.MAX)[0])
+        counts = [float(correct1), float(correct5), float(total), loss_sum]
+        counts += [float(per_class_total.get(c, 0)) for c in range(n)]
+        counts += [float(per_class_correct.get(c, 0)) for c in range(n)]
+        counts = _sum_across_ranks(counts)
+        correct1, correct5, total, loss_sum = int(counts[0]), int(counts[1]), int(counts[2]), counts[3]
+        per_class_total = {c: int(counts[4 + c]) for c in range(n) if counts[4 + c] > 0}
+        per_class_correct = {c: int(counts[4 + n + c]) for c in per_class_total}
+        t_model = _sum_across_ranks([t_model], dist.ReduceOp.MAX)[0]  # ranks run side by side
     if total == 0:
         raise DataError("The evaluation data is empty.")
     per_class = {c: 100.0 * per_class_correct[c] / per_class_total[c] for c in sorted(per_class_total)}
@@ -258,11 +308,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="weights to load (zoo fit export, .ckpt or weight file)")
     p.add_argument("--model-args", default=None, help="JSON architecture overrides, e.g. '{\"depth\": 2}'")
     p.add_argument("--subset", type=int, default=None, help="evaluate only N samples per class")
+    p.add_argument("--nproc", type=int, default=1, help="split the data over N local processes (GPUs when "
+                                                         "--device cuda); or launch with torchrun")
     return p
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawned(rank: int, world_size: int, port: int, argv: list[str]) -> None:
+    """Entry of a process started by --nproc: torchrun's environment, then main()."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    main(argv)
+
+
+def _launch(nproc: int, argv: list[str]) -> int:
+    """Run main(argv) in ``nproc`` fresh processes (spawned: no CUDA state is inherited)."""
+    import torch.multiprocessing as mp
+
+    from zoo.recipes.distributed import set_distributed_env
+
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        raise ConfigError("--nproc inside a torchrun launch: use one or the other.")
+    set_distributed_env()
+    mp.start_processes(_spawned, args=(nproc, _free_port(), argv), nprocs=nproc, start_method="spawn")
+    return 0
+
+
+def _init_process_group(device: str) -> tuple[int, int, str]:
+    """Join the process group torchrun (or --nproc) described in the environment; (rank, world, device)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1 or (dist.is_available() and dist.is_initialized()):
+        r, w = world()
+        return r, w, device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        device = f"cuda:{local}"
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.nproc > 1:
+        rest = [a for i, a in enumerate(argv) if not a.startswith("--nproc") and (i == 0 or argv[i - 1] != "--nproc")]
+        return _launch(args.nproc, rest)
     if args.checkpoint and len(args.models) > 1:
         raise ConfigError("--checkpoint applies to one model; evaluate several checkpoints in separate calls.")
     try:
@@ -271,24 +367,46 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise ConfigError(f"--model-args is not valid JSON ({e}); e.g. --model-args '{{\"depth\": 2}}'") from None
     path = resolve_data(args.data)
     dataset_name = path.name.split(".")[0]
-    rows = []
-    for name in args.models:
-        model, info = build_model(name, args.checkpoint, model_args)
-        ds, data_cfg = build_dataset(model, info, path, args.split, args.subset)
-        check_classes(name, model, ds)
-        loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                            pin_memory=args.device.startswith("cuda"))
-        res = evaluate(model, loader, args.device, amp=not args.no_amp)
-        row = csv_row(name, res, data_cfg, dataset_name, args.split)
-        rows.append((row, res))
-        if args.csv:
-            append_csv(args.csv, row)
+    own_group = not (dist.is_available() and dist.is_initialized())
+    rank, world_size, device = _init_process_group(args.device)
+    try:
+        rows = []
+        for name in args.models:
+            model, info = build_model(name, args.checkpoint, model_args)
+            if world_size > 1:  # identical weights everywhere, also for a randomly initialised model
+                for t in model.state_dict().values():
+                    t.data.copy_(_broadcast(t))
+            ds, data_cfg = build_dataset(model, info, path, args.split, args.subset)
+            check_classes(name, model, ds)
+            loader = DataLoader(shard(ds, rank, world_size), batch_size=args.batch_size, shuffle=False,
+                                num_workers=args.workers, pin_memory=device.startswith("cuda"))
+            res = evaluate(model, loader, device, amp=not args.no_amp)
+            row = csv_row(name, res, data_cfg, dataset_name, args.split)
+            rows.append((row, res))
+            if args.csv and rank == 0:
+                append_csv(args.csv, row)
+    finally:
+        if world_size > 1 and own_group and dist.is_initialized():
+            dist.destroy_process_group()
+    if rank != 0:
+        return 0
     print(f"{'model':<36} {'img':>7} {'top1':>8} {'top5':>8} {'mean/cls':>8} {'loss':>7} {'samples/s':>10} {'params':>7}")
     for row, res in rows:
         top5 = f"{res['top5']:.2f}" if "top5" in res else "-"
         print(f"{row['model']:<36} {str(row['img_size']):>7} {res['top1']:>8.2f} {top5:>8} "
               f"{res['mean_per_class_top1']:>8.2f} {res['loss']:>7.4f} {res['samples_per_sec']:>10.0f} "
               f"{row['param_count']:>6.2f}M")
+    if world_size > 1:
+        print(f"{world_size} processes, {rows[0][1]['num_samples']} samples per model")
     if args.csv:
         print(f"appended {len(rows)} row(s) to {args.csv}")
     return 0
+
+
+def _broadcast(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's value of ``t`` (moved to the GPU and back for NCCL)."""
+    buf = t.detach().clone()
+    if dist.get_backend() == "nccl":
+        buf = buf.cuda()
+    dist.broadcast(buf, 0)
+    return buf.to(t.device)

@@ -3,6 +3,9 @@
 Both shuffle training data with ResumableRandomSampler: the order is a function of (seed, epoch), and the
 module's state_dict (saved by Lightning into every checkpoint) records how far into the epoch training got,
 so `fit(ckpt_path=...)` on a mid-epoch checkpoint continues with exactly the unseen samples.
+
+Under DDP/FSDP the sampler shards itself over the ranks (``trainer.distributed_sampler_kwargs``) and the
+saved position counts the samples of all ranks, so a checkpoint resumes on another number of processes too.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from zoo.data.audio import FbankFrontEnd, open_audio_dataset
 from zoo.data.images import (build_image_transform, detect_image_layout, make_subset, open_image_dataset,
                              resolve_image_data_config)
-from zoo.data.sampling import ResumableRandomSampler
+from zoo.data.sampling import ResumableRandomSampler, shard_kwargs
 from zoo.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -113,8 +116,11 @@ class _ClassificationDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             self.setup("fit")
-        if self.train_sampler is None or self.train_sampler.n != len(self.train_dataset):
-            self.train_sampler = ResumableRandomSampler(len(self.train_dataset), self.seed)
+        shard = shard_kwargs(getattr(self, "trainer", None))
+        s = self.train_sampler
+        if s is None or s.n != len(self.train_dataset) or (s.num_replicas, s.rank) != shard:
+            self.train_sampler = ResumableRandomSampler(len(self.train_dataset), self.seed, *shard,
+                                                        drop_last=self.drop_last)
         if self._pending_sampler_state is not None:
             self.train_sampler.load_state_dict(self._pending_sampler_state)
             self._pending_sampler_state = None
@@ -140,8 +146,10 @@ class _ClassificationDataModule(pl.LightningDataModule):
         consumed = None
         trainer = getattr(self, "trainer", None)
         if trainer is not None and getattr(trainer, "fit_loop", None) is not None:
-            # batches that count as done on restart (Lightning treats a batch saved on_train_batch_end as done)
-            consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed * self.batch_size
+            # batches that count as done on restart (Lightning treats a batch saved on_train_batch_end as done),
+            # on every rank: the sampler's position is global
+            consumed = (trainer.fit_loop.epoch_loop.batch_progress.current.processed * self.batch_size
+                        * self.train_sampler.num_replicas)
         return {"sampler": self.train_sampler.state_dict(consumed=consumed)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -31,6 +31,17 @@ from zoo.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# wrappers FSDP, activation checkpointing and torch.compile put into parameter names
+_WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def plain_name(name: str) -> str:
+    """A parameter name without the wrapper parts distributed strategies insert."""
+    for part in _WRAPPER_PARTS:
+        name = name.replace(part, "")
+    return name
+
+
 FREEZE_HELP = "'full' (train everything), 'linear_probe' (only the head trains) or 'freeze_blocks:N' (stem and first N blocks frozen)"
 
 
@@ -136,6 +147,10 @@ class ClassificationTask(pl.LightningModule):
                                  in_chans=hp.in_chans, img_size=hp.img_size, checkpoint_path=hp.checkpoint_path,
                                  drop_path_rate=hp.drop_path_rate, **dict(hp.model_args or {}))
         self.hparams["num_classes"] = num_classes
+        # decided now, on the unwrapped model: under FSDP (use_orig_params) a weight matrix seen by the optimizer
+        # may be a flat 1-D shard, which an ndim test would take for a bias
+        skip = set(self.model.no_weight_decay()) if hasattr(self.model, "no_weight_decay") else set()
+        self._no_decay = {n for n, p in self.model.named_parameters() if p.ndim <= 1 or n in skip}
         self._apply_freeze()
         metrics = {}
         for split in ("train", "val", "test"):
@@ -192,13 +207,13 @@ class ClassificationTask(pl.LightningModule):
 
     # -- optimisation ------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict]:
-        """Two AdamW groups: decayed weight matrices; no decay for 1-D params and no_weight_decay() names."""
-        skip = set(self.model.no_weight_decay()) if hasattr(self.model, "no_weight_decay") else set()
+        """Two AdamW groups: decayed weight matrices; no decay for 1-D params and no_weight_decay() names
+        (by name, as the unwrapped model had them)."""
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+            (no_decay if plain_name(name) in self._no_decay else decay).append(p)
         return [{"params": decay, "weight_decay": self.hparams.weight_decay},
                 {"params": no_decay, "weight_decay": 0.0}]
 

@@ -13,7 +13,21 @@ with metadata to register as a pretrained tag). ``--resume`` (= ``--resume auto`
 ``last.ckpt``: same global step, optimizer, scheduler, RNG and data order, mid-epoch included.
 
 Defaults: bf16-mixed precision on a GPU, fp32 on the CPU; a Rich progress bar in a terminal, one log line
-every ``progress_every_n_steps`` steps (and per epoch) otherwise.
+every ``progress_every_n_steps`` steps (and per epoch) otherwise. ``fit_summary.json`` in the run directory
+records throughput (images/s over all processes, first batch of each epoch and validation excluded) and the
+final validation accuracy.
+
+Several GPUs (Lightning starts one process per device; ``data.batch_size`` is per device):
+
+    zoo fit -c configs/cifar10_vit_micro.yaml --trainer.strategy ddp --trainer.devices 4
+    zoo fit -c configs/cifar10_vit_micro.yaml --trainer.strategy fsdp --trainer.devices 4 [--activation_checkpointing true]
+
+``fsdp`` (and ``fsdp_cpu_offload``) build Lightning's FSDPStrategy with one FSDP unit per backbone block
+(zoo.recipes.distributed.BlockPolicy: ViT ``Block``, Vim ``VimBlock``, any ``blocks``/``layers`` element or
+``block_classes()``), optionally recomputing block activations in the backward, and full state dicts: a
+checkpoint written on N devices resumes on any other number (the data position is counted over all ranks).
+On the CPU, ``--trainer.accelerator cpu --trainer.strategy ddp --trainer.devices 2`` runs two gloo processes.
+NCCL_NVLS_ENABLE=0 and TORCH_SYMM_MEM_DISABLE_MULTICAST=1 are set (unless already set) before any process starts.
 """
 from __future__ import annotations
 
@@ -35,12 +49,14 @@ from typing import Any, Optional
 import torch
 
 from zoo.errors import ConfigError
+from zoo.recipes.distributed import is_fsdp, resolve_strategy, set_distributed_env
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("zoo.fit")
 
 TOP_LEVEL_KEYS = {"model", "data", "trainer", "seed_everything", "config", "print_config", "ckpt_path",
-                  "checkpoint_every_n_steps", "progress", "progress_every_n_steps", "export", "recipe"}
+                  "checkpoint_every_n_steps", "progress", "progress_every_n_steps", "export", "recipe",
+                  "activation_checkpointing"}
 _RESUME_AUTO = "auto"
 
 
@@ -214,7 +230,55 @@ def _make_callbacks(run_dir: Path, every_n_steps: int, progress: str, progress_e
     elif progress == "log":
         cbs.append(_sparse_progress_cls()(progress_every))
     cbs.append(LearningRateMonitor(logging_interval="epoch"))
+    cbs.append(_fit_summary_cls()(run_dir))
     return cbs
+
+
+def _fit_summary_cls():
+    from lightning.pytorch.callbacks import Callback
+
+    class FitSummary(Callback):
+        """Training images/s over all processes and the final val/top1, written to fit_summary.json by rank 0.
+
+        Time runs from one batch end to the next, so each epoch's first batch (start-up, compilation, loader
+        creation) and validation are left out; what remains is the steady training rate a benchmark wants."""
+
+        def __init__(self, run_dir: Path):
+            self.run_dir = Path(run_dir)
+            self.seconds = 0.0
+            self.samples = 0
+            self._last: Optional[float] = None
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self._last = None
+
+        def on_validation_start(self, trainer, pl_module):
+            self._last = None
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            now = time.perf_counter()
+            if self._last is not None:
+                x = batch[0] if isinstance(batch, (tuple, list)) else None
+                self.samples += int(x.shape[0]) * trainer.world_size if isinstance(x, torch.Tensor) else 0
+                self.seconds += now - self._last
+            self._last = now
+
+        def on_fit_end(self, trainer, pl_module):
+            if not trainer.is_global_zero:
+                return
+            val = trainer.callback_metrics.get("val/top1")
+            summary = {
+                "world_size": trainer.world_size, "strategy": type(trainer.strategy).__name__,
+                "precision": str(trainer.precision), "epochs": trainer.current_epoch,
+                "global_step": trainer.global_step, "train_seconds": round(self.seconds, 3),
+                "train_samples": self.samples,
+                "img_per_s": self.samples / self.seconds if self.seconds > 0 else None,
+                "val_top1": None if val is None else float(val),
+            }
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "fit_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    return FitSummary
 
 
 def _step_checkpoint_cls():
@@ -302,8 +366,12 @@ def _atomic_checkpoint_io():
 
 
 # ------------------------------------------------------------------------------------------ export
-def export_weights(task, trainer, datamodule, run_dir: Path, recipe: str) -> Path:
-    """fp16 safetensors of the final (EMA when enabled) weights with what a pretrained tag needs."""
+def export_weights(task, trainer, datamodule, run_dir: Path, recipe: str,
+                   full_state: Optional[dict] = None) -> Path:
+    """fp16 safetensors of the final (EMA when enabled) weights with what a pretrained tag needs.
+
+    ``full_state``: the LightningModule's gathered state dict, for strategies whose module holds only a
+    shard (FSDP); its ``model.*`` entries are exported."""
     from zoo import __version__
     from zoo.hub import save_state_dict
 
@@ -331,7 +399,12 @@ def export_weights(task, trainer, datamodule, run_dir: Path, recipe: str) -> Pat
         "zoo_version": __version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    path = save_state_dict(task.export_state_dict(torch.float16), run_dir / "export.safetensors", metadata=meta)
+    if full_state is not None:
+        weights = {k[len("model."):]: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.cpu())
+                   for k, v in full_state.items() if k.startswith("model.")}
+    else:
+        weights = task.export_state_dict(torch.float16)
+    path = save_state_dict(weights, run_dir / "export.safetensors", metadata=meta)
     log.info("exported %s", path)
     return path
 
@@ -423,6 +496,9 @@ def build_cli(args: list[str], progress_default: str = "auto"):
                                 help="steps between progress lines with --progress log")
             parser.add_argument("--export", type=bool, default=True,
                                 help="write export.safetensors (fp16, EMA when enabled) at the end of fit")
+            parser.add_argument("--activation_checkpointing", type=bool, default=False,
+                                help="with --trainer.strategy fsdp: recompute each block's activations in the "
+                                     "backward pass (less memory, ~30%% more compute)")
 
         def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
             cfg = self.config
@@ -452,6 +528,11 @@ def build_cli(args: list[str], progress_default: str = "auto"):
             if not any(hasattr(p, "save_checkpoint") for p in plugins):
                 plugins.append(_atomic_checkpoint_io())
             config["plugins"] = plugins
+            config["strategy"] = resolve_strategy(config.get("strategy", "auto"),
+                                                  bool(cfg.get("activation_checkpointing", False)))
+            if is_fsdp(config["strategy"]) and getattr(self.model.hparams, "ema_decay", 0) > 0:
+                raise ConfigError("model.ema_decay > 0 is not supported with FSDP (the EMA copy would be a full, "
+                                  "unsharded model on every device); use --trainer.strategy ddp or ema_decay 0.")
             return super()._instantiate_trainer(config, callbacks)
 
     try:
@@ -490,6 +571,7 @@ def find_resume_checkpoint(resume: Optional[str], run_dir: Path) -> Optional[str
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _setup_logging()
+    set_distributed_env()  # before Lightning starts any process: they inherit it
     args, opts = _preparse(argv)
     if any(a in ("-h", "--help", "--print_config") or a.startswith("--print_config=") for a in args):
         try:
@@ -521,11 +603,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         progress_log.info("training interrupted; resume with: zoo fit %s --resume", " ".join(argv))
         return 130
     recipe = cli.config.get("recipe") or (opts["configs"][-1].stem if opts["configs"] else "custom")
-    if cli.config.get("export", True) and trainer.is_global_zero:
-        path = export_weights(task, trainer, dm, run_dir, recipe)
-        progress_log.info("exported weights to %s", path)
+    if cli.config.get("export", True):
+        # FSDP: every rank takes part in gathering the full weights (onto rank 0), so all ranks call this
+        full_state = trainer.strategy.lightning_module_state_dict() if is_fsdp(trainer.strategy) else None
+        if trainer.is_global_zero:
+            path = export_weights(task, trainer, dm, run_dir, recipe, full_state)
+            progress_log.info("exported weights to %s", path)
     val = trainer.callback_metrics.get("val/top1")
-    if val is not None:
+    if val is not None and trainer.is_global_zero:
         progress_log.info("final val/top1 %.4f", float(val))
     return 0
 

@@ -7,28 +7,33 @@ is decoded once (by the data layer's readers: ImageFolder folders or zips, CIFAR
 Random crop (zero or reflect padding) and horizontal flip run in ``on_after_batch_transfer``, i.e. on the GPU
 when training there, on the CPU in tests.
 
-Resuming is exact: the order is ResumableRandomSampler's (a function of seed and epoch), the batch sampler
-skips the batches a checkpoint says were trained, and the crop offsets and flips of an epoch are a table
-drawn from (seed, epoch) and looked up by sample index, so they do not depend on batching or restarts.
+Resuming is exact: the order is ResumableRandomSampler's (a function of seed and epoch), the sampler skips
+the samples a checkpoint says were trained, and the crop offsets and flips of an epoch are a table drawn
+from (seed, epoch) and looked up by sample index, so they do not depend on batching, ranks or restarts.
+
+Under DDP/FSDP (``--trainer.strategy ddp --trainer.devices N``) each rank takes a strided, equally long
+share of the epoch's permutation (the sampler is a DistributedSampler, so Lightning does not re-wrap it);
+the checkpointed position counts all ranks' samples, so a run resumes on another number of processes with
+exactly the samples its epoch had left. Evaluation loaders are plain, and Lightning shards them with its
+DistributedSampler (which repeats up to N-1 samples to even the ranks out: ``zoo eval`` gives exact figures).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import math
 import os
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.images import open_image_dataset
-from zoo.data.sampling import ResumableRandomSampler
+from zoo.data.sampling import ResumableRandomSampler, shard_kwargs
 from zoo.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -114,30 +119,6 @@ def _as_batch(batch):
     return batch
 
 
-class ResumableBatchSampler(Sampler[list[int]]):
-    """Batches over ResumableRandomSampler's order. Its length is always the full epoch's, as Lightning
-    expects (it counts a resumed epoch's batches from where the checkpoint left off), while iteration skips
-    the batches already trained."""
-
-    def __init__(self, n: int, batch_size: int, drop_last: bool, seed: int):
-        self.sampler = ResumableRandomSampler(n, seed)  # `.sampler.set_epoch` is what Lightning calls
-        self.batch_size, self.drop_last = batch_size, drop_last
-
-    def __len__(self) -> int:
-        n = self.sampler.n
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batch: list[int] = []
-        for i in self.sampler:
-            batch.append(i)
-            if len(batch) == self.batch_size:
-                yield batch
-                batch = []
-        if batch and not self.drop_last:
-            yield batch
-
-
 class InMemoryImageDataModule(pl.LightningDataModule):
     """An image classification data set decoded once into memory, with batch-wise crop + flip on the device.
 
@@ -176,7 +157,7 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         self.train_data: Optional[TensorImages] = None
         self.val_data: Optional[TensorImages] = None
         self.test_data: Optional[TensorImages] = None
-        self.batch_sampler: Optional[ResumableBatchSampler] = None
+        self.train_sampler: Optional[ResumableRandomSampler] = None
         self._pending_sampler_state: Optional[dict] = None
         self._classes: Optional[list[str]] = None
         self._aug_table: Optional[tuple[int, torch.Tensor]] = None
@@ -283,10 +264,12 @@ class InMemoryImageDataModule(pl.LightningDataModule):
                             f"{self._classes[:5]}…; train and eval data must share one class list.")
 
     # -- loaders -----------------------------------------------------------------------------------------
-    def _loader(self, data: TensorImages, batch_sampler) -> DataLoader:
+    def _loader(self, data: TensorImages, batch_size: int, sampler=None, drop_last: bool = False) -> DataLoader:
         # an own generator: creating the iterator then draws no number from the global RNG, so a resumed
-        # run's dropout/mixup streams match an uninterrupted run's
-        return DataLoader(data, batch_sampler=batch_sampler, collate_fn=_as_batch, num_workers=0,
+        # run's dropout/mixup streams match an uninterrupted run's. A plain batch_size (not a batch_sampler)
+        # keeps the loader one Lightning can shard; each batch is still one __getitems__ index op.
+        return DataLoader(data, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
+                          collate_fn=_as_batch, num_workers=0,
                           pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
                           generator=torch.Generator().manual_seed(self.hparams.seed))
 
@@ -297,15 +280,21 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         if self.batch_size > n and self.hparams.drop_last:
             raise ConfigError(f"data.batch_size={self.batch_size} exceeds the {n} training images with "
                               f"drop_last; lower the batch size or set data.drop_last false.")
-        if self.batch_sampler is None or self.batch_sampler.sampler.n != n:
-            self.batch_sampler = ResumableBatchSampler(n, self.batch_size, self.hparams.drop_last, self.hparams.seed)
+        world, rank = shard_kwargs(self.trainer)
+        if self.batch_size * world > n and self.hparams.drop_last:
+            raise ConfigError(f"data.batch_size={self.batch_size} on {world} processes exceeds the {n} training "
+                              f"images with drop_last; lower the batch size or set data.drop_last false.")
+        s = self.train_sampler
+        if s is None or s.n != n or (s.num_replicas, s.rank) != (world, rank):
+            self.train_sampler = ResumableRandomSampler(n, self.hparams.seed, world, rank,
+                                                        drop_last=self.hparams.drop_last)
         if self._pending_sampler_state is not None:
-            self.batch_sampler.sampler.load_state_dict(self._pending_sampler_state)
+            self.train_sampler.load_state_dict(self._pending_sampler_state)
             self._pending_sampler_state = None
-        return self._loader(self.train_data, self.batch_sampler)
+        return self._loader(self.train_data, self.batch_size, self.train_sampler, self.hparams.drop_last)
 
     def _eval_loader(self, data: TensorImages) -> DataLoader:
-        return self._loader(data, BatchSampler(SequentialSampler(data), self.eval_batch_size, drop_last=False))
+        return self._loader(data, self.eval_batch_size)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_data is None:
@@ -372,20 +361,22 @@ class InMemoryImageDataModule(pl.LightningDataModule):
 
     # -- resumable state (Lightning stores it in every checkpoint) ---------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        if self.batch_sampler is None:
+        if self.train_sampler is None:
             return {}
         consumed = None
         trainer = self.trainer
         if trainer is not None and getattr(trainer, "fit_loop", None) is not None:
-            # batches Lightning counts as trained (a save in on_train_batch_end includes the current one)
-            consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed * self.batch_size
-        return {"sampler": self.batch_sampler.sampler.state_dict(consumed=consumed)}
+            # batches Lightning counts as trained (a save in on_train_batch_end includes the current one), on
+            # every rank: the sampler's position is global, so it resumes on any number of processes
+            consumed = (trainer.fit_loop.epoch_loop.batch_progress.current.processed * self.batch_size
+                        * self.train_sampler.num_replicas)
+        return {"sampler": self.train_sampler.state_dict(consumed=consumed)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = state_dict.get("sampler")
         if state is None:
             return
-        if self.batch_sampler is not None:
-            self.batch_sampler.sampler.load_state_dict(state)
+        if self.train_sampler is not None:
+            self.train_sampler.load_state_dict(state)
         else:
             self._pending_sampler_state = state
