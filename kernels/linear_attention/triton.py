@@ -1,0 +1,228 @@
+"""Triton bidirectional normalised linear attention, forward and backward (fp32 math, any strides).
+
+Non-causal linear attention needs no scan: every query sees the same per-(batch, head) state
+``KV = Σ_s φ(k_s) v_sᵀ`` [D, Dv] and normaliser ``z = Σ_s φ(k_s)`` [D]. So two small kernels each way:
+
+- forward: ``_state_kernel`` reduces KV, z over the tokens (grid: (batch·head, split); each program sums a
+  contiguous range of token tiles into fp32 partials, which the wrapper adds -- deterministic, no atomics,
+  and enough programs when batch·head is small); ``_apply_kernel`` computes
+  o = φ(q) KV / (φ(q)·z + eps) per token tile (grid: (tiles, batch·head)).
+- backward (with dnum = do / den, dden = -(do·o) / den): ``_bwd_q_kernel`` writes
+  dq = (dnum KVᵀ + dden zᵀ) ⊙ φ'(q) and reduces dKV = φ(q)ᵀ dnum, dz = φ(q)ᵀ dden as split partials;
+  ``_bwd_kv_kernel`` writes dk = (v dKVᵀ + dz) ⊙ φ'(k) and dv = φ(k) dKV.
+
+The feature map φ is fused (``FEAT`` 0 relu, 1 elu+1, 2 identity); padded rows and columns are zeroed after
+φ (elu(0)+1 = 1 would otherwise leak into the sums). Inputs are read in their dtype through their strides
+(a permuted view needs no copy) and converted to fp32; dots are IEEE fp32 (timm computes LiteMLA in fp32),
+outputs are cast back to the input dtype. Base offsets are int64.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["LinearAttentionFn", "FEATURE_CODES"]
+
+FEATURE_CODES = {"relu": 0, "elu1": 1, "none": 2}
+BT = 64  # tokens per tile
+
+
+@triton.jit
+def _phi(x, FEAT: tl.constexpr):
+    if FEAT == 0:
+        return tl.maximum(x, 0.0)
+    elif FEAT == 1:
+        return tl.where(x > 0, x + 1.0, tl.exp(x))
+    else:
+        return x
+
+
+@triton.jit
+def _dphi(x, FEAT: tl.constexpr):
+    if FEAT == 0:
+        return tl.where(x > 0, 1.0, 0.0)
+    elif FEAT == 1:
+        return tl.where(x > 0, 1.0, tl.exp(x))
+    else:
+        return tl.full(x.shape, 1.0, tl.float32)
+
+
+@triton.jit
+def _state_kernel(k_ptr, v_ptr, kv_ptr, z_ptr, skb, skt, skh, skd, svb, svt, svh, svd,
+                  T, H, D, DV, TILES_PER_SPLIT, NSPLIT,
+                  BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, FEAT: tl.constexpr):
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_s = tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    od, ov, ot = tl.arange(0, BD), tl.arange(0, BDV), tl.arange(0, BT)
+    md, mv = od < D, ov < DV
+    k_base = k_ptr + i_b * skb + i_h * skh
+    v_base = v_ptr + i_b * svb + i_h * svh
+    kv = tl.zeros([BD, BDV], dtype=tl.float32)
+    z = tl.zeros([BD], dtype=tl.float32)
+    for i in range(0, TILES_PER_SPLIT):
+        t = ((i_s * TILES_PER_SPLIT + i) * BT + ot).to(tl.int64)
+        mt = t < T
+        mk = mt[:, None] & md[None, :]
+        k = tl.load(k_base + t[:, None] * skt + od[None, :] * skd, mask=mk, other=0.0).to(tl.float32)
+        k = tl.where(mk, _phi(k, FEAT), 0.0)
+        v = tl.load(v_base + t[:, None] * svt + ov[None, :] * svd, mask=mt[:, None] & mv[None, :],
+                    other=0.0).to(tl.float32)
+        kv += tl.dot(tl.trans(k), v, input_precision="ieee")
+        z += tl.sum(k, axis=0)
+    part = i_bh * NSPLIT + i_s
+    tl.store(kv_ptr + part * D * DV + od[:, None] * DV + ov[None, :], kv, mask=md[:, None] & mv[None, :])
+    tl.store(z_ptr + part * D + od, z, mask=md)
+
+
+@triton.jit
+def _apply_kernel(q_ptr, kv_ptr, z_ptr, o_ptr, sqb, sqt, sqh, sqd, T, H, D, DV, eps,
+                  BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, FEAT: tl.constexpr):
+    i_t = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    od, ov = tl.arange(0, BD), tl.arange(0, BDV)
+    md, mv = od < D, ov < DV
+    t = (i_t * BT + tl.arange(0, BT)).to(tl.int64)
+    mt = t < T
+    kv = tl.load(kv_ptr + i_bh * D * DV + od[:, None] * DV + ov[None, :], mask=md[:, None] & mv[None, :], other=0.0)
+    z = tl.load(z_ptr + i_bh * D + od, mask=md, other=0.0)
+    mq = mt[:, None] & md[None, :]
+    q = tl.load(q_ptr + i_b * sqb + i_h * sqh + t[:, None] * sqt + od[None, :] * sqd, mask=mq, other=0.0)
+    q = tl.where(mq, _phi(q.to(tl.float32), FEAT), 0.0)
+    num = tl.dot(q, kv, input_precision="ieee")
+    den = tl.sum(q * z[None, :], axis=1) + eps
+    o = num / den[:, None]
+    o_base = o_ptr + (i_b * T * H + i_h) * DV
+    tl.store(o_base + t[:, None] * (H * DV) + ov[None, :], o.to(o_ptr.dtype.element_ty),
+             mask=mt[:, None] & mv[None, :])
+
+
+@triton.jit
+def _bwd_q_kernel(q_ptr, do_ptr, kv_ptr, z_ptr, dq_ptr, dkv_ptr, dz_ptr,
+                  sqb, sqt, sqh, sqd, sob, sot, soh, sod, T, H, D, DV, eps, TILES_PER_SPLIT, NSPLIT,
+                  BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, FEAT: tl.constexpr):
+    i_bh = tl.program_id(0).to(tl.int64)
+    i_s = tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    od, ov, ot = tl.arange(0, BD), tl.arange(0, BDV), tl.arange(0, BT)
+    md, mv = od < D, ov < DV
+    kv = tl.load(kv_ptr + i_bh * D * DV + od[:, None] * DV + ov[None, :], mask=md[:, None] & mv[None, :], other=0.0)
+    z = tl.load(z_ptr + i_bh * D + od, mask=md, other=0.0)
+    q_base = q_ptr + i_b * sqb + i_h * sqh
+    do_base = do_ptr + i_b * sob + i_h * soh
+    dq_base = dq_ptr + (i_b * T * H + i_h) * D
+    dkv = tl.zeros([BD, BDV], dtype=tl.float32)
+    dz = tl.zeros([BD], dtype=tl.float32)
+    for i in range(0, TILES_PER_SPLIT):
+        t = ((i_s * TILES_PER_SPLIT + i) * BT + ot).to(tl.int64)
+        mt = t < T
+        mq = mt[:, None] & md[None, :]
+        x = tl.load(q_base + t[:, None] * sqt + od[None, :] * sqd, mask=mq, other=0.0).to(tl.float32)
+        q = tl.where(mq, _phi(x, FEAT), 0.0)
+        do = tl.load(do_base + t[:, None] * sot + ov[None, :] * sod, mask=mt[:, None] & mv[None, :],
+                     other=0.0).to(tl.float32)
+        num = tl.dot(q, kv, input_precision="ieee")
+        den = tl.sum(q * z[None, :], axis=1) + eps
+        dnum = do / den[:, None]
+        dden = -tl.sum(dnum * num, axis=1) / den                # -(do·o)/den with o = num/den
+        dphi = tl.dot(dnum, tl.trans(kv), input_precision="ieee") + dden[:, None] * z[None, :]
+        dq = dphi * _dphi(x, FEAT)
+        tl.store(dq_base + t[:, None] * (H * D) + od[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mq)
+        dkv += tl.dot(tl.trans(q), dnum, input_precision="ieee")
+        dz += tl.sum(q * dden[:, None], axis=0)
+    part = i_bh * NSPLIT + i_s
+    tl.store(dkv_ptr + part * D * DV + od[:, None] * DV + ov[None, :], dkv, mask=md[:, None] & mv[None, :])
+    tl.store(dz_ptr + part * D + od, dz, mask=md)
+
+
+@triton.jit
+def _bwd_kv_kernel(k_ptr, v_ptr, dkv_ptr, dz_ptr, dk_ptr, dv_ptr,
+                   skb, skt, skh, skd, svb, svt, svh, svd, T, H, D, DV,
+                   BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, FEAT: tl.constexpr):
+    i_t = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    od, ov = tl.arange(0, BD), tl.arange(0, BDV)
+    md, mv = od < D, ov < DV
+    t = (i_t * BT + tl.arange(0, BT)).to(tl.int64)
+    mt = t < T
+    mk = mt[:, None] & md[None, :]
+    mtv = mt[:, None] & mv[None, :]
+    dkv = tl.load(dkv_ptr + i_bh * D * DV + od[:, None] * DV + ov[None, :], mask=md[:, None] & mv[None, :],
+                  other=0.0)
+    dz = tl.load(dz_ptr + i_bh * D + od, mask=md, other=0.0)
+    x = tl.load(k_ptr + i_b * skb + i_h * skh + t[:, None] * skt + od[None, :] * skd, mask=mk,
+                other=0.0).to(tl.float32)
+    k = tl.where(mk, _phi(x, FEAT), 0.0)
+    v = tl.load(v_ptr + i_b * svb + i_h * svh + t[:, None] * svt + ov[None, :] * svd, mask=mtv,
+                other=0.0).to(tl.float32)
+    dk = (tl.dot(v, tl.trans(dkv), input_precision="ieee") + dz[None, :]) * _dphi(x, FEAT)
+    dv = tl.dot(k, dkv, input_precision="ieee")
+    tl.store(dk_ptr + (i_b * T * H + i_h) * D + t[:, None] * (H * D) + od[None, :], dk.to(dk_ptr.dtype.element_ty),
+             mask=mk)
+    tl.store(dv_ptr + (i_b * T * H + i_h) * DV + t[:, None] * (H * DV) + ov[None, :],
+             dv.to(dv_ptr.dtype.element_ty), mask=mtv)
+
+
+def _blocks(D: int, DV: int) -> tuple[int, int]:
+    return max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
+
+
+def _splits(T: int, BH: int, device: torch.device) -> tuple[int, int]:
+    """(tiles per split, number of splits): enough programs to fill the GPU when batch·head is small."""
+    n_tiles = triton.cdiv(T, BT)
+    target = 4 * (torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1)
+    splits = max(1, min(n_tiles, triton.cdiv(target, BH)))
+    per = triton.cdiv(n_tiles, splits)
+    return per, triton.cdiv(n_tiles, per)
+
+
+def _reduce_state(k, v, feat: int):
+    B, T, H, D = k.shape
+    DV = v.shape[-1]
+    BD, BDV = _blocks(D, DV)
+    per, ns = _splits(T, B * H, k.device)
+    kv = torch.empty(B * H, ns, D, DV, device=k.device, dtype=torch.float32)
+    z = torch.empty(B * H, ns, D, device=k.device, dtype=torch.float32)
+    _state_kernel[(B * H, ns)](k, v, kv, z, *k.stride(), *v.stride(), T, H, D, DV, per, ns,
+                               BT=BT, BD=BD, BDV=BDV, FEAT=feat)
+    return kv.sum(1), z.sum(1)
+
+
+class LinearAttentionFn(torch.autograd.Function):
+    """o = φ(q) KV / (φ(q)·z + eps) over [B, T, H, D]; saves q, k, v and the fp32 state (D·(Dv+1) per head)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, eps: float, feature: str):
+        B, T, H, D = q.shape
+        DV = v.shape[-1]
+        feat = FEATURE_CODES[feature]
+        kv, z = _reduce_state(k, v, feat)
+        o = torch.empty(B, T, H, DV, device=v.device, dtype=v.dtype)
+        BD, BDV = _blocks(D, DV)
+        _apply_kernel[(triton.cdiv(T, BT), B * H)](q, kv, z, o, *q.stride(), T, H, D, DV, float(eps),
+                                                   BT=BT, BD=BD, BDV=BDV, FEAT=feat)
+        ctx.save_for_backward(q, k, v, kv, z)
+        ctx.eps, ctx.feat = float(eps), feat
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, kv, z = ctx.saved_tensors
+        B, T, H, D = q.shape
+        DV = v.shape[-1]
+        BD, BDV = _blocks(D, DV)
+        per, ns = _splits(T, B * H, q.device)
+        dq = torch.empty(B, T, H, D, device=q.device, dtype=q.dtype)
+        dkv = torch.empty(B * H, ns, D, DV, device=q.device, dtype=torch.float32)
+        dz = torch.empty(B * H, ns, D, device=q.device, dtype=torch.float32)
+        _bwd_q_kernel[(B * H, ns)](q, do, kv, z, dq, dkv, dz, *q.stride(), *do.stride(), T, H, D, DV, ctx.eps,
+                                   per, ns, BT=BT, BD=BD, BDV=BDV, FEAT=ctx.feat)
+        dkv, dz = dkv.sum(1).contiguous(), dz.sum(1).contiguous()
+        dk = torch.empty(B, T, H, D, device=k.device, dtype=k.dtype)
+        dv = torch.empty(B, T, H, DV, device=v.device, dtype=v.dtype)
+        _bwd_kv_kernel[(triton.cdiv(T, BT), B * H)](k, v, dkv, dz, dk, dv, *k.stride(), *v.stride(), T, H, D, DV,
+                                                    BT=BT, BD=BD, BDV=BDV, FEAT=ctx.feat)
+        return dq, dk, dv, None, None
