@@ -61,7 +61,7 @@ class ResumableRandomSampler(DistributedSampler):
         self.seed = int(seed)
         self.epoch = 0
         self._start = 0        # global indices of `epoch` to skip on the next iteration (set by load_state_dict)
-        self._done_before = 0  # per-rank count the checkpoint's ranks had reached (for __len__ while resuming)
+        self._done_before = 0  # per-rank share of the consumed samples at this world size (for __len__)
         self._yielded = 0      # global indices of `epoch` handed out so far, counting skipped ones
 
     def set_epoch(self, epoch: int) -> None:
@@ -107,8 +107,9 @@ class ResumableRandomSampler(DistributedSampler):
     def __len__(self) -> int:
         # the full epoch even while resuming: Lightning restores its batch counter to the resumed position
         # and ends the epoch at len(dataloader); a shorter length would end a resumed epoch early. After a
-        # change of world size the counter restored (done_before) plus what is left may exceed a full
-        # epoch of the new size; then that is the length, and data exhaustion ends later epochs.
+        # change of world size, zoo fit rescales that counter to consumed / new world size (see
+        # zoo.recipes.distributed.WorldSizeResume); rounding may make that plus what is left exceed a full
+        # epoch by a sample, and then that is the length (data exhaustion ends later epochs).
         full = self._shard_len(self.n)
         if self._start:
             return max(full, self._done_before + self._shard_len(self.n - self._start))
@@ -134,5 +135,5 @@ class ResumableRandomSampler(DistributedSampler):
         self.epoch = int(state["epoch"])
         consumed = int(state["consumed"])
         self._start = consumed if 0 <= consumed < self.n else 0  # a finished epoch resumes as a fresh one
-        self._done_before = self._start // max(1, int(state.get("world_size", 1)))
+        self._done_before = self._start // self.num_replicas
         self._yielded = self._start

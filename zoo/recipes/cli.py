@@ -49,7 +49,7 @@ from typing import Any, Optional
 import torch
 
 from zoo.errors import ConfigError
-from zoo.recipes.distributed import is_fsdp, resolve_strategy, set_distributed_env
+from zoo.recipes.distributed import WorldSizeResume, is_fsdp, resolve_strategy, set_distributed_env
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("zoo.fit")
@@ -231,6 +231,7 @@ def _make_callbacks(run_dir: Path, every_n_steps: int, progress: str, progress_e
         cbs.append(_sparse_progress_cls()(progress_every))
     cbs.append(LearningRateMonitor(logging_interval="epoch"))
     cbs.append(_fit_summary_cls()(run_dir))
+    cbs.append(WorldSizeResume())
     return cbs
 
 
