@@ -52,6 +52,7 @@ def cifar_cfg(**extra) -> dict[str, Any]:
 def _load_families() -> None:
     from zoo.models import vit  # noqa: F401  (each family module registers on import)
     from zoo.models import vim  # noqa: F401
+    from zoo.models import efficientvit  # noqa: F401
 
 
 _load_families()

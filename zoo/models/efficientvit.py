@@ -1,0 +1,139 @@
+"""EfficientViT (MIT) B-series registry entries and the converter from timm's ``efficientvit_mit`` state dicts."""
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+import torch.nn as nn
+
+from backbones.efficientvit import EFFICIENTVIT_CONFIGS, EfficientViT, EfficientViTConfig, build_efficientvit
+from heads.classification import ClassifierHead
+from zoo.errors import ConfigError, InputShapeError
+from zoo.model import ZooModel
+from zoo.models import image_cfg
+from zoo.registry import ModelEntry, PretrainedTag, WeightSource, register
+
+# timm key prefix -> ours. The pre-logits part of timm's head lives in our backbone (forward_pool); only the
+# last Linear (classifier.4) is the zoo's head.fc. Everything else keeps its name under ``backbone.``.
+_PREFIXES = (
+    ("head.in_conv.", "backbone.pre_logits.in_conv."),
+    ("head.classifier.0.", "backbone.pre_logits.fc."),
+    ("head.classifier.1.", "backbone.pre_logits.norm."),
+    ("head.classifier.4.", "head.fc."),
+)
+
+
+def convert_timm_efficientvit(state_dict: dict) -> dict:
+    """timm ``EfficientVit`` keys -> ours (a prefix map; see ``_PREFIXES``). Our own layout passes through."""
+    if any(k.startswith("backbone.") for k in state_dict):
+        return dict(state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith("module."):
+            key = key[len("module."):]
+        for src, dst in _PREFIXES:
+            if key.startswith(src):
+                out[dst + key[len(src):]] = value
+                break
+        else:
+            if key.startswith("head."):
+                raise KeyError(key)  # a head layout this converter does not know
+            out[f"backbone.{key}"] = value
+    return out
+
+
+class EfficientViTModel(ZooModel):
+    """ZooModel with timm's EfficientViT head semantics.
+
+    ``num_features`` is the channel count of ``forward_features`` (timm's meaning) and ``head_hidden_size``
+    the pre-logits width the classifier sees; ``reset_classifier(n, reset_other=True)`` also drops the
+    pre-logits conv and MLP; pooling cannot be switched off (timm: 'Cannot disable pooling').
+    """
+
+    def __init__(self, backbone: EfficientViT, num_classes: int, drop_rate: float = 0.0,
+                 pretrained_cfg: dict | None = None):
+        super().__init__(backbone, num_classes, drop_rate, pretrained_cfg)
+        self._sync_widths()
+
+    def _sync_widths(self) -> None:
+        self.num_features = self.backbone.stage_channels
+        self.head_hidden_size = self.backbone.num_features
+
+    def check_input(self, x) -> None:
+        if not hasattr(x, "ndim"):
+            raise InputShapeError(f"expected a torch.Tensor, got {type(x).__name__}")
+        try:
+            self.backbone.check_input(x)
+        except ValueError as e:
+            raise InputShapeError(str(e)) from None
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False) -> None:
+        if global_pool == "":
+            raise ValueError("EfficientViT cannot disable pooling (as timm); choose one of "
+                             f"{self.backbone.supported_pools}")
+        if reset_other:
+            self.backbone.reset_pre_logits()
+            old = self.head
+            self.head = ClassifierHead(self.backbone.num_features, num_classes, old.drop.p)
+            if isinstance(old.fc, nn.Linear):
+                self.head = self.head.to(device=old.fc.weight.device, dtype=old.fc.weight.dtype)
+            if global_pool is not None:
+                super().reset_classifier(num_classes, global_pool)
+        else:
+            super().reset_classifier(num_classes, global_pool)
+        self._sync_widths()
+
+
+_ALLOWED = [f.name for f in fields(EfficientViTConfig) if f.name != "extra"]
+
+
+def _builder(arch: str):
+    def build(num_classes: int = 1000, in_chans: int | None = None, img_size: Any = None, drop_rate: float = 0.0,
+              **overrides: Any) -> EfficientViTModel:
+        for key in overrides:
+            if key not in _ALLOWED:
+                raise ConfigError.unknown_key(key, _ALLOWED + ["num_classes", "drop_rate"], where=f"{arch} argument")
+        try:
+            backbone = build_efficientvit(arch, in_chans=in_chans, img_size=img_size, **overrides)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"cannot build {arch}: {e}") from None
+        return EfficientViTModel(backbone, num_classes, drop_rate)
+
+    build.__name__ = f"build_{arch}"
+    return build
+
+
+# timm default_cfgs: ImageNet mean/std, bicubic, crop_pct 0.95 at 224; results-imagenet.csv top-1 at 224.
+_TOP1 = {"efficientvit_b0": 71.408, "efficientvit_b1": 79.254, "efficientvit_b2": 82.162, "efficientvit_b3": 83.444}
+_PREPROCESS = dict(input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_pct=0.95,
+                   interpolation="bicubic")
+
+
+def _timm_tag(name: str) -> PretrainedTag:
+    return PretrainedTag(
+        tag="r224_in1k", source=WeightSource(hf_repo=f"timm/{name}.r224_in1k", hf_file="model.safetensors"),
+        converter=convert_timm_efficientvit, license="apache-2.0", num_classes=1000, preprocess=dict(_PREPROCESS),
+        metrics={"imagenet-1k (timm results, 224)": {"top1": _TOP1[name]}},
+        notes=("timm's conversion of the official mit-han-lab EfficientViT weights (ImageNet-1k, 224 px). "
+               "sha256 is empty until the file has been seen (loading logs the hash it computed). Attention eps "
+               "is timm's 1e-5 (official 1e-15), which the weights tolerate and bf16/fp16 need."))
+
+
+_DESCRIPTIONS = {
+    "efficientvit_b0": "EfficientViT-B0 (MIT): conv stages + ReLU multi-scale linear attention, widths 8-128, head dim 16",
+    "efficientvit_b1": "EfficientViT-B1 (MIT): conv stages + ReLU multi-scale linear attention, widths 16-256, head dim 16",
+    "efficientvit_b2": "EfficientViT-B2 (MIT): conv stages + ReLU multi-scale linear attention, widths 24-384, head dim 32",
+    "efficientvit_b3": "EfficientViT-B3 (MIT): conv stages + ReLU multi-scale linear attention, widths 32-512, head dim 32",
+}
+
+for _name in EFFICIENTVIT_CONFIGS:
+    _tag = _timm_tag(_name)
+    register(ModelEntry(
+        name=_name, kind="image", family="efficientvit",
+        builder=_builder(_name),
+        default_cfg=image_cfg(crop_pct=0.95),
+        converter=convert_timm_efficientvit,
+        tags={_tag.tag: _tag},
+        description=_DESCRIPTIONS[_name],
+        paper="arXiv:2205.14756",
+    ))
