@@ -1,6 +1,11 @@
 """Vision Transformer (Dosovitskiy et al. 2020) on PyTorch SDPA: the baseline every efficient family is
 measured against. Key names follow timm's ``VisionTransformer`` so its weights load with a prefix change.
 
+The token mixer is a constructor argument (``ViTConfig.mixer``: softmax, window, block_sparse, linear, gla,
+mamba, delta; options in ``mixer_cfg``; see backbones/layers/mixers.py) with patch embedding, MLP, norms and
+depth unchanged, so mixers compare on equal terms. Every mixer sits at ``blocks.i.attn``; ``softmax`` is
+timm's attention and keeps its keys.
+
 The backbone ends at its features: ``forward_features`` returns the final-normed tokens ``[B, 1 + M, C]``
 and ``forward_pool`` the family's pooling (class token, or the mean of patch tokens followed by
 ``fc_norm`` as in timm). Heads live in ``heads/``.
@@ -11,9 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from backbones.layers import DropPath, Mlp, PatchEmbed, resample_pos_embed, to_2tuple
+from backbones.layers.mixers import MIXERS, Attention, build_mixer
 
 
 @dataclass
@@ -32,38 +37,21 @@ class ViTConfig:
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    mixer: str = "softmax"  # one of backbones.layers.mixers.MIXERS
+    mixer_cfg: dict = field(default_factory=dict)  # mixer options (window_size, block_size, feature_map, ...)
     extra: dict = field(default_factory=dict)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention through ``scaled_dot_product_attention`` (flash / memory-efficient)."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, T, C)))
 
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, eps: float,
-                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0):
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, mixer: str = "softmax",
+                 mixer_cfg: dict | None = None, grid_size: tuple[int, int] | None = None, num_prefix_tokens: int = 1):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.attn = build_mixer(mixer, dim, num_heads, qkv_bias, attn_drop, drop, grid_size=grid_size,
+                                num_prefix_tokens=num_prefix_tokens, **(mixer_cfg or {}))
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
@@ -84,6 +72,8 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {cfg.global_pool!r}")
         if cfg.global_pool == "token" and not cfg.class_token:
             raise ValueError("global_pool='token' needs class_token=True")
+        if cfg.mixer not in MIXERS:
+            raise ValueError(f"mixer must be one of {MIXERS}, got {cfg.mixer!r}")
         self.cfg = cfg
         self.num_features = self.embed_dim = cfg.embed_dim
         self.global_pool = cfg.global_pool
@@ -95,7 +85,8 @@ class VisionTransformer(nn.Module):
         dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
         self.blocks = nn.ModuleList(
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.norm_eps, cfg.drop_rate,
-                  cfg.attn_drop_rate, dpr[i]) for i in range(cfg.depth))
+                  cfg.attn_drop_rate, dpr[i], cfg.mixer, cfg.mixer_cfg, self.patch_embed.grid_size,
+                  self.num_prefix_tokens) for i in range(cfg.depth))
         use_fc_norm = cfg.global_pool == "avg"
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if use_fc_norm else nn.Identity()
@@ -112,6 +103,9 @@ class VisionTransformer(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        for blk in self.blocks:  # mixers with an init of their own (Mamba's dt/A, gate biases) redo it
+            if hasattr(blk.attn, "reset_parameters"):
+                blk.attn.reset_parameters()
 
     @property
     def img_size(self) -> tuple[int, int]:
@@ -126,7 +120,8 @@ class VisionTransformer(nn.Module):
         return resample_pos_embed(pos_embed, self.patch_embed.grid_size, old_grid, num_prefix_tokens=self.num_prefix_tokens)
 
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token"}
+        flagged = {n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
+        return {"pos_embed", "cls_token"} | flagged
 
     def group_matcher(self, coarse: bool = False) -> dict:
         return {"stem": r"^cls_token|pos_embed|patch_embed", "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
@@ -208,11 +203,28 @@ VIT_CONFIGS: dict[str, dict] = {
 }
 """Architecture configs by registered name (the registry in ``zoo`` composes them with a head)."""
 
+MIXER_NAMES = {"window": "window", "block_sparse": "blocksparse", "linear": "linear", "gla": "gla",
+               "mamba": "mamba", "delta": "delta"}
+"""Mixer -> its infix in registered names (``vit_tiny_<infix>_patch16_224``); softmax is plain ``vit_tiny_*``."""
+
+# Grid-dependent defaults: 14x14 patches at 224 -> 7x7 windows and 4x4 blocks (+ class token); 8x8 at 32 px
+# (patch 4) -> 5x5 windows and 4x4 blocks.
+_MIXER_CFG_224 = {"window": dict(window_size=3), "block_sparse": dict(block_size=4)}
+_MIXER_CFG_32 = {"window": dict(window_size=2), "block_sparse": dict(block_size=4)}
+
+VIT_MIXER_CONFIGS: dict[str, dict] = {}
+for _mixer, _infix in MIXER_NAMES.items():
+    VIT_MIXER_CONFIGS[f"vit_tiny_{_infix}_patch16_224"] = dict(VIT_CONFIGS["vit_tiny_patch16_224"], mixer=_mixer,
+                                                               mixer_cfg=dict(_MIXER_CFG_224.get(_mixer, {})))
+    VIT_MIXER_CONFIGS[f"vit_tiny_{_infix}_patch4_32"] = dict(VIT_CONFIGS["vit_tiny_patch4_32"], mixer=_mixer,
+                                                             mixer_cfg=dict(_MIXER_CFG_32.get(_mixer, {})))
+"""ViT-Ti with each non-softmax mixer, at 224 (patch 16) and on CIFAR (32 px, patch 4)."""
+
 
 def build_vit(name: str, **overrides) -> VisionTransformer:
-    if name not in VIT_CONFIGS:
+    if name not in VIT_CONFIGS and name not in VIT_MIXER_CONFIGS:
         raise KeyError(name)
-    cfg = dict(VIT_CONFIGS[name])
+    cfg = dict(VIT_CONFIGS.get(name) or VIT_MIXER_CONFIGS[name])
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     if "img_size" in cfg:
         cfg["img_size"] = to_2tuple(cfg["img_size"])

@@ -1,7 +1,7 @@
 """ViT registry entries and the converter from timm's ``VisionTransformer`` state dicts."""
 from __future__ import annotations
 
-from backbones.vit import VIT_CONFIGS, ViTConfig, build_vit
+from backbones.vit import MIXER_NAMES, VIT_CONFIGS, VIT_MIXER_CONFIGS, ViTConfig, build_vit
 from zoo.models import cifar_cfg, classifier_builder, image_cfg
 from zoo.registry import ModelEntry, PretrainedTag, WeightSource, register
 
@@ -55,3 +55,33 @@ for _name, _arch in VIT_CONFIGS.items():
         description=_DESCRIPTIONS[_name],
         paper="arXiv:2010.11929",
     ))
+
+
+# The pluggable-mixer ViTs: ViT-Ti with only the token mixer changed (backbones/layers/mixers.py), for the
+# mixer comparison (zoo bench mixers). No pretrained weights; train them with the CIFAR recipes.
+_MIXER_WHAT = {
+    "window": "softmax attention in a sliding 2-D window of the patch grid (7x7 at 224, 5x5 at 32 px; class "
+              "token global), flex_attention block mask on CUDA",
+    "block_sparse": "softmax attention inside 4x4-patch blocks plus a global class token, flex_attention block "
+                    "mask on CUDA",
+    "linear": "bidirectional normalised linear attention (elu+1 features) on kernels.linear_attention",
+    "gla": "bidirectional gated linear attention with per-key data-dependent decay (ViG-style) on kernels.gla",
+    "mamba": "Vim's bidirectional Mamba mixer (BiMambaMixer) on kernels.selective_scan",
+    "delta": "gated delta rule, forward + reverse pass summed, on kernels.delta_rule",
+}
+_MIXER_PAPER = {"window": "arXiv:2010.11929", "block_sparse": "arXiv:2010.11929", "linear": "arXiv:2006.16236",
+                "gla": "arXiv:2405.18425", "mamba": "arXiv:2401.09417", "delta": "arXiv:2412.06464"}
+
+for _name, _arch in VIT_MIXER_CONFIGS.items():
+    _small = _arch["img_size"] == 32
+    _mixer = _arch["mixer"]
+    _where = "patch 4 on 32x32" if _small else "patch 16 at 224"
+    register(ModelEntry(
+        name=_name, kind="image", family="vit-mixer",
+        builder=classifier_builder(build_vit, ViTConfig, _name),
+        default_cfg=cifar_cfg() if _small else image_cfg(),
+        converter=convert_timm_vit,
+        description=f"ViT-Ti (192 wide, 12 deep, 3 heads), {_where}, mixer '{_mixer}': {_MIXER_WHAT[_mixer]}",
+        paper=_MIXER_PAPER[_mixer],
+    ))
+assert set(MIXER_NAMES) == set(_MIXER_WHAT)
