@@ -3,7 +3,9 @@
 ``selective_scan`` takes the Triton path on CUDA tensors (or under ``TRITON_INTERPRET=1``) and the chunked
 vectorised PyTorch path elsewhere; ``SPEEDZOO_KERNELS`` overrides the choice (see ``kernels.common``). Both
 paths compute the same math as mamba_ssm's ``selective_scan_ref``, plus ``reverse`` (scan from the last token
-to the first without flipped copies) for bidirectional blocks.
+to the first without flipped copies) for bidirectional blocks. On the GPU the Triton path picks a sequential
+or a chunk-parallel (along L) kernel set by occupancy; ``SPEEDZOO_SCAN_VARIANT`` / ``SPEEDZOO_SCAN_SEG``
+force one (see ``kernels.selective_scan.triton.scan_plan``).
 """
 from __future__ import annotations
 

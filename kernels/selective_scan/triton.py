@@ -19,10 +19,42 @@ Design (one pass over the inputs, memory-bound in principle):
   Channel-summed gradients (dB, dC) are reduced over the program's channels in registers and added to fp32
   buffers with atomics; dA, dD and d(delta_bias) are accumulated per program and added once at the end.
 
+Chunk-parallel variant (``scan_plan`` picks it when batch x channel blocks cannot fill the GPU: Vim at high
+resolution has B=8, D=384 -> 96 programs of one warp for 132 SMs, each walking ~6000 tokens). L is cut into
+segments of SEG tokens (a multiple of CHUNK); every kernel above runs over grid (channel blocks, segments,
+batch) on its segment, with constexpr switches instead of separate kernels:
+
+- forward pass 1 (``EMIT_Y=False``): scan each segment from h = 0; store its end state and ΣΔ (fp32). The
+  segment's decay product is exp(A ΣΔ) because A is constant in time, so [B, n_seg, D] floats suffice, not N
+  per channel. Reads u, Δ, B only.
+- pass 2 (``_combine_kernel``): S_c = exp(A ΣΔ_{c-1}) S_{c-1} + h_end_{c-1}, one associative scan over all
+  segments of a (channel, state) pair held in registers (log depth, no chain of dependent global loads);
+  also the last state.
+- pass 3 (``HAS_H0``): rescan each segment from S_c, writing y (D skip, z gate) and the backward's chunk
+  states exactly as the sequential kernel does.
+
+  Why rescan rather than "pass 1 writes y without the carry, pass 3 adds <C_t, exp(A cumΔ_t) ⊙ S_c>": the
+  carry term needs exp(A cumΔ_t) for every (token, state), i.e. the same N exps per token as the rescan, and
+  the partial y must stay fp32 before the gate (write + read 8 B per element) while the rescan only re-reads
+  u and Δ (4 B in bf16; B is shared by all channels). Fused moves more bytes for no fewer exps.
+
+  Traffic at (B, D, L, N) = (8, 384, 6085, 16) bf16, SEG 288 (22 segments): [B, D, L] tensor 37.4 MB, B or C
+  1.6 MB, per-segment state 4.3 MB. Pass 1 reads 76.3 MB and writes 4.6 MB; pass 2 moves 9 MB; pass 3 reads
+  119.6 MB and writes 37.4 MB (+37.6 MB chunk states when a gradient is needed): ~247 MB = 58 us at the
+  4.27 TB/s copy rate (minimum traffic 153 MB = 36 us). Exps: 2 x 299 M ex2 at ~4.2 T/s (132 SMs x 16 MUFU
+  per clock) = ~0.14 ms, so the forward is bounded by the special-function units at roughly 0.15-0.25 ms,
+  against 0.578 ms for mamba_ssm's CUDA kernel.
+- backward pass A (``CARRY_ONLY``): each segment's adjoint from a zero carry, storing only the carry it
+  passes to the previous segment (a_first g_first) and ΣΔ; reads Δ, C, dout, z (~114 MB at the shape above)
+  and does N exps per token. Pass B: the same combine kernel, scanning segments last to first
+  (carry_c = P_{c+1} carry_{c+1} + local_{c+1}). Pass C (``HAS_CARRY``): the sequential backward restricted to
+  the segment, starting from the true carry and the forward's stored chunk states.
+
 Importing this module compiles nothing; kernels are jit-compiled on first call.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -31,7 +63,7 @@ import triton.language as tl
 
 from kernels.common import interpreting
 
-__all__ = ["selective_scan_triton", "SelectiveScanFn", "chunk_size_for"]
+__all__ = ["selective_scan_triton", "SelectiveScanFn", "chunk_size_for", "scan_plan", "sm_count"]
 
 LOG2E = 1.4426950408889634
 
@@ -59,19 +91,41 @@ def _softplus(x):
 
 
 @triton.jit
+def _delta(dt_ptr, col, t, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Load a [tokens, channels] tile of Δ: returns (pre-softplus x, Δ); padding gets Δ = 0 (identity step)."""
+    x = tl.load(dt_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        x = x + bias[None, :]
+    if SOFTPLUS:
+        dt = _softplus(x)
+    else:
+        dt = x
+    return x, tl.where(mask, dt, 0.0)
+
+
+@triton.jit
 def _fwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, last_ptr, states_ptr,
-    Dch, L, cpg_B, cpg_C, stride_Bb, stride_Bg, stride_Cb, stride_Cg,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, end_ptr, states_ptr, h0_ptr, dsum_ptr,
+    Dch, L, SEG, cpg_B, cpg_C, stride_Bb, stride_Bg, stride_Cb, stride_Cg,
     L_BUCKET, BATCH_BUCKET, BD_CAP,
     N: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     REVERSE: tl.constexpr, STORE_STATES: tl.constexpr,
+    EMIT_Y: tl.constexpr, STORE_END: tl.constexpr, HAS_H0: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
+    """One program scans BLOCK_D channels of one sequence over segment ``program_id(1)`` (SEG tokens in scan
+    order; the sequential variant has one segment of L tokens).
+
+    EMIT_Y=False is chunk-parallel pass 1 (from a zero state: end state and sum of Δ only, no C/z/y);
+    HAS_H0 is pass 3 (rescan from the combined start state, writing y and the backward's chunk states).
+    """
     # Tiles are token-major [BLOCK_L, NP, BLOCK_D]: Triton's default layout gives lanes to the last axes
     # (channels, then states), so the scanned token axis stays inside each thread (no shuffles per step).
     pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
+    pid_s = tl.program_id(1)
+    n_seg = tl.num_programs(1)
+    pid_b = tl.program_id(2).to(tl.int64)
     d0 = pid_d * BLOCK_D
     offs_d = d0 + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, NP)
@@ -85,70 +139,88 @@ def _fwd_kernel(
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
 
     col = pid_b * Dch * L + offs_d.to(tl.int64)[None, :] * L                       # [1, BD]
     colB = pid_b * stride_Bb + (d0 // cpg_B) * stride_Bg + offs_n.to(tl.int64)[None, :] * L
     colC = pid_b * stride_Cb + (d0 // cpg_C) * stride_Cg + offs_n.to(tl.int64)[None, :] * L
     n_chunks = tl.cdiv(L, CHUNK)
     st_off = (pid_b * Dch + offs_d.to(tl.int64)[None, :]) * n_chunks * N + offs_n[:, None]   # [NP, BD]
+    seg_row = pid_b * n_seg + pid_s                                                # [B, n_seg, ...] row
+    seg_off = (seg_row * Dch + offs_d.to(tl.int64)[None, :]) * N + offs_n[:, None]
+    p0 = pid_s * SEG
+    p_end = tl.minimum(L, p0 + SEG)
 
-    h = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
+    if HAS_H0:
+        h = tl.load(h0_ptr + seg_off, mask=mask_nd, other=0.0)
+    else:
+        h = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
+    dsum = tl.zeros([BLOCK_D], dtype=tl.float32)
     if STORE_STATES:
-        tl.store(states_ptr + st_off, h, mask=mask_nd)
-    for i in range(0, tl.cdiv(L, BLOCK_L)):
-        p = i * BLOCK_L + offs_l
-        mask_l = p < L
+        tl.store(states_ptr + st_off + (p0 // CHUNK) * N, h, mask=mask_nd)
+    for i in range(0, tl.cdiv(p_end - p0, BLOCK_L)):
+        p = p0 + i * BLOCK_L + offs_l
+        mask_l = p < p_end
         if REVERSE:
             t = L - 1 - p
         else:
             t = p
         mask = mask_l[:, None] & mask_d[None, :]
-        u = tl.load(u_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)        # [BL, BD]
-        dt = tl.load(dt_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt = dt + bias[None, :]
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.where(mask, dt, 0.0)                                               # padding: identity step
         mask_ln = mask_l[:, None] & mask_n[None, :]
+        u = tl.load(u_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)        # [BL, BD]
+        _, dt = _delta(dt_ptr, col, t, mask, bias, HAS_BIAS, SOFTPLUS)
         Bt = tl.load(B_ptr + colB + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)   # [BL, NP]
-        Ct = tl.load(C_ptr + colC + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)
 
         a = tl.exp2(dt[:, None, :] * A2[None, :, :])                               # [BL, NP, BD]
         b = (dt * u)[:, None, :] * Bt[:, :, None]
         a_s, b_s = tl.associative_scan((a, b), axis=0, combine_fn=_affine_combine)
         hs = a_s * h[None, :, :] + b_s
-        y = tl.sum(hs * Ct[:, :, None], axis=1)                                    # [BL, BD]
         h = tl.sum(tl.where(offs_l[:, None, None] == BLOCK_L - 1, hs, 0.0), axis=0)
 
-        if HAS_D:
-            y += Dv[None, :] * u
-        if HAS_Z:
-            zz = tl.load(z_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
-        tl.store(y_ptr + col + t[:, None], y.to(y_ptr.dtype.element_ty), mask=mask)
+        if EMIT_Y:
+            Ct = tl.load(C_ptr + colC + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)
+            y = tl.sum(hs * Ct[:, :, None], axis=1)                                # [BL, BD]
+            if HAS_D:
+                y += Dv[None, :] * u
+            if HAS_Z:
+                zz = tl.load(z_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
+                y = y * zz * tl.sigmoid(zz)
+            tl.store(y_ptr + col + t[:, None], y.to(y_ptr.dtype.element_ty), mask=mask)
+        else:
+            dsum += tl.sum(dt, axis=0)
         if STORE_STATES:
-            end = (i + 1) * BLOCK_L
-            if (end % CHUNK == 0) & (end < L):
+            end = p0 + (i + 1) * BLOCK_L
+            if (end % CHUNK == 0) & (end < p_end):
                 tl.store(states_ptr + st_off + (end // CHUNK) * N, h, mask=mask_nd)
 
-    last_off = (pid_b * Dch + offs_d.to(tl.int64)[None, :]) * N + offs_n[:, None]
-    tl.store(last_ptr + last_off, h, mask=mask_nd)
+    if STORE_END:
+        tl.store(end_ptr + seg_off, h, mask=mask_nd)
+    if not EMIT_Y:
+        tl.store(dsum_ptr + seg_row * Dch + offs_d, dsum, mask=mask_d)
 
 
 @triton.jit
 def _bwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, carry_ptr, dsum_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    Dch, L, cpg_B, cpg_C, stride_Bb, stride_Bg, stride_Cb, stride_Cg,
+    Dch, L, SEG, cpg_B, cpg_C, stride_Bb, stride_Bg, stride_Cb, stride_Cg,
     L_BUCKET, BATCH_BUCKET, BD_CAP,
     N: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    REVERSE: tl.constexpr,
+    REVERSE: tl.constexpr, CARRY_ONLY: tl.constexpr, HAS_CARRY: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
+    """One program walks the CHUNK-token tiles of segment ``program_id(1)`` last to first for BLOCK_D channels.
+
+    CARRY_ONLY is chunk-parallel pass A: the adjoint from a zero carry over the segment, storing only the
+    carry it passes to the previous segment (a_first g_first) and the segment's sum of Δ (no u, B, states).
+    HAS_CARRY is pass C: the full gradient with the true carry coming in from the later segments.
+    """
     pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
+    pid_s = tl.program_id(1)
+    n_seg = tl.num_programs(1)
+    pid_b = tl.program_id(2).to(tl.int64)
     d0 = pid_d * BLOCK_D
     offs_d = d0 + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, NP)
@@ -163,68 +235,73 @@ def _bwd_kernel(
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
 
     col = pid_b * Dch * L + offs_d.to(tl.int64)[None, :] * L
     colB = pid_b * stride_Bb + (d0 // cpg_B) * stride_Bg + offs_n.to(tl.int64)[None, :] * L
     colC = pid_b * stride_Cb + (d0 // cpg_C) * stride_Cg + offs_n.to(tl.int64)[None, :] * L
     n_chunks = tl.cdiv(L, CHUNK)
     st_off = (pid_b * Dch + offs_d.to(tl.int64)[None, :]) * n_chunks * N + offs_n[:, None]
+    seg_row = pid_b * n_seg + pid_s
+    seg_off = (seg_row * Dch + offs_d.to(tl.int64)[None, :]) * N + offs_n[:, None]
+    p0 = pid_s * SEG
+    p_end = tl.minimum(L, p0 + SEG)
+    k0 = p0 // CHUNK
+    nk = tl.cdiv(p_end - p0, CHUNK)
 
     dA_acc = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)       # a_s g_s at the first token of the next chunk
-    for kk in range(0, n_chunks):
-        k = n_chunks - 1 - kk
+    dsum = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_CARRY:                                           # a_s g_s at the first token after this segment
+        carry = tl.load(carry_ptr + seg_off, mask=mask_nd, other=0.0)
+    else:
+        carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
+    for kk in range(0, nk):
+        k = k0 + nk - 1 - kk
         p = k * CHUNK + offs_l
-        mask_l = p < L
+        mask_l = p < p_end
         if REVERSE:
             t = L - 1 - p
         else:
             t = p
         mask = mask_l[:, None] & mask_d[None, :]
         mask_ln = mask_l[:, None] & mask_n[None, :]
-        u = tl.load(u_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(dt_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            x = x + bias[None, :]
-        if SOFTPLUS:
-            dt = _softplus(x)
-        else:
-            dt = x
-        dt = tl.where(mask, dt, 0.0)
-        Bt = tl.load(B_ptr + colB + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)
+        x, dt = _delta(dt_ptr, col, t, mask, bias, HAS_BIAS, SOFTPLUS)
         Ct = tl.load(C_ptr + colC + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)
         dout = tl.load(dout_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
-        h0 = tl.load(states_ptr + st_off + k * N, mask=mask_nd, other=0.0)
-
-        # recompute the chunk's states from its stored start state
-        dtu = dt * u
         a = tl.exp2(dt[:, None, :] * A2[None, :, :])                               # [CH, NP, BD]
-        b = dtu[:, None, :] * Bt[:, :, None]
-        a_s, b_s = tl.associative_scan((a, b), axis=0, combine_fn=_affine_combine)
-        hs = a_s * h0[None, :, :] + b_s
-
         if HAS_Z:
             zz = tl.load(z_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
             sz = tl.sigmoid(zz)
-            y = tl.sum(hs * Ct[:, :, None], axis=1)
-            if HAS_D:
-                y += Dv[None, :] * u
-            dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
-            tl.store(dz_ptr + col + t[:, None], dz.to(dz_ptr.dtype.element_ty), mask=mask)
             dy = dout * zz * sz
         else:
             dy = dout
         dy = tl.where(mask, dy, 0.0)
-        if HAS_D:
-            dD_acc += tl.sum(dy * u, axis=0)
-            du = dy * Dv[None, :]
-        else:
-            du = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
 
-        dC_part = tl.sum(hs * dy[:, None, :], axis=2)                              # [CH, NP]
-        tl.atomic_add(dC_ptr + colC + t[:, None], dC_part, mask=mask_ln, sem="relaxed")
+        if not CARRY_ONLY:
+            # recompute the chunk's states from its stored start state
+            u = tl.load(u_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
+            Bt = tl.load(B_ptr + colB + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)
+            h0 = tl.load(states_ptr + st_off + k * N, mask=mask_nd, other=0.0)
+            dtu = dt * u
+            b = dtu[:, None, :] * Bt[:, :, None]
+            a_s, b_s = tl.associative_scan((a, b), axis=0, combine_fn=_affine_combine)
+            hs = a_s * h0[None, :, :] + b_s
+            if HAS_Z:
+                y = tl.sum(hs * Ct[:, :, None], axis=1)
+                if HAS_D:
+                    y += Dv[None, :] * u
+                dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
+                tl.store(dz_ptr + col + t[:, None], dz.to(dz_ptr.dtype.element_ty), mask=mask)
+            if HAS_D:
+                dD_acc += tl.sum(dy * u, axis=0)
+                du = dy * Dv[None, :]
+            else:
+                du = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
+            dC_part = tl.sum(hs * dy[:, None, :], axis=2)                          # [CH, NP]
+            tl.atomic_add(dC_ptr + colC + t[:, None], dC_part, mask=mask_ln, sem="relaxed")
 
         # adjoint g_t = dL/dh_t: reverse scan within the chunk plus the carry from later chunks
         c = Ct[:, :, None] * dy[:, None, :]
@@ -233,26 +310,78 @@ def _bwd_kernel(
         g = g_s + q_s * carry[None, :, :]
         carry = tl.sum(tl.where(offs_l[:, None, None] == 0, a * g, 0.0), axis=0)
 
-        dB_part = tl.sum(g * dtu[:, None, :], axis=2)
-        tl.atomic_add(dB_ptr + colB + t[:, None], dB_part, mask=mask_ln, sem="relaxed")
-        s = tl.sum(g * Bt[:, :, None], axis=1)                                     # d(Δ u)  [CH, BD]
-        du += dt * s
-        w = g * (hs - b)                                                           # g_t a_t h_{t-1}
-        ddt = u * s + tl.sum(w * A[None, :, :], axis=1)
-        dA_acc += tl.sum(w * dt[:, None, :], axis=0)
-        if SOFTPLUS:
-            ddt = ddt * tl.sigmoid(x)
-        ddt = tl.where(mask, ddt, 0.0)
-        if HAS_BIAS:
-            dbias_acc += tl.sum(ddt, axis=0)
-        tl.store(du_ptr + col + t[:, None], du.to(du_ptr.dtype.element_ty), mask=mask)
-        tl.store(ddt_ptr + col + t[:, None], ddt.to(ddt_ptr.dtype.element_ty), mask=mask)
+        if CARRY_ONLY:
+            dsum += tl.sum(dt, axis=0)
+        else:
+            dB_part = tl.sum(g * dtu[:, None, :], axis=2)
+            tl.atomic_add(dB_ptr + colB + t[:, None], dB_part, mask=mask_ln, sem="relaxed")
+            s = tl.sum(g * Bt[:, :, None], axis=1)                                 # d(Δ u)  [CH, BD]
+            du += dt * s
+            w = g * (hs - b)                                                       # g_t a_t h_{t-1}
+            ddt = u * s + tl.sum(w * A[None, :, :], axis=1)
+            dA_acc += tl.sum(w * dt[:, None, :], axis=0)
+            if SOFTPLUS:
+                ddt = ddt * tl.sigmoid(x)
+            ddt = tl.where(mask, ddt, 0.0)
+            if HAS_BIAS:
+                dbias_acc += tl.sum(ddt, axis=0)
+            tl.store(du_ptr + col + t[:, None], du.to(du_ptr.dtype.element_ty), mask=mask)
+            tl.store(ddt_ptr + col + t[:, None], ddt.to(ddt_ptr.dtype.element_ty), mask=mask)
 
-    tl.atomic_add(dA_ptr + offs_d[None, :] * N + offs_n[:, None], dA_acc, mask=mask_nd, sem="relaxed")
-    if HAS_D:
-        tl.atomic_add(dD_ptr + offs_d, dD_acc, mask=mask_d, sem="relaxed")
-    if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + offs_d, dbias_acc, mask=mask_d, sem="relaxed")
+    if CARRY_ONLY:
+        tl.store(carry_ptr + seg_off, carry, mask=mask_nd)
+        tl.store(dsum_ptr + seg_row * Dch + offs_d, dsum, mask=mask_d)
+    else:
+        tl.atomic_add(dA_ptr + offs_d[None, :] * N + offs_n[:, None], dA_acc, mask=mask_nd, sem="relaxed")
+        if HAS_D:
+            tl.atomic_add(dD_ptr + offs_d, dD_acc, mask=mask_d, sem="relaxed")
+        if HAS_BIAS:
+            tl.atomic_add(dbias_ptr + offs_d, dbias_acc, mask=mask_d, sem="relaxed")
+
+
+@triton.jit
+def _combine_kernel(
+    A_ptr, dsum_ptr, x_ptr, out_ptr, final_ptr, Dch, n_seg,
+    N: tl.constexpr, NSEG_P: tl.constexpr, BLOCK: tl.constexpr,
+    BACKWARD: tl.constexpr, STORE_FINAL: tl.constexpr,
+):
+    """Chunk-parallel pass 2 / B: the carries between segments, for BLOCK (channel, state) pairs of a sequence.
+
+    Segment c maps an incoming state s to P_c s + x_c with P_c = exp(A ΣΔ_c). Forward, out[c] is the state
+    entering segment c (x = segment end states from zero); backward (adjoint runs last to first), out[c] is
+    the carry entering segment c from c+1 (x = pass A's local carries). All segments are loaded at once and
+    combined by one associative scan (log depth) instead of n_seg dependent global round trips.
+    """
+    pid = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)                                       # flat d * N + n
+    mask_f = offs < Dch * N
+    rows = tl.arange(0, NSEG_P)
+    mask_r = rows < n_seg
+    mask = mask_r[:, None] & mask_f[None, :]
+    A = tl.load(A_ptr + offs, mask=mask_f, other=0.0)
+    row = pid_b * n_seg + rows.to(tl.int64)                                        # [NSEG_P]
+    ds = tl.load(dsum_ptr + row[:, None] * Dch + (offs // N)[None, :], mask=mask, other=0.0)
+    P = tl.where(mask, tl.exp2(ds * (A * 1.4426950408889634)[None, :]), 1.0)       # padding rows: identity
+    x = tl.load(x_ptr + row[:, None] * Dch * N + offs[None, :], mask=mask, other=0.0)
+    zero = tl.zeros([BLOCK], dtype=tl.float32)
+    if BACKWARD:
+        # inclusive from the end: s_c = x_c + P_c s_{c+1}; segment c receives s_{c+1}
+        _, s = tl.associative_scan((P, x), axis=0, combine_fn=_affine_combine, reverse=True)
+        tl.store(out_ptr + (row[:, None] - 1) * Dch * N + offs[None, :], s, mask=mask & (rows[:, None] >= 1))
+        tl.store(out_ptr + (pid_b * n_seg + n_seg - 1) * Dch * N + offs, zero, mask=mask_f)
+        if STORE_FINAL:
+            tl.store(final_ptr + pid_b * Dch * N + offs, tl.sum(tl.where(rows[:, None] == 0, s, 0.0), axis=0),
+                     mask=mask_f)
+    else:
+        # inclusive from the start: s_c = P_c s_{c-1} + x_c; segment c receives s_{c-1}
+        _, s = tl.associative_scan((P, x), axis=0, combine_fn=_affine_combine)
+        tl.store(out_ptr + (row[:, None] + 1) * Dch * N + offs[None, :], s,
+                 mask=mask & (rows[:, None] < n_seg - 1))
+        tl.store(out_ptr + pid_b * n_seg * Dch * N + offs, zero, mask=mask_f)
+        if STORE_FINAL:
+            tl.store(final_ptr + pid_b * Dch * N + offs,
+                     tl.sum(tl.where(rows[:, None] == n_seg - 1, s, 0.0), axis=0), mask=mask_f)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -302,9 +431,11 @@ def _prune(configs, named_args, **kwargs):
 
 
 _KEY = ["Dch", "L_BUCKET", "BATCH_BUCKET", "BD_CAP", "N", "HAS_Z", "HAS_D", "HAS_BIAS", "SOFTPLUS"]
+_FWD_KEY = _KEY + ["EMIT_Y", "HAS_H0", "STORE_STATES"]
+_BWD_KEY = _KEY + ["CARRY_ONLY", "HAS_CARRY"]
 
-_fwd_tuned = triton.autotune(_FWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune})(_fwd_kernel)
-_bwd_tuned = triton.autotune(_BWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune},
+_fwd_tuned = triton.autotune(_FWD_CONFIGS, key=_FWD_KEY, prune_configs_by={"early_config_prune": _prune})(_fwd_kernel)
+_bwd_tuned = triton.autotune(_BWD_CONFIGS, key=_BWD_KEY, prune_configs_by={"early_config_prune": _prune},
                              reset_to_zero=["dA_ptr", "dB_ptr", "dC_ptr", "dD_ptr", "dbias_ptr"])(_bwd_kernel)
 
 
@@ -330,12 +461,66 @@ def _bucket(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
 
-def _common_args(u, B, C, chunk):
+# --------------------------------------------------------------------------------------------------------
+# sequential vs chunk-parallel: the plan
+
+VARIANT_ENV = "SPEEDZOO_SCAN_VARIANT"      # auto | sequential | chunked
+SEG_ENV = "SPEEDZOO_SCAN_SEG"              # tokens per segment of the chunk-parallel variant (rounded up)
+FILL_PROGRAMS_PER_SM = 4                   # fewer (batch x 32-channel blocks) per SM than this: go chunked
+TARGET_PROGRAMS_PER_SM = 16                # the chunk-parallel grid aims at this many programs per SM
+SEG_MIN = 256                              # shortest automatic segment (pass 2 and launch overheads)
+MAX_SEGS = 256                             # pass 2 holds all segments of a (channel, state) in registers
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (cached); 132 (an H100/H200) off CUDA."""
+    if device.type != "cuda":
+        return 132
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def scan_plan(batch: int, dim: int, L: int, n_state: int, sms: int, variant: str | None = None,
+              seg: int | None = None) -> tuple[str, int]:
+    """(variant, segment length) for a scan shape on a GPU with ``sms`` SMs.
+
+    The sequential kernels run one program per (32-channel block, sequence) down all L tokens; when there
+    are fewer than FILL_PROGRAMS_PER_SM of those per SM (small batch, few channels, long L: Vim at high
+    resolution) most SMs idle, so L is cut into segments until the grid reaches TARGET_PROGRAMS_PER_SM.
+    ``variant`` / ``seg`` (or SPEEDZOO_SCAN_VARIANT / SPEEDZOO_SCAN_SEG) force a choice (the CPU interpreter
+    has no SMs: there the caller asks for "sequential" unless forced). Segments are a multiple of the
+    backward's chunk, whose start states the forward stores.
+    """
+    chunk = chunk_size_for(n_state)
+    variant = (variant or os.environ.get(VARIANT_ENV, "auto")).lower()
+    if variant not in ("auto", "sequential", "chunked"):
+        raise ValueError(f"{VARIANT_ENV} must be auto, sequential or chunked, got {variant!r}")
+    if seg is None and os.environ.get(SEG_ENV):
+        seg = int(os.environ[SEG_ENV])
+    programs = batch * triton.cdiv(dim, 32)
+    if variant == "auto":
+        chunked = programs < FILL_PROGRAMS_PER_SM * sms and L >= 2 * SEG_MIN
+        variant = "chunked" if chunked else "sequential"
+    if variant == "sequential":
+        return "sequential", max(L, 1)
+    if seg is None:
+        want = triton.cdiv(TARGET_PROGRAMS_PER_SM * sms, programs)
+        seg = max(SEG_MIN, triton.cdiv(L, want))
+    seg = max(seg, triton.cdiv(L, MAX_SEGS), 1)
+    seg = triton.cdiv(seg, chunk) * chunk
+    return "chunked", seg
+
+
+def _common_args(u, B, C, chunk, seg):
     batch, dim, L = u.shape
     n = B.shape[2]
     gB, gC = B.shape[1], C.shape[1]
     cap = min(_block_d_cap(dim // gB, gB > 1), _block_d_cap(dim // gC, gC > 1))
-    scalars = (dim, L, dim // gB, dim // gC, B.stride(0), B.stride(1), C.stride(0), C.stride(1),
+    scalars = (dim, L, seg, dim // gB, dim // gC, B.stride(0), B.stride(1), C.stride(0), C.stride(1),
                _bucket(L), _bucket(batch), cap)
     meta = dict(N=n, NP=triton.next_power_of_2(n), CHUNK=chunk)
     return scalars, meta, cap
@@ -345,8 +530,31 @@ def _dummy(ref: torch.Tensor) -> torch.Tensor:
     return torch.zeros(1, device=ref.device, dtype=torch.float32)
 
 
-def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, store_states):
-    """Launch the forward kernel. B, C are 4-D ``[B, G, N, L]``; all contiguous. Returns (y, last, states)."""
+def _launch(fixed, tuned, args, n_seg, batch, dim, cap, chunk, fwd, **kw):
+    """One scan kernel over grid (channel blocks, segments, batch), autotuned or with the fixed config."""
+    if not _autotune():
+        cfg = _fixed_config(cap, chunk, fwd=fwd)
+        fixed[(triton.cdiv(dim, cfg["BLOCK_D"]), n_seg, batch)](*args, **kw, **cfg)
+    else:
+        tuned[lambda m: (triton.cdiv(dim, m["BLOCK_D"]), n_seg, batch)](*args, **kw)
+
+
+def _combine(A, dsum, x, out, final, backward):
+    """Pass 2 (forward) / pass B (backward): carries between segments, ``out[b, c]`` for every segment."""
+    batch, n_seg, dim, n = x.shape
+    nseg_p = max(2, triton.next_power_of_2(n_seg))
+    block = max(16, min(512, 2048 // nseg_p))                     # <= 16 fp32 per thread per tensor
+    grid = (triton.cdiv(dim * n, block), batch)
+    _combine_kernel[grid](A, dsum, x, out, final if final is not None else out, dim, n_seg, N=n, NSEG_P=nseg_p,
+                          BLOCK=block, BACKWARD=backward, STORE_FINAL=final is not None, num_warps=4)
+
+
+def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, store_states, plan):
+    """Launch the forward: one sequential pass, or passes 1-3 of the chunk-parallel variant.
+
+    B, C are 4-D ``[B, G, N, L]``; all contiguous. Returns (y, last, states).
+    """
+    variant, seg = plan
     batch, dim, L = u.shape
     n = A.shape[1]
     chunk = chunk_size_for(n)
@@ -355,24 +563,37 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, s
     n_chunks = triton.cdiv(L, chunk)
     states = (torch.empty(batch, dim, n_chunks, n, device=u.device, dtype=torch.float32)
               if store_states else _dummy(u))
-    scalars, meta, cap = _common_args(u, B, C, chunk)
+    scalars, meta, cap = _common_args(u, B, C, chunk, seg)
     dummy = _dummy(u)
-    args = (u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-            delta_bias if delta_bias is not None else dummy, y, last, states, *scalars)
+    opt = (D if D is not None else dummy, z if z is not None else dummy,
+           delta_bias if delta_bias is not None else dummy)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                 SOFTPLUS=bool(softplus), REVERSE=bool(reverse), STORE_STATES=bool(store_states))
-    if not _autotune():
-        cfg = _fixed_config(cap, chunk, fwd=True)
-        grid = (triton.cdiv(dim, cfg["BLOCK_D"]), batch)
-        _fwd_kernel[grid](*args, **meta, **flags, **cfg)
-    else:
-        grid = lambda m: (triton.cdiv(dim, m["BLOCK_D"]), batch)  # noqa: E731
-        _fwd_tuned[grid](*args, **meta, **flags)
+                 SOFTPLUS=bool(softplus), REVERSE=bool(reverse))
+    run = functools.partial(_launch, _fwd_kernel, _fwd_tuned, batch=batch, dim=dim, cap=cap, chunk=chunk,
+                            fwd=True)
+    if variant == "sequential":
+        args = (u, delta, A, B, C, *opt, y, last, states, dummy, dummy, *scalars)
+        run(args, 1, **meta, **flags, STORE_STATES=bool(store_states), EMIT_Y=True, STORE_END=True,
+            HAS_H0=False)
+        return y, last, states
+    n_seg = triton.cdiv(L, seg)
+    h_end = torch.empty(batch, n_seg, dim, n, device=u.device, dtype=torch.float32)
+    dsum = torch.empty(batch, n_seg, dim, device=u.device, dtype=torch.float32)
+    start = torch.empty_like(h_end)
+    # pass 1: every segment from a zero state -> its end state and sum of Δ (reads u, Δ, B only)
+    run((u, delta, A, B, C, *opt, y, h_end, states, dummy, dsum, *scalars), n_seg, **meta, **flags,
+        STORE_STATES=False, EMIT_Y=False, STORE_END=True, HAS_H0=False)
+    # pass 2: true start states (and the last state) by a scan over segments
+    _combine(A, dsum, h_end, start, last, backward=False)
+    # pass 3: rescan every segment from its start state -> y (and the backward's chunk states)
+    run((u, delta, A, B, C, *opt, y, dummy, states, start, dummy, *scalars), n_seg, **meta, **flags,
+        STORE_STATES=bool(store_states), EMIT_Y=True, STORE_END=False, HAS_H0=True)
     return y, last, states
 
 
-def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, states):
-    """Launch the backward kernel; returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)."""
+def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, states, plan):
+    """Launch the backward (sequential, or passes A-C); returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)."""
+    variant, seg = plan
     batch, dim, L = u.shape
     n = A.shape[1]
     chunk = chunk_size_for(n)
@@ -384,50 +605,71 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reve
     dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
     dD = torch.zeros(dim, device=u.device, dtype=torch.float32) if D is not None else _dummy(u)
     dbias = torch.zeros(dim, device=u.device, dtype=torch.float32) if delta_bias is not None else _dummy(u)
-    scalars, meta, cap = _common_args(u, B, C, chunk)
+    scalars, meta, cap = _common_args(u, B, C, chunk, seg)
     dummy = _dummy(u)
-    args = (u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-            delta_bias if delta_bias is not None else dummy, dout, states,
-            du, ddelta, dz if dz is not None else dummy, dA, dB, dC, dD, dbias, *scalars)
+    opt = (D if D is not None else dummy, z if z is not None else dummy,
+           delta_bias if delta_bias is not None else dummy)
+    grads = (du, ddelta, dz if dz is not None else dummy, dA, dB, dC, dD, dbias)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=bool(softplus), REVERSE=bool(reverse))
-    if not _autotune():
-        cfg = _fixed_config(cap, chunk, fwd=False)
-        grid = (triton.cdiv(dim, cfg["BLOCK_D"]), batch)
-        _bwd_kernel[grid](*args, **meta, **flags, **cfg)
+    run = functools.partial(_launch, _bwd_kernel, _bwd_tuned, batch=batch, dim=dim, cap=cap, chunk=chunk,
+                            fwd=False)
+    if variant == "sequential":
+        run((u, delta, A, B, C, *opt, dout, states, dummy, dummy, *grads, *scalars), 1, **meta, **flags,
+            CARRY_ONLY=False, HAS_CARRY=False)
     else:
-        grid = lambda m: (triton.cdiv(dim, m["BLOCK_D"]), batch)  # noqa: E731
-        _bwd_tuned[grid](*args, **meta, **flags)
+        n_seg = triton.cdiv(L, seg)
+        local = torch.empty(batch, n_seg, dim, n, device=u.device, dtype=torch.float32)
+        dsum = torch.empty(batch, n_seg, dim, device=u.device, dtype=torch.float32)
+        carry = torch.empty_like(local)
+        # pass A: each segment's adjoint from a zero carry -> the carry it hands back (reads Δ, C, dout, z)
+        run((u, delta, A, B, C, *opt, dout, states, local, dsum, *grads, *scalars), n_seg, **meta, **flags,
+            CARRY_ONLY=True, HAS_CARRY=False)
+        # pass B: true incoming carries by a reverse scan over segments
+        _combine(A, dsum, local, carry, None, backward=True)
+        # pass C: gradients of every segment in parallel
+        run((u, delta, A, B, C, *opt, dout, states, carry, dummy, *grads, *scalars), n_seg, **meta, **flags,
+            CARRY_ONLY=False, HAS_CARRY=True)
     return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz,
             dbias if delta_bias is not None else None)
 
 
 class SelectiveScanFn(torch.autograd.Function):
-    """Triton forward; backward recomputes states per chunk from the chunk-start states saved by forward."""
+    """Triton forward; backward recomputes states per chunk from the chunk-start states saved by forward.
+
+    ``plan`` = (variant, segment) from :func:`scan_plan`, kept so the backward splits L as the forward did.
+    """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, plan):
         need_grad = any(ctx.needs_input_grad[:8])
         y, last, states = selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
-                                             store_states=need_grad)
+                                             store_states=need_grad, plan=plan)
         ctx.mark_non_differentiable(last)
         if need_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
-        ctx.flags = (bool(delta_softplus), bool(reverse))
+        ctx.flags = (bool(delta_softplus), bool(reverse), plan)
         return y, last
 
     @staticmethod
     def backward(ctx, dy, _dlast):
         u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
-        softplus, reverse = ctx.flags
+        softplus, reverse, plan = ctx.flags
         du, ddelta, dA, dB, dC, dD, dz, dbias = selective_scan_bwd(
-            dy.contiguous(), u, delta, A, B, C, D, z, delta_bias, softplus, reverse, states)
+            dy.contiguous(), u, delta, A, B, C, D, z, delta_bias, softplus, reverse, states, plan)
         return (du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
                 dD.to(D.dtype) if dD is not None else None, dz,
-                dbias.to(delta_bias.dtype) if dbias is not None else None, None, None)
+                dbias.to(delta_bias.dtype) if dbias is not None else None, None, None, None)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          reverse=False):
-    """Triton selective scan on validated, contiguous inputs with 4-D B/C; returns (y, last_state)."""
-    return SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+                          reverse=False, variant=None, seg=None):
+    """Triton selective scan on validated, contiguous inputs with 4-D B/C; returns (y, last_state).
+
+    ``variant`` ("auto", "sequential", "chunked") and ``seg`` override :func:`scan_plan`'s choice.
+    """
+    batch, dim, L = u.shape
+    if variant is None and interpreting() and os.environ.get(VARIANT_ENV, "auto").lower() == "auto":
+        variant = "sequential"
+    plan = scan_plan(batch, dim, L, A.shape[1], sm_count(u.device), variant, seg)
+    return SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, plan)

@@ -1,5 +1,10 @@
 """Selective scan: Triton path (interpreter on CPU, compiled on GPU) and chunked path vs the fp32 token loop.
 
+The Triton path has two variants (kernels.selective_scan.triton.scan_plan): sequential (one program walks all
+L tokens) and chunk-parallel along L (segments scanned from zero, combined, rescanned; backward likewise).
+The chunk-parallel tests force it with SPEEDZOO_SCAN_VARIANT=chunked and the shortest segment (one backward
+chunk, 32 tokens) so the interpreter sees several segments, partial last segments, and L below one segment.
+
 Metric: relative RMS error (kernels.common.rel_rms) of the output and of every input gradient.
 Tolerances: fp32 inputs 1e-5 (CPU interpreter) / 1e-4 (GPU); bf16 inputs 1e-2 (outputs and gradients are
 rounded to bf16, ~4e-3 RMS); the reference always runs in fp32 on the same (upcast) input values.
@@ -194,6 +199,63 @@ def test_noncontiguous_inputs():
     assert rel_rms(y, selective_scan_ref(u, delta, A, B, C, D, z, bias, delta_softplus=True)) < 1e-5
 
 
+# ----------------------------------------------------------------------------------------------- chunk-parallel
+
+CHUNKED_CASES = [
+    # batch, dim, L, n, groups, has_D, has_z, has_bias, softplus, reverse  (segments of 32 tokens)
+    (2, 6, 37, 16, None, True, True, True, True, False),    # 2 segments, the last of 5 tokens
+    (1, 8, 70, 16, 2, True, True, True, True, True),        # grouped B/C, reverse, 3 segments
+    (1, 3, 1, 1, None, False, False, False, False, False),  # L = 1, nothing optional
+    (2, 5, 19, 1, None, True, False, True, False, True),    # L < one segment, no gate, reverse
+    (1, 4, 100, 16, None, False, True, False, True, False),  # 4 segments
+]
+
+
+@pytest.fixture
+def chunked(monkeypatch):
+    """Force the chunk-parallel variant with 32-token segments."""
+    monkeypatch.setenv("SPEEDZOO_SCAN_VARIANT", "chunked")
+    monkeypatch.setenv("SPEEDZOO_SCAN_SEG", "16")          # rounded up to the backward chunk (32)
+
+
+@pytest.mark.parametrize("case", CHUNKED_CASES)
+def test_chunk_parallel_fp32_matches_ref(case, chunked):
+    batch, dim, L, n, groups, has_D, has_z, has_bias, softplus, reverse = case
+    inputs = make_inputs(batch, dim, L, n, groups, torch.float32, has_D, has_z, has_bias)
+    compare(inputs, TOL[torch.float32], delta_softplus=softplus, reverse=reverse)
+
+
+def test_chunk_parallel_bf16_matches_ref(chunked):
+    inputs = make_inputs(1, 8, 40, 16, 2, torch.bfloat16)
+    compare(inputs, TOL[torch.bfloat16], delta_softplus=True, reverse=True)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_chunk_parallel_last_state(reverse, chunked):
+    inputs = make_inputs(1, 4, 75, 16)
+    y, last = selective_scan(*inputs, delta_softplus=True, reverse=reverse, return_last_state=True)
+    y_ref, last_ref = selective_scan_ref(*inputs, delta_softplus=True, reverse=reverse, return_last_state=True)
+    assert last.shape == (1, 4, 16) and last.dtype == torch.float32
+    assert rel_rms(last, last_ref) < 1e-5 and rel_rms(y, y_ref) < 1e-5
+
+
+def test_scan_plan_heuristic():
+    """Sequential when (batch x 32-channel blocks) fills the GPU, chunked when it does not (132 SMs)."""
+    from kernels.selective_scan.triton import MAX_SEGS, chunk_size_for, scan_plan
+
+    assert scan_plan(128, 384, 197, 16, 132, "auto")[0] == "sequential"
+    assert scan_plan(128, 768, 197, 16, 132, "auto")[0] == "sequential"
+    for shape in [(8, 384, 6085, 16), (8, 384, 4097, 16), (8, 2048, 4096, 16), (1, 64, 600_000, 16)]:
+        variant, seg = scan_plan(*shape, 132, "auto")
+        assert variant == "chunked", shape
+        assert seg % chunk_size_for(shape[3]) == 0 and -(-shape[2] // seg) <= MAX_SEGS, (shape, seg)
+    assert scan_plan(8, 384, 300, 16, 132, "auto")[0] == "sequential"      # too short to split
+    assert scan_plan(8, 384, 6085, 16, 132, "sequential") == ("sequential", 6085)
+    assert scan_plan(1, 4, 100, 16, 132, "chunked", 16) == ("chunked", 32)
+    with pytest.raises(ValueError, match="SCAN_VARIANT"):
+        scan_plan(1, 4, 100, 16, 132, "parallel")
+
+
 # ----------------------------------------------------------------------------------------------- GPU
 
 # The four benchmark shapes (B, D, L, N) at small batch: Vim-Ti 224, Vim-Ti 1248, Vim-S 224, LM-like.
@@ -250,3 +312,33 @@ def test_gpu_int64_offsets():
     y_ref = selective_scan_chunked(u[-1:, -2:], delta[-1:, -2:], A[-2:], B[-1:], C[-1:], D[-2:], None, bias[-2:],
                                    delta_softplus=True)
     assert rel_rms(y[-1:, -2:], y_ref) < 1e-2
+
+
+LONG_SHAPES = [(1, 384, 6085, 16), (2, 384, 4097, 16), (1, 2048, 4096, 16)]
+
+
+@pytest.mark.parametrize("shape", LONG_SHAPES)
+@pytest.mark.parametrize("variant", ["sequential", "chunked"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_long_l_both_variants(shape, variant, reverse, monkeypatch):
+    """Vim at high resolution / LM-like L: both variants (the heuristic's segment length) vs fp32 chunked."""
+    monkeypatch.setenv("SPEEDZOO_SCAN_VARIANT", variant)
+    batch, dim, L, n = shape
+    inputs = make_inputs(batch, dim, L, n, groups=2 if reverse else None, dtype=torch.bfloat16, device="cuda")
+    errs = compare(inputs, 1e-2, ref_fn=_gpu_ref, delta_softplus=True, reverse=reverse)
+    print(shape, variant, reverse, {k: f"{v:.1e}" for k, v in errs.items()})
+    y, last = selective_scan(*inputs, delta_softplus=True, reverse=reverse, return_last_state=True)
+    _, last_ref = _gpu_ref(*[x.float() if x is not None else None for x in inputs], delta_softplus=True,
+                           reverse=reverse, return_last_state=True)
+    assert rel_rms(last, last_ref) < 1e-2
+
+
+@pytest.mark.parametrize("case", CHUNKED_CASES)
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_chunk_parallel_fp32_odd_shapes(case, chunked):
+    batch, dim, L, n, groups, has_D, has_z, has_bias, softplus, reverse = case
+    inputs = make_inputs(batch, dim, L, n, groups, torch.float32, has_D, has_z, has_bias, device="cuda")
+    compare(inputs, 1e-4, delta_softplus=softplus, reverse=reverse)
