@@ -207,7 +207,7 @@ CHUNKED_CASES = [
     (1, 8, 70, 16, 2, True, True, True, True, True),        # grouped B/C, reverse, 3 segments
     (1, 3, 1, 1, None, False, False, False, False, False),  # L = 1, nothing optional
     (2, 5, 19, 1, None, True, False, True, False, True),    # L < one segment, no gate, reverse
-    (1, 4, 100, 16, None, False, True, False, True, False),  # 4 segments
+    (1, 4, 100, 16, None, False, True, False, True, False),  # 4 segs
 ]
 
 

@@ -5,10 +5,16 @@
 bf16 u/delta/z/B/C, fp32 A/D/delta_bias, z gate, softplus. Reports the median ms of fwd and fwd+bwd
 (triton.testing.do_bench), bandwidth on the *minimum* traffic (read u, delta, z, B, C; write y) against the
 4.27 TB/s copy rate, and official/ours ratios. Correctness of ours vs official is checked before timing.
+
+Ours is timed in both Triton variants (sequential over L, and chunk-parallel along L; see
+``kernels.selective_scan.triton.scan_plan``): each row records ``variant``, its segment length ``seg`` and
+``auto`` (whether the heuristic picks it at this shape); official/ours ratios use the auto row.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 import torch
@@ -17,7 +23,7 @@ from kernels.common import rel_rms
 
 COPY_TBPS = 4.27
 SHAPES = {
-    "vim": [(128, 384, 197, 16), (8, 384, 6085, 16), (128, 768, 197, 16), (8, 2048, 4096, 16)],
+    "vim": [(128, 384, 197, 16), (8, 384, 6085, 16), (128, 768, 197, 16), (8, 2048, 4096, 16), (8, 384, 4097, 16)],
     "small": [(8, 384, 197, 16), (2, 384, 1024, 16)],
 }
 
@@ -65,6 +71,22 @@ def _runner(fn, inputs, mode):
     return run
 
 
+@contextlib.contextmanager
+def _forced_variant(variant):
+    """Force the Triton variant for the calls inside (the plan is read at call time)."""
+    from kernels.selective_scan.triton import VARIANT_ENV
+
+    old = os.environ.get(VARIANT_ENV)
+    os.environ[VARIANT_ENV] = variant
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(VARIANT_ENV, None)
+        else:
+            os.environ[VARIANT_ENV] = old
+
+
 def _grads(fn, inputs, dy):
     leaves = [t.detach().clone().requires_grad_() for t in inputs]
     y = fn(*leaves, delta_softplus=True)
@@ -93,17 +115,20 @@ def main(argv=None) -> int:
         print("building the official selective_scan CUDA extension (first run: minutes) ...", flush=True)
         official = official_selective_scan_fn(load_selective_scan_cuda(args.official_dir))
 
-    impls = {"ours": selective_scan}
-    if official is not None:
-        impls["mamba_ssm"] = official
+    from kernels.selective_scan.triton import scan_plan, sm_count
+
+    peers = {"mamba_ssm": official} if official is not None else {}
+    names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
     rows = []
     for shape in SHAPES[args.shapes]:
         batch, dim, L, n = shape
         inputs = make_inputs(batch, dim, L, n)
         shape_s = f"B{batch}_D{dim}_L{L}_N{n}"
-        # correctness before timing: ours vs official (or vs the fp32 chunked path) on the same inputs
+        sms = sm_count(inputs[0].device)
+        auto_variant = scan_plan(batch, dim, L, n, sms)[0]
+        variants = {v: scan_plan(batch, dim, L, n, sms, v) for v in ("sequential", "chunked")}
+        # correctness before timing: each variant of ours vs official (or vs the fp32 chunked path)
         dy = torch.randn_like(inputs[0])
-        y_ours, g_ours = _grads(selective_scan, inputs, dy)
         if official is not None:
             y_off, g_off = _grads(official, inputs, dy)
             peer = "mamba_ssm"
@@ -111,29 +136,38 @@ def main(argv=None) -> int:
             y_off, g_off = _grads(selective_scan_chunked, [t.float() if t.is_floating_point() else t
                                                            for t in inputs], dy.float())
             peer = "fp32 chunked"
-        names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
-        errs = {"y": rel_rms(y_ours, y_off)}
-        errs.update({f"d{k}": rel_rms(a, b) for k, a, b in zip(names, g_ours, g_off)})
-        worst = max(errs.values())
-        print(f"{shape_s}: rel RMS ours vs {peer}: " + " ".join(f"{k}={v:.1e}" for k, v in errs.items())
-              + ("" if worst < 2e-2 else "  <-- MISMATCH"), flush=True)
+        worst = {}
+        for v in variants:
+            with _forced_variant(v):
+                y_ours, g_ours = _grads(selective_scan, inputs, dy)
+            errs = {"y": rel_rms(y_ours, y_off)}
+            errs.update({f"d{k}": rel_rms(a, b) for k, a, b in zip(names, g_ours, g_off)})
+            worst[v] = max(errs.values())
+            print(f"{shape_s} {v} (seg {variants[v][1]}): rel RMS ours vs {peer}: "
+                  + " ".join(f"{k}={e:.1e}" for k, e in errs.items())
+                  + ("" if worst[v] < 2e-2 else "  <-- MISMATCH"), flush=True)
         mb = min_traffic_bytes(batch, dim, L, n)
-        times = {}
         for mode in ("fwd", "fwdbwd"):
-            for impl, fn in impls.items():
-                ms = _bench(_runner(fn, inputs, mode))
-                times[(mode, impl)] = ms
+            times, mode_rows = {}, []
+            runs = [("ours", v, selective_scan) for v in variants] + [(k, None, f) for k, f in peers.items()]
+            for impl, v, fn in runs:
+                with _forced_variant(v or "auto"):
+                    ms = _bench(_runner(fn, inputs, mode))
+                times[(impl, v)] = ms
                 row = dict(op="selective_scan", shape=shape_s, mode=mode, impl=impl, dtype="bf16", ms=round(ms, 4))
+                if v is not None:
+                    row.update(variant=v, seg=variants[v][1], auto=v == auto_variant, sms=sms,
+                               max_rel_rms_vs_peer=float(f"{worst[v]:.2e}"))
                 if mode == "fwd":
                     gbps = mb / (ms * 1e-3) / 1e9
                     row.update(gbps=round(gbps, 1), bw_frac=round(gbps / (COPY_TBPS * 1e3), 4),
                                traffic="min: read u,delta,z,B,C + write y")
-                row["max_rel_rms_vs_peer"] = float(f"{worst:.2e}")
-                rows.append(row)
-            if ("mamba_ssm" in impls):
-                ratio = times[(mode, "mamba_ssm")] / times[(mode, "ours")]
-                for r in rows[-len(impls):]:
+                mode_rows.append(row)
+            if official is not None:
+                ratio = times[("mamba_ssm", None)] / times[("ours", auto_variant)]
+                for r in mode_rows:
                     r["ratio_official_over_ours"] = round(ratio, 3)
+            rows += mode_rows
         torch.cuda.empty_cache()
 
     # the PyTorch references for context at one small shape (cheap)
@@ -145,14 +179,17 @@ def main(argv=None) -> int:
 
     path = write_results("selective_scan", rows, out_dir=args.out)
     print(f"\nwrote {path}\n")
-    header = f"{'shape':<26}{'mode':<8}{'impl':<11}{'ms':>9}{'GB/s':>9}{'bw%':>7}{'off/ours':>10}"
+    header = (f"{'shape':<26}{'mode':<8}{'impl':<11}{'variant':<16}{'ms':>9}{'GB/s':>9}{'bw%':>7}"
+              f"{'off/ours':>10}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['shape']:<26}{r['mode']:<8}{r['impl']:<11}{r['ms']:>9.4f}"
+        variant = (r["variant"] + ("*" if r["auto"] else "")) if "variant" in r else ""
+        print(f"{r['shape']:<26}{r['mode']:<8}{r['impl']:<11}{variant:<16}{r['ms']:>9.4f}"
               f"{r.get('gbps', float('nan')):>9.1f}{100 * r.get('bw_frac', float('nan')):>7.1f}"
               f"{r.get('ratio_official_over_ours', float('nan')):>10.3f}")
-    print("(GB/s and bw% on minimum traffic: read u, delta, z, B, C + write y; copy rate 4.27 TB/s)")
+    print("(GB/s and bw% on minimum traffic: read u, delta, z, B, C + write y; copy rate 4.27 TB/s;"
+          " * = the variant the heuristic picks; off/ours uses it)")
     return 0
 
 
