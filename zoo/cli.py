@@ -16,6 +16,7 @@ BENCHMARKS = {
     "selective_scan": "zoo.bench.selective_scan",
     "conv_norm": "zoo.bench.conv_norm",
     "vim_vs_deit": "zoo.bench.vim_vs_deit",
+    "mixers": "zoo.bench.mixers",
     "scaling": "zoo.bench.scaling",
 }
 

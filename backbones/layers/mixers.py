@@ -199,7 +199,7 @@ class _GatedOutput(nn.Module):
 
     def finish(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        o = self.o_norm(o).reshape(B, T, C).to(x.dtype) * F.silu(self.g_proj(x))
+        o = self.o_norm(o.float()).reshape(B, T, C).to(x.dtype) * F.silu(self.g_proj(x))
         return self.proj_drop(self.proj(o))
 
 
