@@ -18,6 +18,8 @@ outputs are cast back to the input dtype. Base offsets are int64.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -170,10 +172,17 @@ def _blocks(D: int, DV: int) -> tuple[int, int]:
     return max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _splits(T: int, BH: int, device: torch.device) -> tuple[int, int]:
     """(tiles per split, number of splits): enough programs to fill the GPU when batch·head is small."""
     n_tiles = triton.cdiv(T, BT)
-    target = 4 * (torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1)
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else 1
+    target = 4 * sms
     splits = max(1, min(n_tiles, triton.cdiv(target, BH)))
     per = triton.cdiv(n_tiles, splits)
     return per, triton.cdiv(n_tiles, per)
