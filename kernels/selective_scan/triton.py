@@ -350,38 +350,38 @@ def _combine_kernel(
     Segment c maps an incoming state s to P_c s + x_c with P_c = exp(A ΣΔ_c). Forward, out[c] is the state
     entering segment c (x = segment end states from zero); backward (adjoint runs last to first), out[c] is
     the carry entering segment c from c+1 (x = pass A's local carries). All segments are loaded at once and
-    combined by one associative scan (log depth) instead of n_seg dependent global round trips.
+    combined by one associative scan (log depth) instead of n_seg dependent global round trips. Backward
+    loads the segments in reversed order and still scans forward: Triton's reverse scan has had ordering
+    bugs for non-commutative combines across lanes/warps (triton#4362), and this axis may span both.
     """
     pid = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)                                       # flat d * N + n
     mask_f = offs < Dch * N
-    rows = tl.arange(0, NSEG_P)
-    mask_r = rows < n_seg
-    mask = mask_r[:, None] & mask_f[None, :]
-    A = tl.load(A_ptr + offs, mask=mask_f, other=0.0)
-    row = pid_b * n_seg + rows.to(tl.int64)                                        # [NSEG_P]
-    ds = tl.load(dsum_ptr + row[:, None] * Dch + (offs // N)[None, :], mask=mask, other=0.0)
-    P = tl.where(mask, tl.exp2(ds * (A * 1.4426950408889634)[None, :]), 1.0)       # padding rows: identity
-    x = tl.load(x_ptr + row[:, None] * Dch * N + offs[None, :], mask=mask, other=0.0)
-    zero = tl.zeros([BLOCK], dtype=tl.float32)
+    r = tl.arange(0, NSEG_P)                                                       # scan step
+    mask = (r < n_seg)[:, None] & mask_f[None, :]
     if BACKWARD:
-        # inclusive from the end: s_c = x_c + P_c s_{c+1}; segment c receives s_{c+1}
-        _, s = tl.associative_scan((P, x), axis=0, combine_fn=_affine_combine, reverse=True)
-        tl.store(out_ptr + (row[:, None] - 1) * Dch * N + offs[None, :], s, mask=mask & (rows[:, None] >= 1))
-        tl.store(out_ptr + (pid_b * n_seg + n_seg - 1) * Dch * N + offs, zero, mask=mask_f)
-        if STORE_FINAL:
-            tl.store(final_ptr + pid_b * Dch * N + offs, tl.sum(tl.where(rows[:, None] == 0, s, 0.0), axis=0),
-                     mask=mask_f)
+        seg = n_seg - 1 - r                                                        # segment at scan step r
+        seg_next = n_seg - 2 - r
+        seg_first = n_seg - 1
     else:
-        # inclusive from the start: s_c = P_c s_{c-1} + x_c; segment c receives s_{c-1}
-        _, s = tl.associative_scan((P, x), axis=0, combine_fn=_affine_combine)
-        tl.store(out_ptr + (row[:, None] + 1) * Dch * N + offs[None, :], s,
-                 mask=mask & (rows[:, None] < n_seg - 1))
-        tl.store(out_ptr + pid_b * n_seg * Dch * N + offs, zero, mask=mask_f)
-        if STORE_FINAL:
-            tl.store(final_ptr + pid_b * Dch * N + offs,
-                     tl.sum(tl.where(rows[:, None] == n_seg - 1, s, 0.0), axis=0), mask=mask_f)
+        seg = r
+        seg_next = r + 1
+        seg_first = 0
+    A = tl.load(A_ptr + offs, mask=mask_f, other=0.0)
+    row = pid_b * n_seg + seg.to(tl.int64)                                         # [NSEG_P]
+    ds = tl.load(dsum_ptr + row[:, None] * Dch + (offs // N)[None, :], mask=mask, other=0.0)
+    P = tl.where(mask, tl.exp2(ds * (A * 1.4426950408889634)[None, :]), 1.0)       # padding: identity
+    x = tl.load(x_ptr + row[:, None] * Dch * N + offs[None, :], mask=mask, other=0.0)
+    # s_r = P_r s_{r-1} + x_r: the state leaving scan step r, i.e. entering the segment of step r + 1
+    _, s = tl.associative_scan((P, x), axis=0, combine_fn=_affine_combine)
+    row_next = pid_b * n_seg + seg_next.to(tl.int64)
+    tl.store(out_ptr + row_next[:, None] * Dch * N + offs[None, :], s, mask=mask & (r < n_seg - 1)[:, None])
+    tl.store(out_ptr + (pid_b * n_seg + seg_first) * Dch * N + offs, tl.zeros([BLOCK], dtype=tl.float32),
+             mask=mask_f)
+    if STORE_FINAL:
+        tl.store(final_ptr + pid_b * Dch * N + offs, tl.sum(tl.where((r == n_seg - 1)[:, None], s, 0.0), axis=0),
+                 mask=mask_f)
 
 
 # --------------------------------------------------------------------------------------------------------
