@@ -20,7 +20,7 @@ from zoo.registry import ModelEntry, PretrainedTag, builder_params, get_entry, g
 
 log = logging.getLogger(__name__)
 
-FIRST_CONV = "backbone.patch_embed.proj.weight"
+DEFAULT_FIRST_CONV = "backbone.patch_embed.proj"  # a family with another stem names its own in default_cfg
 HEAD_KEYS = ("head.fc.weight", "head.fc.bias")
 POS_EMBED = "backbone.pos_embed"
 
@@ -86,8 +86,8 @@ def _pretrained_cfg(entry: ModelEntry, tag: PretrainedTag | None, model: nn.Modu
         if backbone.in_chans != len(cfg.get("mean", ())) and "mean" in cfg:
             cfg["mean"] = (sum(cfg["mean"]) / len(cfg["mean"]),) * backbone.in_chans
             cfg["std"] = (sum(cfg["std"]) / len(cfg["std"]),) * backbone.in_chans
-    cfg.update(architecture=entry.name, first_conv="backbone.patch_embed.proj", classifier="head.fc",
-               num_classes=model.num_classes)
+    cfg.setdefault("first_conv", DEFAULT_FIRST_CONV)
+    cfg.update(architecture=entry.name, classifier="head.fc", num_classes=model.num_classes)
     return cfg
 
 
@@ -119,9 +119,11 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], converte
     own = model.state_dict()
     state_dict = dict(state_dict)
     reinit: list[str] = []
-    if FIRST_CONV in state_dict and FIRST_CONV in own and state_dict[FIRST_CONV].shape[1] != own[FIRST_CONV].shape[1]:
-        state_dict[FIRST_CONV] = adapt_input_conv(state_dict[FIRST_CONV], own[FIRST_CONV].shape[1])
-        log.info("adapted %s from %d to %d input channels", FIRST_CONV, own[FIRST_CONV].shape[1], own[FIRST_CONV].shape[1])
+    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv", DEFAULT_FIRST_CONV) + ".weight"
+    if first_conv in state_dict and first_conv in own and state_dict[first_conv].shape[1] != own[first_conv].shape[1]:
+        log.info("adapted %s from %d to %d input channels", first_conv, state_dict[first_conv].shape[1],
+                 own[first_conv].shape[1])
+        state_dict[first_conv] = adapt_input_conv(state_dict[first_conv], own[first_conv].shape[1])
     if POS_EMBED in state_dict and POS_EMBED in own and state_dict[POS_EMBED].shape != own[POS_EMBED].shape:
         backbone = model.backbone
         old_grid = _old_grid(backbone, src_img_size)

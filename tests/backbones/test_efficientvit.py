@@ -127,3 +127,16 @@ def test_registry_entries_and_train_step():
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
     groups = m.group_matcher()
     assert groups["stem"].startswith("^backbone")
+
+
+def test_pretrained_load_with_one_input_channel(tmp_path):
+    """The stem conv (not a ViT patch embedding) is folded to one channel on load."""
+    from zoo import hub
+
+    src = zoo.create_model("efficientvit_b0", img_size=64).eval()
+    path = tmp_path / "b0.safetensors"
+    hub.save_state_dict(src.state_dict(), path)
+    gray = zoo.create_model("efficientvit_b0", img_size=64, in_chans=1, checkpoint_path=path).eval()
+    w = src.state_dict()["backbone.stem.in_conv.conv.weight"]
+    assert torch.allclose(gray.state_dict()["backbone.stem.in_conv.conv.weight"], w.sum(1, keepdim=True))
+    assert gray.pretrained_cfg["first_conv"] == "backbone.stem.in_conv.conv"

@@ -131,7 +131,7 @@ for _name in EFFICIENTVIT_CONFIGS:
     register(ModelEntry(
         name=_name, kind="image", family="efficientvit",
         builder=_builder(_name),
-        default_cfg=image_cfg(crop_pct=0.95),
+        default_cfg=image_cfg(crop_pct=0.95, first_conv="backbone.stem.in_conv.conv"),
         converter=convert_timm_efficientvit,
         tags={_tag.tag: _tag},
         description=_DESCRIPTIONS[_name],
