@@ -14,6 +14,32 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
+HEAD_TO_FC = (("head.", "head.fc."),)
+"""The usual foreign head: a bare Linear at ``head`` that becomes our ``head.fc``."""
+
+
+def remap_to_zoo(state_dict: dict, prefixes=HEAD_TO_FC, strict_head: bool = False) -> dict:
+    """A foreign state dict -> our layout: the first matching ``(src, dst)`` prefix is renamed, every other
+    key moves under ``backbone.``; a DDP ``module.`` prefix is dropped. Our own layout passes through.
+
+    With ``strict_head`` a ``head.*`` key no prefix matches raises KeyError (a head layout not understood).
+    """
+    if any(k.startswith("backbone.") for k in state_dict):
+        return dict(state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")
+        for src, dst in prefixes:
+            if key.startswith(src):
+                out[dst + key[len(src):]] = value
+                break
+        else:
+            if strict_head and key.startswith("head."):
+                raise KeyError(key)
+            out[f"backbone.{key}"] = value
+    return out
+
+
 def classifier_builder(build_backbone: Callable[..., nn.Module], config_cls, arch: str) -> Callable[..., ZooModel]:
     """A registry builder: backbone ``arch`` (with checked overrides) composed with a classifier head."""
     allowed = [f.name for f in fields(config_cls) if f.name not in ("extra",)]

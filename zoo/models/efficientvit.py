@@ -10,7 +10,7 @@ from backbones.efficientvit import EFFICIENTVIT_CONFIGS, EfficientViT, Efficient
 from heads.classification import ClassifierHead
 from zoo.errors import ConfigError, InputShapeError
 from zoo.model import ZooModel
-from zoo.models import image_cfg
+from zoo.models import image_cfg, remap_to_zoo
 from zoo.registry import ModelEntry, PretrainedTag, WeightSource, register
 
 # timm key prefix -> ours. The pre-logits part of timm's head lives in our backbone (forward_pool); only the
@@ -25,21 +25,7 @@ _PREFIXES = (
 
 def convert_timm_efficientvit(state_dict: dict) -> dict:
     """timm ``EfficientVit`` keys -> ours (a prefix map; see ``_PREFIXES``). Our own layout passes through."""
-    if any(k.startswith("backbone.") for k in state_dict):
-        return dict(state_dict)
-    out = {}
-    for key, value in state_dict.items():
-        if key.startswith("module."):
-            key = key[len("module."):]
-        for src, dst in _PREFIXES:
-            if key.startswith(src):
-                out[dst + key[len(src):]] = value
-                break
-        else:
-            if key.startswith("head."):
-                raise KeyError(key)  # a head layout this converter does not know
-            out[f"backbone.{key}"] = value
-    return out
+    return remap_to_zoo(state_dict, _PREFIXES, strict_head=True)
 
 
 class EfficientViTModel(ZooModel):

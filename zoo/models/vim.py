@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 from backbones.vim import VIM_CONFIGS, VimConfig, build_vim
-from zoo.models import cifar_cfg, classifier_builder, image_cfg
+from zoo.models import cifar_cfg, classifier_builder, image_cfg, remap_to_zoo
 from zoo.registry import ModelEntry, PretrainedTag, WeightSource, register
 
-_HEAD = {"head.weight": "head.fc.weight", "head.bias": "head.fc.bias"}
 
 
 def convert_official_vim(state_dict: dict) -> dict:
@@ -16,14 +15,7 @@ def convert_official_vim(state_dict: dict) -> dict:
     through unchanged. Keys of other official variants (RoPE buffers, layer scale ``gamma``, a head class
     token) are not dropped silently: they stay and are reported by the loader as unexpected.
     """
-    if any(k.startswith("backbone.") for k in state_dict):
-        return dict(state_dict)
-    out = {}
-    for key, value in state_dict.items():
-        if key.startswith("module."):
-            key = key[len("module."):]
-        out[_HEAD.get(key, f"backbone.{key}")] = value
-    return out
+    return remap_to_zoo(state_dict)
 
 
 _PREPROCESS = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bicubic",

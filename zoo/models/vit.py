@@ -2,23 +2,15 @@
 from __future__ import annotations
 
 from backbones.vit import MIXER_NAMES, VIT_CONFIGS, VIT_MIXER_CONFIGS, ViTConfig, build_vit
-from zoo.models import cifar_cfg, classifier_builder, image_cfg
+from zoo.models import cifar_cfg, classifier_builder, image_cfg, remap_to_zoo
 from zoo.registry import ModelEntry, PretrainedTag, WeightSource, register
-
-_TIMM_HEAD = {"head.weight": "head.fc.weight", "head.bias": "head.fc.bias"}
-
 
 def convert_timm_vit(state_dict: dict) -> dict:
     """timm ViT keys -> ours: everything moves under ``backbone.``, ``head.*`` becomes ``head.fc.*``.
 
     A state dict already in our layout passes through unchanged.
     """
-    if any(k.startswith("backbone.") for k in state_dict):
-        return dict(state_dict)
-    out = {}
-    for key, value in state_dict.items():
-        out[_TIMM_HEAD.get(key, f"backbone.{key}")] = value
-    return out
+    return remap_to_zoo(state_dict)
 
 
 def _timm_tag(tag: str, repo: str, top1: float | None = None) -> PretrainedTag:
