@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("fit", help="train with a recipe: zoo fit --config configs/<recipe>.yaml [overrides]", add_help=False)
     sub.add_parser("eval", help="evaluate models: zoo eval MODEL[.tag] --data PATH", add_help=False)
+    sub.add_parser("publish", help="ship a zoo fit export as a pretrained tag: zoo publish EXPORT --tag T --data D",
+                   add_help=False)
     sub.add_parser("bench", help=f"run a benchmark: zoo bench {{{','.join(BENCHMARKS)}}} [args]", add_help=False)
     return p
 
@@ -116,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_passthrough("zoo.recipes.cli", argv[1:])
         if argv and argv[0] == "eval":
             return _cmd_passthrough("zoo.evaluate", argv[1:])
+        if argv and argv[0] == "publish":
+            return _cmd_passthrough("zoo.publish", argv[1:])
         if argv and argv[0] == "bench":
             if len(argv) < 2 or argv[1] not in BENCHMARKS:
                 print(f"usage: zoo bench {{{','.join(BENCHMARKS)}}} [args]", file=sys.stderr)

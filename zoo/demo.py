@@ -12,7 +12,7 @@ import torch
 
 import zoo
 from zoo.assets import asset_files
-from zoo.registry import get_entry
+from zoo.registry import get_entry, split_name
 
 IMAGE_DEMO_MODELS = ("vim_micro_patch4_32.cifar10", "vit_micro_patch4_32.cifar10")
 FALLBACK_IMAGE_MODEL = "vit_micro_patch4_32"
@@ -73,7 +73,7 @@ def classify_digits(model_name: str) -> float:
     from zoo.data.audio import FbankFrontEnd, load_audio
 
     model = zoo.create_model(model_name, pretrained=True).eval()
-    front = FbankFrontEnd(**model.pretrained_cfg["audio"])
+    front = FbankFrontEnd.from_config(model.pretrained_cfg["audio"])
     labels = [str(x) for x in model.pretrained_cfg.get("label_names") or range(model.num_classes)]
     files = asset_files("fsdd")
     feats = torch.stack([front(load_audio(f, target_sr=front.sample_rate)) for f in files])
@@ -94,6 +94,8 @@ def run_demo(list_only: bool = False) -> int:
             classify_images(name)
     else:
         classify_images(FALLBACK_IMAGE_MODEL, pretrained=False)
-    for name in zoo.list_models(kind="audio", pretrained=True):
-        classify_digits(name)
+    for name in sorted(available):  # audio weights carry their front end in the tag's preprocessing
+        base, tag = split_name(name)
+        if "audio" in get_entry(base).tags[tag].preprocess:
+            classify_digits(name)
     return 0

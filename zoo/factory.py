@@ -39,6 +39,11 @@ def create_model(model_name: str, pretrained: bool = False, num_classes: int | N
     tag: PretrainedTag | None = get_tag(entry, tag_name) if (tag_name or pretrained) else None
 
     kwargs = dict(tag.arch_overrides) if tag else {}
+    in_chans = in_chans if in_chans is not None else kwargs.pop("in_chans", None)
+    img_size = img_size if img_size is not None else kwargs.pop("img_size", None)
+    kwargs.pop("in_chans", None), kwargs.pop("img_size", None)
+    if isinstance(img_size, list):
+        img_size = tuple(img_size)
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     if num_classes is None:
         num_classes = tag.num_classes if tag else entry.default_cfg.get("num_classes", 1000)

@@ -11,11 +11,11 @@ import argparse
 import hashlib
 import logging
 import os
-from importlib import resources
 from pathlib import Path
 
 import torch
 
+import zoo.weights
 from zoo.errors import ChecksumError, PretrainedNotAvailableError, WeightLoadError
 from zoo.registry import PretrainedTag, WeightSource
 
@@ -84,7 +84,7 @@ def resolve(tag: PretrainedTag) -> Path:
     """Local path of a tag's weight file, downloading it when allowed; verified against its sha256."""
     source = tag.source
     if source.package_file:
-        path = Path(str(resources.files("zoo.weights").joinpath(source.package_file)))
+        path = zoo.weights.weights_dir() / source.package_file
         if not path.exists():
             raise PretrainedNotAvailableError(f"packaged weight file {path} is missing; reinstall speedzoo")
     else:

@@ -82,3 +82,15 @@ def _load_families() -> None:
 
 
 _load_families()
+
+
+def _load_published() -> None:
+    """Tags of the zoo's own weights (zoo/weights/manifest.json, written by `zoo publish`)."""
+    from zoo.publish import tags_from_manifest
+    from zoo.registry import get_entry
+
+    for model, tag in tags_from_manifest():
+        get_entry(model).tags.setdefault(tag.tag, tag)
+
+
+_load_published()

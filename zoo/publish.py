@@ -1,0 +1,125 @@
+"""``zoo publish``: turn a ``zoo fit`` export into a pretrained tag shipped with the package.
+
+    zoo publish runs/cifar10_vim_micro/export.safetensors --tag cifar10 --data cifar10 [--split test]
+
+It evaluates the export on the given split with ``zoo.evaluate`` (the figure the tag records), copies the
+fp16 file to ``zoo/weights/<model>.<tag>.safetensors``, and writes the tag into ``zoo/weights/manifest.json``
+with its sha256, architecture overrides, preprocessing (image config or the audio front end), class names
+and metrics. The registry reads the manifest at import, so ``create_model('<model>.<tag>', pretrained=True)``
+then loads it by name.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import zoo.weights
+from zoo.errors import ConfigError, ZooError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MAX_FILE_BYTES = 4 * 1024 * 1024  # every tracked file travels to the GPU machine with each run
+
+
+def read_manifest(folder: Path | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    path = (folder or zoo.weights.weights_dir()) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def tags_from_manifest(folder: Path | None = None):
+    """(model name, PretrainedTag) for every published weight set."""
+    from zoo.registry import PretrainedTag, WeightSource
+
+    for model, tags in read_manifest(folder).items():
+        for tag, t in tags.items():
+            yield model, PretrainedTag(
+                tag=tag, source=WeightSource(package_file=t["file"]), sha256=t["sha256"], license=t.get("license", ""),
+                num_classes=t["num_classes"], label_names=tuple(t["label_names"]) if t.get("label_names") else None,
+                preprocess=t.get("preprocess", {}), metrics=t.get("metrics", {}), notes=t.get("notes", ""),
+                arch_overrides=t.get("arch_overrides", {}))
+
+
+def publish(export: str | os.PathLike, tag: str, data: str, split: str = "test", license: str = "apache-2.0",
+            folder: Path | None = None, batch_size: int = 500, device: str = "cpu") -> dict[str, Any]:
+    """Evaluate ``export`` on ``data``/``split``, ship it as ``<model>.<tag>``; returns the manifest record."""
+    from torch.utils.data import DataLoader
+
+    from zoo.evaluate import build_dataset, build_model, check_classes, evaluate, read_checkpoint, resolve_data
+    from zoo.hub import sha256_of
+
+    if not tag or "." in tag:
+        raise ConfigError(f"tag {tag!r} must be a non-empty name without '.' (e.g. cifar10)")
+    export = Path(export)
+    _, info = read_checkpoint(export)
+    name = info.get("model")
+    if not name:
+        raise ConfigError(f"{export} is not a zoo fit export (no model in its metadata); publish the "
+                          f"export.safetensors that `zoo fit` writes at the end of a run")
+    size = export.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ConfigError(f"{export} is {size / 2**20:.1f} MiB; shipped weights must stay under "
+                          f"{MAX_FILE_BYTES / 2**20:.0f} MiB (choose a smaller config)")
+    model, info = build_model(name, str(export))
+    path = resolve_data(data)
+    ds, data_cfg = build_dataset(model, info, path, split, None)
+    check_classes(name, model, ds)
+    result = evaluate(model, DataLoader(ds, batch_size=batch_size, shuffle=False), device)
+    metrics = {k: round(float(result[k]), 2) for k in ("top1", "top5", "mean_per_class_top1") if k in result}
+    dataset = f"{path.name.split('.')[0]} ({split}, {result['num_samples']} samples)"
+
+    folder = folder or zoo.weights.weights_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    file = f"{name}.{tag}.safetensors"
+    tmp = folder / (file + ".tmp")
+    shutil.copyfile(export, tmp)
+    os.replace(tmp, folder / file)
+    pre = dict(info.get("preprocess") or {})
+    arch = dict(info.get("model_args") or {})
+    for key in ("in_chans", "img_size"):
+        if info.get(key) is not None:
+            arch[key] = list(info[key]) if isinstance(info[key], tuple) else info[key]
+    record = {
+        "file": file,
+        "sha256": sha256_of(folder / file),
+        "license": license,
+        "num_classes": model.num_classes,
+        "label_names": list(info.get("class_names") or []),
+        "arch_overrides": arch,
+        "preprocess": {"audio": pre, "input_size": list(data_cfg["input_size"])} if pre.get("type") == "kaldi_fbank"
+                      else {k: list(v) if isinstance(v, tuple) else v for k, v in data_cfg.items()},
+        "metrics": {dataset: metrics},
+        "notes": f"trained with `zoo fit` ({export.parent.name}); measured by `zoo publish` on "
+                 f"{datetime.date.today().isoformat()}",
+    }
+    manifest = read_manifest(folder)
+    manifest.setdefault(name, {})[tag] = record
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, folder / MANIFEST)
+    return {"model": f"{name}.{tag}", **record}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="zoo publish", description=__doc__.split("\n\n")[0])
+    p.add_argument("export", help="export.safetensors written by zoo fit")
+    p.add_argument("--tag", required=True, help="tag name, e.g. cifar10")
+    p.add_argument("--data", required=True, help="evaluation data (path, or cifar10 / fsdd)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--license", default="apache-2.0")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    try:
+        rec = publish(args.export, args.tag, args.data, args.split, args.license, device=args.device)
+    except ZooError as e:
+        print(f"error: {e}")
+        return 2
+    print(f"published {rec['model']}: {rec['file']} sha256 {rec['sha256']}")
+    print(f"  metrics {rec['metrics']}")
+    return 0
