@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from zoo.bench.vim_vs_deit import _dtype_name, _free, time_fn
+from zoo.bench.options import add_model_bench_options, device_available
 
 log = logging.getLogger(__name__)
 
@@ -135,25 +136,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m zoo.bench.mixers", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="224,512,1024", help="comma-separated square input sizes")
     p.add_argument("--mixers", default=",".join(MIXERS), help=f"comma-separated subset of {','.join(MIXERS)}")
-    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    p.add_argument("--batch-224", type=int, default=64, help="batch at <= 224 px")
-    p.add_argument("--batch", type=int, default=8, help="batch above 224 px")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--iters", type=int, default=20)
     p.add_argument("--train", action="store_true", help="also time forward + backward (mode 'train')")
-    p.add_argument("--kernels", default=None, choices=("auto", "reference", "triton"),
-                   help="set SPEEDZOO_KERNELS (default: leave as is, i.e. auto)")
-    p.add_argument("--depth", type=int, default=None, help="override depth (script checks only)")
-    p.add_argument("--out-dir", default=None, help="results folder (default benchmarks/results)")
-    p.add_argument("--name", default="mixers", help="results file stem")
+    add_model_bench_options(p, "mixers")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: CUDA is not available; use --device cpu for a (meaningless) check run", file=sys.stderr)
+    if not device_available(args.device):
         return 2
     mixers = [m.strip() for m in args.mixers.split(",") if m.strip()]
     unknown = [m for m in mixers if m not in MIXERS]

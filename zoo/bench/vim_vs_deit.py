@@ -29,6 +29,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from zoo.bench.options import add_model_bench_options, device_available
+
 log = logging.getLogger(__name__)
 
 VIM = "vim_tiny_patch16_224"
@@ -263,26 +265,16 @@ def run(sizes: list[int], device: torch.device, dtype: torch.dtype = torch.bfloa
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m zoo.bench.vim_vs_deit", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="224,512,768,1024,1248", help="comma-separated square input sizes")
-    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    p.add_argument("--batch-224", type=int, default=64, help="batch at <= 224 px")
-    p.add_argument("--batch", type=int, default=8, help="batch above 224 px")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--iters", type=int, default=20)
     p.add_argument("--profile-size", type=int, default=1024, help="size of the per-stage profile (0: none)")
     p.add_argument("--torch-profile", action="store_true", help="also a torch.profiler kernel table")
-    p.add_argument("--kernels", default=None, choices=("auto", "reference", "triton"),
-                   help="set SPEEDZOO_KERNELS for our model (default: leave as is, i.e. auto)")
-    p.add_argument("--depth", type=int, default=None, help="override depth of both models (script checks only)")
-    p.add_argument("--out-dir", default=None, help="results folder (default benchmarks/results)")
-    p.add_argument("--name", default="vim_vs_deit", help="results file stem")
+    add_model_bench_options(p, "vim_vs_deit")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: CUDA is not available; use --device cpu for a (meaningless) check run", file=sys.stderr)
+    if not device_available(args.device):
         return 2
     if args.kernels:
         os.environ["SPEEDZOO_KERNELS"] = args.kernels

@@ -1,0 +1,29 @@
+"""Command-line options shared by the whole-model benchmarks (vim_vs_deit, mixers)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+
+def add_model_bench_options(p: argparse.ArgumentParser, name: str) -> None:
+    """Device, batch sizes, timing iterations, kernel backend, depth override and output location."""
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    p.add_argument("--batch-224", type=int, default=64, help="batch at <= 224 px")
+    p.add_argument("--batch", type=int, default=8, help="batch above 224 px")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--kernels", default=None, choices=("auto", "reference", "triton"),
+                   help="set SPEEDZOO_KERNELS (default: leave as is, i.e. auto)")
+    p.add_argument("--depth", type=int, default=None, help="override depth (script checks only)")
+    p.add_argument("--out-dir", default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--name", default=name, help="results file stem")
+
+
+def device_available(device: str) -> bool:
+    """False (with a message) when CUDA is asked for but absent."""
+    if device == "cuda" and not torch.cuda.is_available():
+        print("error: CUDA is not available; use --device cpu for a (meaningless) check run", file=sys.stderr)
+        return False
+    return True
