@@ -27,3 +27,30 @@ def test_kernels_import_compiles_nothing():
         "print(len(names), 'torch.cuda' in sys.modules and __import__('torch').cuda.is_initialized())\n")
     count, cuda_initialised = out.split()
     assert int(count) >= 1 and cuda_initialised == "False"
+
+
+def test_non_editable_wheel_ships_code_recipes_and_samples(tmp_path):
+    """`pip install .` (a wheel, not the checkout) holds the namespace packages, recipes and demo samples."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    build = subprocess.run(pip + ["wheel", str(repo), "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wh")],
+                           capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (tmp_path / "wh").glob("speedzoo-*.whl")
+    target = tmp_path / "site"
+    inst = subprocess.run(pip + ["install", "--no-deps", "--target", str(target), str(wheel)],
+                          capture_output=True, text=True, timeout=600)
+    assert inst.returncode == 0, inst.stderr[-2000:]
+    code = ("import zoo, backbones.vim, kernels.selective_scan, heads.classification\n"
+            "from zoo.recipes.cli import shipped_configs\n"
+            "from zoo.assets import asset_files\n"
+            "print(zoo.__file__); print(sorted(shipped_configs())); print(len(asset_files('cifar10')), len(asset_files('fsdd')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env={**__import__("os").environ, "PYTHONPATH": str(target), "ZOO_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    where, configs, counts = out.stdout.strip().splitlines()[-3:]
+    assert where.startswith(str(target))
+    assert "cifar10_vim_micro.yaml" in configs and "fsdd_vim_audio.yaml" in configs
+    assert counts == "10 10"
