@@ -40,7 +40,8 @@ def remap_to_zoo(state_dict: dict, prefixes=HEAD_TO_FC, strict_head: bool = Fals
     return out
 
 
-def classifier_builder(build_backbone: Callable[..., nn.Module], config_cls, arch: str) -> Callable[..., ZooModel]:
+def classifier_builder(build_backbone: Callable[..., nn.Module], config_cls, arch: str,
+                       model_cls: type[ZooModel] = ZooModel) -> Callable[..., ZooModel]:
     """A registry builder: backbone ``arch`` (with checked overrides) composed with a classifier head."""
     allowed = [f.name for f in fields(config_cls) if f.name not in ("extra",)]
 
@@ -53,7 +54,7 @@ def classifier_builder(build_backbone: Callable[..., nn.Module], config_cls, arc
             backbone = build_backbone(arch, in_chans=in_chans, img_size=img_size, **overrides)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"cannot build {arch}: {e}") from None
-        return ZooModel(backbone, num_classes, drop_rate)
+        return model_cls(backbone, num_classes, drop_rate)
 
     build.__name__ = f"build_{arch}"
     return build

@@ -1,16 +1,14 @@
 """EfficientViT (MIT) B-series registry entries and the converter from timm's ``efficientvit_mit`` state dicts."""
 from __future__ import annotations
 
-from dataclasses import fields
-from typing import Any
 
 import torch.nn as nn
 
 from backbones.efficientvit import EFFICIENTVIT_CONFIGS, EfficientViT, EfficientViTConfig, build_efficientvit
 from heads.classification import ClassifierHead
-from zoo.errors import ConfigError, InputShapeError
+from zoo.errors import InputShapeError
 from zoo.model import ZooModel
-from zoo.models import image_cfg, remap_to_zoo
+from zoo.models import classifier_builder, image_cfg, remap_to_zoo
 from zoo.registry import ModelEntry, PretrainedTag, WeightSource, register
 
 # timm key prefix -> ours. The pre-logits part of timm's head lives in our backbone (forward_pool); only the
@@ -70,25 +68,6 @@ class EfficientViTModel(ZooModel):
         self._sync_widths()
 
 
-_ALLOWED = [f.name for f in fields(EfficientViTConfig) if f.name != "extra"]
-
-
-def _builder(arch: str):
-    def build(num_classes: int = 1000, in_chans: int | None = None, img_size: Any = None, drop_rate: float = 0.0,
-              **overrides: Any) -> EfficientViTModel:
-        for key in overrides:
-            if key not in _ALLOWED:
-                raise ConfigError.unknown_key(key, _ALLOWED + ["num_classes", "drop_rate"], where=f"{arch} argument")
-        try:
-            backbone = build_efficientvit(arch, in_chans=in_chans, img_size=img_size, **overrides)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"cannot build {arch}: {e}") from None
-        return EfficientViTModel(backbone, num_classes, drop_rate)
-
-    build.__name__ = f"build_{arch}"
-    return build
-
-
 # timm default_cfgs: ImageNet mean/std, bicubic, crop_pct 0.95 at 224; results-imagenet.csv top-1 at 224.
 _TOP1 = {"efficientvit_b0": 71.408, "efficientvit_b1": 79.254, "efficientvit_b2": 82.162, "efficientvit_b3": 83.444}
 _PREPROCESS = dict(input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_pct=0.95,
@@ -116,7 +95,7 @@ for _name in EFFICIENTVIT_CONFIGS:
     _tag = _timm_tag(_name)
     register(ModelEntry(
         name=_name, kind="image", family="efficientvit",
-        builder=_builder(_name),
+        builder=classifier_builder(build_efficientvit, EfficientViTConfig, _name, EfficientViTModel),
         default_cfg=image_cfg(crop_pct=0.95, first_conv="backbone.stem.in_conv.conv"),
         converter=convert_timm_efficientvit,
         tags={_tag.tag: _tag},
