@@ -125,6 +125,7 @@ def env(zoo_cache):
     e = dict(os.environ, ZOO_CACHE=str(zoo_cache), ZOO_OFFLINE="1", OMP_NUM_THREADS="1",
              PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "zoo"), str(REPO)]))
     e.pop("ZOO_TEST_EXIT_AT_STEP", None)
+    e.pop("TRITON_INTERPRET", None)  # set by the kernel tests' conftest when collected in the same process
     return e
 
 
