@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
-from backbones.layers import DropPath, PatchEmbed, resample_pos_embed, to_2tuple
+from backbones.layers import DropPath, PatchEmbed, PatchInputMixin, resample_pos_embed, to_2tuple
 from backbones.layers.mamba import BiMambaMixer
 from kernels.norm import rms_norm
 
@@ -73,7 +73,7 @@ class VimBlock(nn.Module):
         return self.mixer(normed), residual
 
 
-class VisionMamba(nn.Module):
+class VisionMamba(PatchInputMixin, nn.Module):
     """Vim backbone with the official key layout (``cls_token``, ``pos_embed``, ``patch_embed``, ``layers``,
     ``norm_f``); any ``img_size`` (also non-square) and ``in_chans``."""
 
@@ -124,25 +124,10 @@ class VisionMamba(nn.Module):
             nn.init.kaiming_uniform_(blk.mixer.out_proj.weight, a=math.sqrt(5))
             blk.mixer.out_proj.weight.div_(math.sqrt(len(self.layers)))
 
-    @property
-    def img_size(self) -> tuple[int, int]:
-        return self.patch_embed.img_size
-
-    @property
-    def in_chans(self) -> int:
-        return self.patch_embed.in_chans
-
     def resize_pos_embed_state(self, pos_embed: torch.Tensor, old_grid: tuple[int, int] | None = None) -> torch.Tensor:
         """Resample a checkpoint's ``pos_embed`` to this grid, the middle class slot taken out and put back."""
         return resample_pos_embed(pos_embed, self.patch_embed.grid_size, old_grid, num_prefix_tokens=0,
                                   middle_token=True)
-
-    def no_weight_decay(self) -> set[str]:
-        out = {"pos_embed", "cls_token"}
-        for name, p in self.named_parameters():
-            if getattr(p, "_no_weight_decay", False):
-                out.add(name)
-        return out
 
     def group_matcher(self, coarse: bool = False) -> dict:
         return {"stem": r"^cls_token|pos_embed|patch_embed",

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from backbones.layers import DropPath, Mlp, PatchEmbed, resample_pos_embed, to_2tuple
+from backbones.layers import DropPath, Mlp, PatchEmbed, PatchInputMixin, resample_pos_embed, to_2tuple
 from backbones.layers.mixers import MIXERS, Attention, build_mixer
 
 
@@ -62,7 +62,7 @@ class Block(nn.Module):
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(PatchInputMixin, nn.Module):
     """ViT backbone with timm's key layout (``cls_token``, ``pos_embed``, ``patch_embed``, ``blocks``, ``norm``)."""
 
     def __init__(self, cfg: ViTConfig | None = None, **kwargs):
@@ -107,21 +107,9 @@ class VisionTransformer(nn.Module):
             if hasattr(blk.attn, "reset_parameters"):
                 blk.attn.reset_parameters()
 
-    @property
-    def img_size(self) -> tuple[int, int]:
-        return self.patch_embed.img_size
-
-    @property
-    def in_chans(self) -> int:
-        return self.patch_embed.in_chans
-
     def resize_pos_embed_state(self, pos_embed: torch.Tensor, old_grid: tuple[int, int] | None = None) -> torch.Tensor:
         """Resample a checkpoint's ``pos_embed`` to this model's grid."""
         return resample_pos_embed(pos_embed, self.patch_embed.grid_size, old_grid, num_prefix_tokens=self.num_prefix_tokens)
-
-    def no_weight_decay(self) -> set[str]:
-        flagged = {n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
-        return {"pos_embed", "cls_token"} | flagged
 
     def group_matcher(self, coarse: bool = False) -> dict:
         return {"stem": r"^cls_token|pos_embed|patch_embed", "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}

@@ -51,3 +51,20 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class PatchInputMixin:
+    """What a backbone whose input goes through ``self.patch_embed`` reads off it (``img_size``, ``in_chans``),
+    and its no-weight-decay set: position embedding, class token and parameters flagged ``_no_weight_decay``."""
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return self.patch_embed.img_size
+
+    @property
+    def in_chans(self) -> int:
+        return self.patch_embed.in_chans
+
+    def no_weight_decay(self) -> set[str]:
+        flagged = {n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
+        return {"pos_embed", "cls_token"} | flagged
