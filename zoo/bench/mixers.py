@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from zoo.bench.vim_vs_deit import _dtype_name, _free, time_fn
-from zoo.bench.options import add_model_bench_options, device_available
+from zoo.bench.options import add_model_bench_options, device_available, prepare_run
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown mixer(s) {unknown}; choose from {','.join(MIXERS)}", file=sys.stderr)
         return 2
-    if args.kernels:
-        os.environ["SPEEDZOO_KERNELS"] = args.kernels
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device = prepare_run(args)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     rows = run(sizes, mixers, device, torch.bfloat16, args.batch_224, args.batch, args.warmup, args.iters,
                args.train, args.depth)

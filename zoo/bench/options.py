@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -27,3 +28,14 @@ def device_available(device: str) -> bool:
         print("error: CUDA is not available; use --device cpu for a (meaningless) check run", file=sys.stderr)
         return False
     return True
+
+
+def prepare_run(args: argparse.Namespace) -> torch.device:
+    """Apply ``--kernels`` and allow TF32 matmuls on CUDA (as timm's benchmark does); returns the device."""
+    if args.kernels:
+        os.environ["SPEEDZOO_KERNELS"] = args.kernels
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device

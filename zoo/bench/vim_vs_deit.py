@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from zoo.bench.options import add_model_bench_options, device_available
+from zoo.bench.options import add_model_bench_options, device_available, prepare_run
 
 log = logging.getLogger(__name__)
 
@@ -276,13 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not device_available(args.device):
         return 2
-    if args.kernels:
-        os.environ["SPEEDZOO_KERNELS"] = args.kernels
-    device = torch.device(args.device)
+    device = prepare_run(args)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]  # empty: the profile alone
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     out = run(sizes, device, torch.bfloat16, args.batch_224, args.batch, args.warmup, args.iters,
               args.profile_size or None, args.torch_profile, args.depth)
     from zoo.bench.results import write_results
