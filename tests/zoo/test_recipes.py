@@ -166,3 +166,15 @@ def test_freeze_modes():
     assert {n for n, p in t.model.named_parameters() if p.requires_grad} == {"head.fc.weight", "head.fc.bias"}
     groups = ClassificationTask("vit_micro_patch4_32", num_classes=10, model_args={"depth": 2}).param_groups()
     assert all(p.ndim >= 2 for p in groups[0]["params"]) and groups[1]["weight_decay"] == 0.0
+
+
+def test_warmup_cosine_follows_steps_or_time_budget():
+    from zoo.recipes.classification import warmup_cosine
+    assert warmup_cosine(0, 4, 100, 0.01) == pytest.approx(1 / 5)
+    assert warmup_cosine(4, 4, 100, 0.01) == pytest.approx(1.0)
+    assert warmup_cosine(52, 4, 100, 0.01) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert warmup_cosine(100, 4, 100, 0.01) == pytest.approx(0.01)
+    # a time budget further along than the steps wins; one behind them does not
+    assert warmup_cosine(10, 4, 100, 0.01, time_fraction=1.0) == pytest.approx(0.01)
+    assert warmup_cosine(52, 4, 100, 0.01, time_fraction=0.1) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert warmup_cosine(2, 4, 100, 0.01, time_fraction=0.9) == pytest.approx(3 / 5)  # warmup stays step-based

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Timer
 from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.factory import create_model
@@ -78,6 +79,22 @@ def _is_stem(name: str, matcher: dict) -> bool:
     return bool(re.match(r"^backbone\.(patch_embed|cls_token|pos_embed|reg_token|dist_token)", name))
 
 
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float,
+                  time_fraction: Optional[float] = None) -> float:
+    """LR multiplier: linear warmup over ``warmup`` steps, then cosine from 1 to ``min_ratio`` at ``total``.
+
+    ``time_fraction`` (share of a ``trainer.max_time`` budget used) moves the cosine on when the clock is
+    ahead of the step count, so a run stopped by its time budget still ends annealed instead of mid-schedule.
+    """
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    if time_fraction is not None:
+        progress = max(progress, time_fraction)
+    progress = min(progress, 1.0)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def check_num_classes(task: "ClassificationTask", datamodule) -> None:
     """ConfigError (naming both numbers and the fix) when model.num_classes disagrees with the data."""
     data_classes = getattr(datamodule, "num_classes", None) if datamodule is not None else None
@@ -104,7 +121,8 @@ class ClassificationTask(pl.LightningModule):
         model_args: further architecture overrides for the builder (e.g. ``depth``, ``patch_size``).
         lr: peak learning rate. With ``lr_base_batch_size`` it is scaled by global_batch / lr_base_batch_size.
         weight_decay: AdamW decay for weight matrices; 1-D params and ``no_weight_decay()`` names get none.
-        warmup_epochs / warmup_steps: linear warmup length (steps win when given); then cosine to ``min_lr``.
+        warmup_epochs / warmup_steps: linear warmup length (steps win when given); then cosine to ``min_lr``
+            over the run's steps, or over ``trainer.max_time`` when the clock runs out first.
         label_smoothing: for the hard-label loss and for mixup's soft targets.
         mixup_alpha / cutmix_alpha: > 0 turns on timm's Mixup for training batches.
         ema_decay: > 0 keeps an EMA of the weights, used for validation, test and export.
@@ -242,14 +260,18 @@ class ClassificationTask(pl.LightningModule):
             warmup = int(round(hp.warmup_epochs * per_epoch))
         warmup = min(warmup, max(total - 1, 0))
         min_ratio = min(hp.min_lr / lr, 1.0)
+        timer = next((cb for cb in self.trainer.callbacks
+                      if isinstance(cb, Timer) and cb.time_remaining() is not None), None)
 
         def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = min((step - warmup) / max(1, total - warmup), 1.0)
-            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+            time_fraction = None
+            if timer is not None:  # a max_time budget: anneal by whichever runs out first
+                elapsed = timer.time_elapsed()
+                time_fraction = elapsed / max(elapsed + timer.time_remaining(), 1e-9)
+            return warmup_cosine(step, warmup, total, min_ratio, time_fraction)
 
-        log.info("AdamW lr %.3g, wd %.3g; %d warmup + cosine over %d steps", lr, hp.weight_decay, warmup, total)
+        log.info("AdamW lr %.3g, wd %.3g; %d warmup + cosine over %d steps%s", lr, hp.weight_decay, warmup, total,
+                 " or the max_time budget, whichever ends first" if timer is not None else "")
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
