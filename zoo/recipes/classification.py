@@ -249,8 +249,9 @@ class ClassificationTask(pl.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         lr = self._peak_lr()
+        # foreach, not fused: Lightning's mixed-precision plugin refuses gradient clipping with fused optimizers
         opt = torch.optim.AdamW(self.param_groups(), lr=lr, betas=tuple(hp.betas),
-                                fused=True if self.device.type == "cuda" else None)
+                                foreach=True if self.device.type == "cuda" else None)
         total = int(self.trainer.estimated_stepping_batches)
         if hp.warmup_steps is not None:
             warmup = int(hp.warmup_steps)
