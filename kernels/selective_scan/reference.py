@@ -1,10 +1,9 @@
 """PyTorch references for the Mamba-1 selective scan.
 
 ``selective_scan_ref`` is the truth the tests compare against: a plain fp32 loop over tokens that reads like
-the equations. ``selective_scan_chunked`` is the fast CPU path: the same math, vectorised over batch, channel
-and state, with a log-depth (Hillis-Steele) scan inside chunks of tokens and a sequential carry between
-chunks. It only ever multiplies decays (never divides by them), so tiny decays underflow to zero gracefully
-instead of overflowing. ``selective_state_update_ref`` is one recurrent step for streaming decoding.
+the equations. ``selective_scan_torch`` is the fast CPU path: the same recurrence vectorised over batch,
+channel and state with contiguous per-token slices. Both only ever multiply decays (never divide by them), so
+tiny decays underflow to zero gracefully. ``selective_state_update_ref`` is one recurrent step for decoding.
 
 Shapes (mamba_ssm's layout): u, delta, z ``[B, D, L]``; A ``[D, N]``; B, C ``[B, N, L]`` or grouped
 ``[B, G, N, L]`` (channel d reads group ``d // (D // G)``); D, delta_bias ``[D]``.
@@ -14,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["selective_scan_ref", "selective_scan_chunked", "selective_state_update_ref", "expand_groups"]
+__all__ = ["selective_scan_ref", "selective_scan_torch", "selective_state_update_ref", "expand_groups"]
 
 
 def expand_groups(BC: torch.Tensor, dim: int) -> torch.Tensor:
@@ -73,42 +72,41 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     return (out, h.detach()) if return_last_state else out
 
 
-def _scan_chunk(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inclusive scan of x_t = a_t x_{t-1} + b_t along the last axis in log2(T) vectorised steps."""
-    T = a.shape[-1]
-    step = 1
-    while step < T:
-        a_prev = F.pad(a[..., :-step], (step, 0), value=1.0)
-        b_prev = F.pad(b[..., :-step], (step, 0), value=0.0)
-        b = b + a * b_prev
-        a = a * a_prev
-        step *= 2
-    return a, b
+def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                         reverse=False, return_last_state=False):
+    """Fast fp32 PyTorch path (CPU, or any device without Triton); autograd through torch ops.
 
-
-def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                           reverse=False, return_last_state=False, chunk_size: int = 64):
-    """Vectorised fp32 selective scan (autograd through torch ops); the fast path on CPU.
-
-    Within a chunk the recurrence is an associative scan over (decay, input) pairs done in log2(chunk) steps;
-    between chunks the state is carried sequentially. Memory is O(B D N chunk) per chunk.
+    The same recurrence as ``selective_scan_ref``, laid out for speed: token-major contiguous slices, B and C
+    broadcast over each group's channels instead of expanded per channel (an expanded B/C makes every
+    token's backward write a full ``[B, D, N, L]`` gradient), the C contraction as a batched matmul, and
+    ``reverse`` walking the tokens backwards instead of flipping copies. One pass over the tokens does
+    ~log2(chunk) times less work than a log-depth chunked scan, which measured 4-10x slower on the CPU.
     """
-    u32, dt, A32, Bx, Cx, z32 = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
     batch, dim, L = u.shape
-    h = u32.new_zeros(batch, dim, A.shape[1])
-    ys = []
-    for s in range(0, L, chunk_size):
-        e = min(L, s + chunk_size)
-        dt_c = dt[:, :, s:e]                                              # [B, D, T]
-        a = torch.exp(dt_c[:, :, None, :] * A32[None, :, :, None])        # [B, D, N, T]
-        b = (dt_c * u32[:, :, s:e])[:, :, None, :] * Bx[..., s:e]
-        a_s, b_s = _scan_chunk(a, b)
-        hs = a_s * h[..., None] + b_s                                     # states at every token of the chunk
-        ys.append((hs * Cx[..., s:e]).sum(2))                             # [B, D, T]
-        h = hs[..., -1]
-    y = torch.cat(ys, dim=-1) if ys else u32.new_zeros(batch, dim, 0)
-    out = _finish(y, u32, D, z32, reverse, u.dtype)
-    return (out, h.detach()) if return_last_state else out
+    n = A.shape[1]
+    u32, dt = _up(u), _up(delta)
+    if delta_bias is not None:
+        dt = dt + _up(delta_bias)[None, :, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    B4 = _up(B) if B.dim() == 4 else _up(B).unsqueeze(1)
+    C4 = _up(C) if C.dim() == 4 else _up(C).unsqueeze(1)
+    g = B4.shape[1]
+    cpg = dim // g
+    # token-major so that every per-token slice is contiguous
+    dt_t = dt.permute(2, 0, 1).reshape(L, batch, g, cpg, 1)
+    du_t = (dt * u32).permute(2, 0, 1).reshape(L, batch, g, cpg, 1)
+    B_t = B4.permute(3, 0, 1, 2).unsqueeze(3)                            # [L, B, G, 1, N]
+    C_t = C4.permute(3, 0, 1, 2).unsqueeze(4)                            # [L, B, G, N, 1]
+    A_g = _up(A).reshape(g, cpg, n)
+    h = u32.new_zeros(batch, g, cpg, n)
+    ys = [None] * L
+    for t in (range(L - 1, -1, -1) if reverse else range(L)):
+        h = torch.exp(dt_t[t] * A_g) * h + du_t[t] * B_t[t]
+        ys[t] = torch.matmul(h, C_t[t]).reshape(batch, dim)                 # y_t = <C_t, h_t>
+    y = torch.stack(ys, dim=-1) if L else u32.new_zeros(batch, dim, 0)
+    out = _finish(y, u32, D, _up(z) if z is not None else None, False, u.dtype)
+    return (out, h.reshape(batch, dim, n).detach()) if return_last_state else out
 
 
 def selective_state_update_ref(state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
