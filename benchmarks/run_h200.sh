@@ -10,7 +10,8 @@
 #   bench-mixers pluggable-mixer ViT across resolutions
 #   train-cifar  the two CIFAR-10 recipes side by side on the one GPU (data from .data/; runs/ kept for --resume)
 #   train-audio  the spoken-digit recipe
-# Logs and results land in $OUT (or ./out when run by hand).
+# Logs and results land in $OUT (or ./out when run by hand). STAGE_TIMEOUT=seconds caps each stage (default 3600),
+# so a slow stage cannot eat the whole device call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -22,7 +23,8 @@ stage() {
   local name=$1; shift
   echo "=== $name: $*"
   local t0=$SECONDS
-  "$@" > "$OUT/$name.log" 2>&1
+  # the limit applies to the python process itself (a timeout around this script would leave it running)
+  timeout -k 10 "${STAGE_TIMEOUT:-3600}" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
   tail -n 25 "$OUT/$name.log"
   echo "=== $name: rc=$rc in $((SECONDS - t0)) s"
