@@ -15,9 +15,14 @@ NAMES = ["vim_base_patch16_224", "vim_micro_patch4_32", "vim_small_patch16_224",
 def test_family_is_registered_with_tags():
     assert zoo.list_models("vim_*") == NAMES
     assert zoo.list_models("vim_*", kind="image") == NAMES
-    assert zoo.list_pretrained("vim_*") == [
+    tagged = zoo.list_pretrained("vim_*")
+    assert [t for t in tagged if t.endswith(".in1k")] == [
         "vim_small_patch16_224.in1k", "vim_small_patch16_stride8_224.in1k",
         "vim_tiny_patch16_224.in1k", "vim_tiny_patch16_stride8_224.in1k"]
+    # the rest are our own weights, shipped with the package (zoo publish)
+    from zoo.publish import read_manifest
+    shipped = sorted(f"{m}.{t}" for m, tags in read_manifest().items() for t in tags if m.startswith("vim_"))
+    assert [t for t in tagged if not t.endswith(".in1k")] == shipped
 
 
 def test_pretrained_offline_without_cache_names_the_hub_file(zoo_cache):
