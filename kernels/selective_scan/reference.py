@@ -29,14 +29,18 @@ def _up(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+def _step_sizes(delta, delta_bias, delta_softplus):
+    """fp32 Δ with the bias added and softplus applied, as the kernels do before the recurrence."""
+    dt = _up(delta)
+    if delta_bias is not None:
+        dt = dt + _up(delta_bias)[None, :, None]
+    return F.softplus(dt) if delta_softplus else dt
+
+
 def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     """fp32 copies, Δ with bias/softplus applied, B/C per channel, everything flipped when scanning backwards."""
     dim = u.shape[1]
-    u32, dt = _up(u), _up(delta)
-    if delta_bias is not None:
-        dt = dt + _up(delta_bias)[None, :, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
+    u32, dt = _up(u), _step_sizes(delta, delta_bias, delta_softplus)
     Bx, Cx = expand_groups(_up(B), dim), expand_groups(_up(C), dim)
     z32 = _up(z) if z is not None else None
     if reverse:
@@ -84,11 +88,7 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     """
     batch, dim, L = u.shape
     n = A.shape[1]
-    u32, dt = _up(u), _up(delta)
-    if delta_bias is not None:
-        dt = dt + _up(delta_bias)[None, :, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
+    u32, dt = _up(u), _step_sizes(delta, delta_bias, delta_softplus)
     B4 = _up(B) if B.dim() == 4 else _up(B).unsqueeze(1)
     C4 = _up(C) if C.dim() == 4 else _up(C).unsqueeze(1)
     g = B4.shape[1]
