@@ -32,7 +32,8 @@ def test_each_mixer_trains_at_32px(mixer):
     assert inter[0].shape == (2, 48, 8, 8)
 
 
-def _dense_window(grid, radius, prefix):
+def _dense_mask(grid, prefix, linked):
+    """Literal [T, T] mask: prefix tokens see and are seen by all; patches a, b (row-major) where linked(ra, ca, rb, cb)."""
     gh, gw = grid
     T = prefix + gh * gw
     m = torch.zeros(T, T, dtype=torch.bool)
@@ -40,22 +41,17 @@ def _dense_window(grid, radius, prefix):
     m[:, :prefix] = True
     for a in range(gh * gw):
         for b in range(gh * gw):
-            if abs(a // gw - b // gw) <= radius and abs(a % gw - b % gw) <= radius:
+            if linked(a // gw, a % gw, b // gw, b % gw):
                 m[prefix + a, prefix + b] = True
     return m
+
+
+def _dense_window(grid, radius, prefix):
+    return _dense_mask(grid, prefix, lambda ra, ca, rb, cb: abs(ra - rb) <= radius and abs(ca - cb) <= radius)
 
 
 def _dense_blocks(grid, block, prefix):
-    gh, gw = grid
-    T = prefix + gh * gw
-    m = torch.zeros(T, T, dtype=torch.bool)
-    m[:prefix, :] = True
-    m[:, :prefix] = True
-    for a in range(gh * gw):
-        for b in range(gh * gw):
-            if (a // gw) // block == (b // gw) // block and (a % gw) // block == (b % gw) // block:
-                m[prefix + a, prefix + b] = True
-    return m
+    return _dense_mask(grid, prefix, lambda ra, ca, rb, cb: ra // block == rb // block and ca // block == cb // block)
 
 
 def _explicit_attention(mod, x, mask):

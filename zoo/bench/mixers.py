@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from zoo.bench.vim_vs_deit import _dtype_name, _free, time_fn
-from zoo.bench.options import add_model_bench_options, device_available, prepare_run
+from zoo.bench.options import add_model_bench_options, bench_command, parse_sizes, start_model_bench
 
 log = logging.getLogger(__name__)
 
@@ -143,21 +143,20 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not device_available(args.device):
+    device = start_model_bench(args)
+    if device is None:
         return 2
     mixers = [m.strip() for m in args.mixers.split(",") if m.strip()]
     unknown = [m for m in mixers if m not in MIXERS]
     if unknown:
         print(f"error: unknown mixer(s) {unknown}; choose from {','.join(MIXERS)}", file=sys.stderr)
         return 2
-    device = prepare_run(args)
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    sizes = parse_sizes(args.sizes)
     rows = run(sizes, mixers, device, torch.bfloat16, args.batch_224, args.batch, args.warmup, args.iters,
                args.train, args.depth)
     from zoo.bench.results import write_results
 
-    command = ("python -m zoo.bench.mixers " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    command = bench_command("zoo.bench.mixers", argv)
     extra = {"kernels": os.environ.get("SPEEDZOO_KERNELS", "auto"),
              "timing": f"median of {args.iters} after {args.warmup} warm-up (+1 compile) iterations",
              "models": "ViT-Ti (192 wide, 12 deep, 3 heads, patch 16), only the token mixer differs"}

@@ -39,3 +39,24 @@ def prepare_run(args: argparse.Namespace) -> torch.device:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return device
+
+
+def start_model_bench(args: argparse.Namespace) -> torch.device | None:
+    """Logging, the device check and ``prepare_run``: the common start of a whole-model benchmark's main.
+
+    Returns None (after a message) when the device is missing.
+    """
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return prepare_run(args) if device_available(args.device) else None
+
+
+def parse_sizes(text: str) -> list[int]:
+    """``--sizes`` as a list of ints (empty entries ignored)."""
+    return [int(s) for s in text.split(",") if s.strip()]
+
+
+def bench_command(module: str, argv: list[str] | None) -> str:
+    """The command line recorded in the results file."""
+    return (f"python -m {module} " + " ".join(argv if argv is not None else sys.argv[1:])).strip()

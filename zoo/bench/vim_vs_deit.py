@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from zoo.bench.options import add_model_bench_options, device_available, prepare_run
+from zoo.bench.options import add_model_bench_options, bench_command, parse_sizes, start_model_bench
 
 log = logging.getLogger(__name__)
 
@@ -273,11 +273,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not device_available(args.device):
+    device = start_model_bench(args)
+    if device is None:
         return 2
-    device = prepare_run(args)
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]  # empty: the profile alone
+    sizes = parse_sizes(args.sizes)  # empty: the profile alone
     out = run(sizes, device, torch.bfloat16, args.batch_224, args.batch, args.warmup, args.iters,
               args.profile_size or None, args.torch_profile, args.depth)
     from zoo.bench.results import write_results
@@ -285,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = {"kernels": os.environ.get("SPEEDZOO_KERNELS", "auto"),
              "timing": f"median of {args.iters} after {args.warmup} warm-up (+1 compile) iterations",
              "deit_attention": _deit_attention()}
-    command = ("python -m zoo.bench.vim_vs_deit " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    command = bench_command("zoo.bench.vim_vs_deit", argv)
     path = write_results(args.name, out["rows"], command=command, out_dir=args.out_dir, extra_meta=extra)
     if out["stages"] or out["kernels"]:
         write_results(f"{args.name}_stages", out["stages"] + out["kernels"], command=command, out_dir=args.out_dir,
