@@ -169,6 +169,7 @@ def main(argv=None) -> int:
                 for r in mode_rows:
                     r["ratio_official_over_ours"] = round(ratio, 3)
             rows += mode_rows
+        write_results("selective_scan", rows, out_dir=args.out)   # after every shape: a cut-short run keeps its rows
         torch.cuda.empty_cache()
 
     # the PyTorch references for context at one small shape (cheap)
