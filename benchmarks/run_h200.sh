@@ -2,7 +2,7 @@
 # Stages of the H200 runs, so each device call is one short command:  bash benchmarks/run_h200.sh STAGE...
 #   setup        install the carried wheels (.whl/) into /tmp/site
 #   prebuild     start compiling the official CUDA extensions in the background
-#   gpu-tests    every test marked gpu (or those under $GPU_TESTS)
+#   gpu-tests    every test marked gpu (or those under $GPU_TESTS; log gpu-tests-$GPU_TAG when set)
 #   bench-scan   selective scan vs mamba_ssm's CUDA kernel (built from .official/)
 #   bench-conv   causal conv1d vs causal-conv1d's CUDA kernel, fused add+RMSNorm vs torch
 #   bench-vim    vim_tiny vs deit_tiny across resolutions
@@ -37,18 +37,18 @@ for s in "$@"; do
     prebuild) # compile the official CUDA extensions on the CPUs while the GPU runs the tests
            (python3 -c "from zoo.bench.official import load_selective_scan_cuda as f; f('.official')" > "$OUT/prebuild-scan.log" 2>&1 &)
            (python3 -c "from pathlib import Path; from zoo.bench.conv_norm import build_official as f; f(Path('.official/causal_conv1d'))" > "$OUT/prebuild-conv.log" 2>&1 &) ;;
-    gpu-tests) stage gpu-tests python3 -m pytest -q -m gpu ${GPU_TESTS:-tests} -p no:cacheprovider --timeout 300 ;;
+    gpu-tests) stage "gpu-tests${GPU_TAG:+-$GPU_TAG}" python3 -m pytest -v -m gpu ${GPU_TESTS:-tests} -p no:cacheprovider --timeout 300 ;;
     bench-scan) stage bench-scan python3 -m zoo.bench.selective_scan --official-dir .official ;;
     bench-conv) stage bench-conv python3 -m zoo.bench.conv_norm --official-dir .official/causal_conv1d ;;
     bench-vim) stage bench-vim python3 -m zoo.bench.vim_vs_deit ;;
     bench-la) stage bench-la python3 -m zoo.bench.linear_attention ;;
     bench-mixers) stage bench-mixers python3 -m zoo.bench.mixers ;;
     train-cifar)
-      python3 -m zoo.cli fit --config configs/cifar10_vit_micro.yaml --data.path "$DATA/cifar10-train.zip" \
-        --data.val_path "$DATA/cifar10-test.zip" --trainer.default_root_dir runs/cifar10_vit_micro ${FIT_ARGS:-} > "$OUT/train-vit.log" 2>&1 &
+      timeout -k 10 "${STAGE_TIMEOUT:-3600}" python3 -m zoo.cli fit --config configs/cifar10_vit_micro.yaml --data.path "$DATA/cifar10-train.zip" \
+        --data.val_path "${VAL_PATH:-$DATA/cifar10-test.zip}" --trainer.default_root_dir runs/cifar10_vit_micro ${FIT_ARGS:-} > "$OUT/train-vit.log" 2>&1 &
       p1=$!
-      python3 -m zoo.cli fit --config configs/cifar10_vim_micro.yaml --data.path "$DATA/cifar10-train.zip" \
-        --data.val_path "$DATA/cifar10-test.zip" --trainer.default_root_dir runs/cifar10_vim_micro ${FIT_ARGS:-} > "$OUT/train-vim.log" 2>&1 &
+      timeout -k 10 "${STAGE_TIMEOUT:-3600}" python3 -m zoo.cli fit --config configs/cifar10_vim_micro.yaml --data.path "$DATA/cifar10-train.zip" \
+        --data.val_path "${VAL_PATH:-$DATA/cifar10-test.zip}" --trainer.default_root_dir runs/cifar10_vim_micro ${FIT_ARGS:-} > "$OUT/train-vim.log" 2>&1 &
       p2=$!
       wait $p1; echo "vit rc=$?"; wait $p2; echo "vim rc=$?"
       tail -n 15 "$OUT/train-vit.log" "$OUT/train-vim.log" ;;
