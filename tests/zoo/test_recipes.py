@@ -79,7 +79,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(in_repo, tmp_path, monkeyp
 
     class KillAtStep(Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == 4:  # after step 3's checkpoint, in the middle of step 4
+            if trainer.global_step == 3:  # after step 3's checkpoint, before step 4 ends epoch 1
                 raise Killed()
 
     real = cli._make_callbacks
@@ -100,6 +100,30 @@ def test_killed_and_resumed_run_matches_uninterrupted(in_repo, tmp_path, monkeyp
         torch.testing.assert_close(w_a[k], w_b[k], rtol=0, atol=1e-6, msg=k)
     for i in opt_a:
         torch.testing.assert_close(opt_a[i]["exp_avg"], opt_b[i]["exp_avg"], rtol=0, atol=1e-6)
+
+
+def test_epoch_end_writes_last_checkpoint_without_step_checkpoints(in_repo, tmp_path, monkeypatch):
+    """checkpoint_every_n_steps 0: a run killed in its second epoch resumes from the first epoch's end."""
+    import zoo.recipes.cli as cli
+    from lightning.pytorch.callbacks import Callback
+
+    class Killed(RuntimeError):
+        pass
+
+    class KillInSecondEpoch(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 1 and batch_idx == 1:
+                raise Killed()
+
+    real = cli._make_callbacks
+    monkeypatch.setattr(cli, "_make_callbacks", lambda *a, **k: real(*a, **k) + [KillInSecondEpoch()])
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        _fit(["--config", "configs/cifar10_vit_micro.yaml", *TINY_IMAGE, "--trainer.max_epochs", "3",
+              "--checkpoint_every_n_steps", "0", "--progress", "none", "--trainer.enable_model_summary", "false",
+              "--trainer.default_root_dir", str(run)])
+    ck = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck["epoch"] == 0 and ck["global_step"] == 4     # 40 images / batch 10: the end of epoch 1
 
 
 def test_unknown_config_key_suggests_the_right_one(in_repo):

@@ -218,8 +218,8 @@ def _make_callbacks(run_dir: Path, every_n_steps: int, progress: str, progress_e
     ckpt_dir = run_dir / "checkpoints"
     cbs: list = []
     if checkpoints:  # both write last.ckpt: after each epoch's validation, and every N steps
-        cbs.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_epochs=1,
-                                   enable_version_counter=False))
+        cbs.append(_epoch_checkpoint_cls()(dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_epochs=1,
+                                           enable_version_counter=False))
         if every_n_steps and every_n_steps > 0:
             cbs.append(_step_checkpoint_cls()(dirpath=ckpt_dir, save_top_k=0, save_last=True,
                                               every_n_train_steps=every_n_steps, enable_version_counter=False))
@@ -280,6 +280,20 @@ def _fit_summary_cls():
             (self.run_dir / "fit_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     return FitSummary
+
+
+def _epoch_checkpoint_cls():
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class EpochCheckpoint(ModelCheckpoint):
+        """last.ckpt at every epoch end. Lightning 2.6 writes ``last`` only in a step that also made a top-k
+        save, which ``save_top_k=0`` never does, so the stock callback would write nothing at epoch ends."""
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            if not self._should_skip_saving_checkpoint(trainer):
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    return EpochCheckpoint
 
 
 def _step_checkpoint_cls():
