@@ -66,6 +66,8 @@ def publish(export: str | os.PathLike, tag: str, data: str, split: str = "test",
     if size > MAX_FILE_BYTES:
         raise ConfigError(f"{export} is {size / 2**20:.1f} MiB; shipped weights must stay under "
                           f"{MAX_FILE_BYTES / 2**20:.0f} MiB (choose a smaller config)")
+    trained = info.get("recipe") or export.parent.name
+    trained += f", {info['epochs']} epochs" if info.get("epochs") else ""
     model, info = build_model(name, str(export))
     path = resolve_data(data)
     ds, data_cfg = build_dataset(model, info, path, split, None)
@@ -95,7 +97,7 @@ def publish(export: str | os.PathLike, tag: str, data: str, split: str = "test",
         "preprocess": {"audio": pre, "input_size": list(data_cfg["input_size"])} if pre.get("type") == "kaldi_fbank"
                       else {k: list(v) if isinstance(v, tuple) else v for k, v in data_cfg.items()},
         "metrics": {dataset: metrics},
-        "notes": f"trained with `zoo fit` ({export.parent.name}); measured by `zoo publish` on "
+        "notes": f"trained with `zoo fit` ({trained}); measured by `zoo publish` on "
                  f"{datetime.date.today().isoformat()}",
     }
     manifest = read_manifest(folder)
