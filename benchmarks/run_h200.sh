@@ -8,6 +8,7 @@
 #   bench-vim    vim_tiny vs deit_tiny across resolutions
 #   bench-la     linear-attention kernels vs fla
 #   bench-mixers pluggable-mixer ViT across resolutions
+#   bench-scaling  DDP/FSDP throughput and accuracy at 1..N GPUs of the ViT CIFAR recipe (a several-GPU kind)
 #   train-cifar  the two CIFAR-10 recipes side by side on the one GPU (data from .data/; runs/ kept for --resume)
 #   train-audio  the spoken-digit recipe
 # Logs and results land in $OUT (or ./out when run by hand). STAGE_TIMEOUT=seconds caps each stage (default 3600),
@@ -43,6 +44,8 @@ for s in "$@"; do
     bench-vim) stage bench-vim python3 -m zoo.bench.vim_vs_deit ;;
     bench-la) stage bench-la python3 -m zoo.bench.linear_attention ;;
     bench-mixers) stage bench-mixers python3 -m zoo.bench.mixers ;;
+    bench-scaling) NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 stage bench-scaling python3 -m zoo.bench.scaling \
+        --epochs "${SCALING_EPOCHS:-3}" -- --data.path "$DATA/cifar10-train.zip" --data.val_path "$DATA/cifar10-test.zip" ;;
     train-cifar)
       timeout -k 10 "${STAGE_TIMEOUT:-3600}" python3 -m zoo.cli fit --config configs/cifar10_vit_micro.yaml --data.path "$DATA/cifar10-train.zip" \
         --data.val_path "${VAL_PATH:-$DATA/cifar10-test.zip}" --trainer.default_root_dir runs/cifar10_vit_micro ${FIT_ARGS:-} > "$OUT/train-vit.log" 2>&1 &
