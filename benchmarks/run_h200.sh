@@ -9,7 +9,7 @@
 #   bench-la     linear-attention kernels vs fla
 #   bench-mixers pluggable-mixer ViT across resolutions
 #   bench-scaling  DDP/FSDP throughput and accuracy at 1..N GPUs of the ViT CIFAR recipe (a several-GPU kind)
-#   train-cifar  the two CIFAR-10 recipes side by side on the one GPU (data from .data/; runs/ kept for --resume)
+#   train-cifar  the CIFAR-10 recipes ($CIFAR_MODELS, default "vit vim") side by side on the one GPU (data from .data/; runs/ kept for --resume)
 #   train-audio  the spoken-digit recipe
 # Logs and results land in $OUT (or ./out when run by hand). STAGE_TIMEOUT=seconds caps each stage (default 3600),
 # so a slow stage cannot eat the whole device call.
@@ -46,15 +46,15 @@ for s in "$@"; do
     bench-mixers) stage bench-mixers python3 -m zoo.bench.mixers ;;
     bench-scaling) NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 stage bench-scaling python3 -m zoo.bench.scaling \
         --epochs "${SCALING_EPOCHS:-3}" -- --data.path "$DATA/cifar10-train.zip" --data.val_path "$DATA/cifar10-test.zip" ;;
-    train-cifar)
-      timeout -k 10 "${STAGE_TIMEOUT:-3600}" python3 -m zoo.cli fit --config configs/cifar10_vit_micro.yaml --data.path "$DATA/cifar10-train.zip" \
-        --data.val_path "${VAL_PATH:-$DATA/cifar10-test.zip}" --trainer.default_root_dir runs/cifar10_vit_micro ${FIT_ARGS:-} > "$OUT/train-vit.log" 2>&1 &
-      p1=$!
-      timeout -k 10 "${STAGE_TIMEOUT:-3600}" python3 -m zoo.cli fit --config configs/cifar10_vim_micro.yaml --data.path "$DATA/cifar10-train.zip" \
-        --data.val_path "${VAL_PATH:-$DATA/cifar10-test.zip}" --trainer.default_root_dir runs/cifar10_vim_micro ${FIT_ARGS:-} > "$OUT/train-vim.log" 2>&1 &
-      p2=$!
-      wait $p1; echo "vit rc=$?"; wait $p2; echo "vim rc=$?"
-      tail -n 15 "$OUT/train-vit.log" "$OUT/train-vim.log" ;;
+    train-cifar)  # CIFAR_MODELS="vim" trains one alone (the Vim is host-bound: give it the CPUs)
+      pids=()
+      for m in ${CIFAR_MODELS:-vit vim}; do
+        timeout -k 10 "${STAGE_TIMEOUT:-3600}" python3 -m zoo.cli fit --config "configs/cifar10_${m}_micro.yaml" \
+          --data.path "$DATA/cifar10-train.zip" --data.val_path "${VAL_PATH:-$DATA/cifar10-test.zip}" \
+          --trainer.default_root_dir "runs/cifar10_${m}_micro" ${FIT_ARGS:-} > "$OUT/train-$m.log" 2>&1 &
+        pids+=("$m:$!")
+      done
+      for mp in "${pids[@]}"; do wait "${mp#*:}"; echo "${mp%%:*} rc=$?"; tail -n 15 "$OUT/train-${mp%%:*}.log"; done ;;
     train-audio) stage train-audio python3 -m zoo.cli fit --config configs/fsdd_vim_audio.yaml \
         --data.path "$DATA/fsdd.zip" --trainer.default_root_dir runs/fsdd_vim_audio ${FIT_ARGS:-} ;;
     *) echo "unknown stage $s"; exit 2 ;;
