@@ -217,7 +217,7 @@ def _make_callbacks(run_dir: Path, every_n_steps: int, progress: str, progress_e
 
     ckpt_dir = run_dir / "checkpoints"
     cbs: list = []
-    if checkpoints:  # both write last.ckpt: after each epoch's validation, and every N steps
+    if checkpoints:  # both write last.ckpt: at each training epoch's end, and every N steps
         cbs.append(_epoch_checkpoint_cls()(dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_epochs=1,
                                            enable_version_counter=False))
         if every_n_steps and every_n_steps > 0:
