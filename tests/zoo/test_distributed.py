@@ -145,7 +145,8 @@ def test_ddp_two_processes_then_resume_on_one(env, tmp_path):
               "--data.train_subset", "4", "--data.val_subset", "2", "--data.batch_size", "5",
               "--data.eval_batch_size", "20", "--model.model_args", "{depth: 1}", "--trainer.max_epochs", "2",
               "--trainer.default_root_dir", str(run), "--progress", "none", "--trainer.enable_model_summary",
-              "false", "--trainer.callbacks", "_dist_helpers.Probe", "--checkpoint_every_n_steps", "3"]
+              "false", "--trainer.callbacks", "_dist_helpers.Probe", "--checkpoint_every_n_steps", "3",
+              "--model.mixup_alpha", "0", "--model.cutmix_alpha", "0"]   # batch 5: mixup needs an even one
     _zoo(common + ["--trainer.strategy", "ddp", "--trainer.devices", "2"], dict(env, ZOO_TEST_EXIT_AT_STEP="6"))
     r0, r1 = (torch.load(run / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["world_size"] == r1["world_size"] == 2
@@ -219,7 +220,7 @@ def test_scaling_bench_runs_on_cpu(env, tmp_path):
     _zoo(["bench", "scaling", "--gpus", "2", "--strategies", "ddp", "--accelerator", "cpu", "--epochs", "2",
           "--batch-size", "5", "--run-root", str(tmp_path / "runs"), "--out-dir", str(out), "--",
           "--data.train_subset", "4", "--data.val_subset", "2", "--model.model_args", "{depth: 1}",
-          "--data.eval_batch_size", "20"], env, timeout=400)
+          "--data.eval_batch_size", "20", "--model.mixup_alpha", "0", "--model.cutmix_alpha", "0"], env, timeout=400)
     data = __import__("json").loads((out / "scaling.json").read_text())
     assert [(r["strategy"], r["gpus"]) for r in data["rows"]] == [("ddp", 1), ("ddp", 2)]
     assert data["rows"][0]["efficiency"] == 1.0 and data["rows"][1]["final_top1"] is not None
