@@ -61,7 +61,7 @@ def _check(B, T, H, K, V, dtype, *, C=16, gate=True, h0=True, l2=True, device="c
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("T,K,V,C", [(1, 16, 16, 16), (37, 16, 32, 16), (70, 64, 64, 64)])
+@pytest.mark.parametrize("T,K,V,C", [(1, 16, 16, 16), (37, 16, 32, 16), (70, 64, 64, 64), (70, 128, 128, 64)])
 def test_values_and_grads(dtype, T, K, V, C):
     _check(1, T, 2, K, V, dtype, C=C)
 

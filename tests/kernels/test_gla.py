@@ -82,7 +82,7 @@ def _check(B, T, H, K, V, gate, dtype, *, h0=True, causal=True, C=16, strength=1
 
 @pytest.mark.parametrize("gate", ["none", "scalar", "vector"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("T,K,V,C", [(1, 16, 16, 16), (37, 16, 32, 16), (70, 64, 64, 64)])
+@pytest.mark.parametrize("T,K,V,C", [(1, 16, 16, 16), (37, 16, 32, 16), (70, 64, 64, 64), (70, 128, 128, 64)])
 def test_causal_values_and_grads(gate, dtype, T, K, V, C):
     _check(1, T, 2, K, V, gate, dtype, C=C)
 
