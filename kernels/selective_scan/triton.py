@@ -387,8 +387,20 @@ def _combine_kernel(
 # --------------------------------------------------------------------------------------------------------
 # launch configuration
 
+CHUNK_ENV = "SPEEDZOO_SCAN_CHUNK"          # tokens per stored state = backward tile (power of two, 4..64)
+
+
 def chunk_size_for(n_state: int) -> int:
-    """Tokens per stored state in forward = backward's tile; smaller for big N to bound registers."""
+    """Tokens per stored state in forward = backward's tile; smaller for big N to bound registers.
+
+    SPEEDZOO_SCAN_CHUNK overrides it (a shorter tile keeps the backward's token scan inside a thread at the
+    price of proportionally more stored states), for benchmarking the trade-off on a GPU."""
+    forced = os.environ.get(CHUNK_ENV)
+    if forced:
+        chunk = int(forced)
+        if chunk < 4 or chunk > 64 or chunk & (chunk - 1):
+            raise ValueError(f"{CHUNK_ENV} must be a power of two in 4..64, got {forced!r}")
+        return chunk
     return 32 if n_state <= 16 else 16
 
 
@@ -411,7 +423,7 @@ _FWD_CONFIGS = [
 ]
 _BWD_CONFIGS = [
     triton.Config({"BLOCK_D": bd}, num_warps=w)
-    for bd, w in [(4, 4), (8, 4), (8, 8), (16, 8)]
+    for bd, w in [(4, 4), (8, 4), (8, 8), (16, 8), (4, 1), (8, 2)]     # 1-2 warps: tokens stay in-thread
 ]
 
 
@@ -449,7 +461,7 @@ def _fixed_config(cap: int, chunk: int, fwd: bool) -> dict:
         return cfg
     if fwd:
         bd = max(1, min(cap, 32))
-        return {"BLOCK_D": bd, "BLOCK_L": 4 if bd == 32 else 8, "num_warps": 1}
+        return {"BLOCK_D": bd, "BLOCK_L": min(4 if bd == 32 else 8, chunk), "num_warps": 1}
     return {"BLOCK_D": max(1, min(cap, 4)), "num_warps": 4}
 
 
@@ -555,10 +567,9 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, s
 
     B, C are 4-D ``[B, G, N, L]``; all contiguous. Returns (y, last, states).
     """
-    variant, seg = plan
+    variant, seg, chunk = plan
     batch, dim, L = u.shape
     n = A.shape[1]
-    chunk = chunk_size_for(n)
     y = torch.empty_like(u)
     last = torch.empty(batch, dim, n, device=u.device, dtype=torch.float32)
     n_chunks = triton.cdiv(L, chunk)
@@ -594,10 +605,9 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, s
 
 def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, states, plan):
     """Launch the backward (sequential, or passes A-C); returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)."""
-    variant, seg = plan
+    variant, seg, chunk = plan
     batch, dim, L = u.shape
     n = A.shape[1]
-    chunk = chunk_size_for(n)
     du = torch.empty_like(u)
     ddelta = torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else None
@@ -638,7 +648,8 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reve
 class SelectiveScanFn(torch.autograd.Function):
     """Triton forward; backward recomputes states per chunk from the chunk-start states saved by forward.
 
-    ``plan`` = (variant, segment) from :func:`scan_plan`, kept so the backward splits L as the forward did.
+    ``plan`` = (variant, segment, chunk) from :func:`scan_plan` and :func:`chunk_size_for`, kept so the backward
+    splits L and reads the stored states as the forward wrote them.
     """
 
     @staticmethod
@@ -672,5 +683,5 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     batch, dim, L = u.shape
     if variant is None and interpreting() and os.environ.get(VARIANT_ENV, "auto").lower() == "auto":
         variant = "sequential"
-    plan = scan_plan(batch, dim, L, A.shape[1], sm_count(u.device), variant, seg)
+    plan = (*scan_plan(batch, dim, L, A.shape[1], sm_count(u.device), variant, seg), chunk_size_for(A.shape[1]))
     return SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, plan)

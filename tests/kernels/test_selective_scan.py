@@ -239,6 +239,25 @@ def test_chunk_parallel_last_state(reverse, chunked):
     assert rel_rms(last, last_ref) < 1e-5 and rel_rms(y, y_ref) < 1e-5
 
 
+@pytest.mark.parametrize("chunk", [4, 8])
+@pytest.mark.parametrize("variant", ["sequential", "chunked"])
+def test_shorter_backward_tile_matches_ref(chunk, variant, monkeypatch):
+    """SPEEDZOO_SCAN_CHUNK: states stored every 4 / 8 tokens, the backward tiled to match (both variants)."""
+    monkeypatch.setenv("SPEEDZOO_SCAN_CHUNK", str(chunk))
+    monkeypatch.setenv("SPEEDZOO_SCAN_VARIANT", variant)
+    monkeypatch.setenv("SPEEDZOO_SCAN_SEG", "8")                # chunked: segments of max(8, chunk) tokens
+    inputs = make_inputs(1, 8, 37, 16, 2, torch.float32, True, True, True)
+    compare(inputs, TOL[torch.float32], delta_softplus=True, reverse=True)
+
+
+def test_backward_tile_env_is_checked(monkeypatch):
+    from kernels.selective_scan.triton import chunk_size_for
+
+    monkeypatch.setenv("SPEEDZOO_SCAN_CHUNK", "12")
+    with pytest.raises(ValueError, match="power of two"):
+        chunk_size_for(16)
+
+
 def test_scan_plan_heuristic():
     """Sequential when (batch x 32-channel blocks) fills the GPU, chunked when it does not (132 SMs)."""
     from kernels.selective_scan.triton import MAX_SEGS, chunk_size_for, scan_plan

@@ -7,8 +7,10 @@ bf16 u/delta/z/B/C, fp32 A/D/delta_bias, z gate, softplus. Reports the median ms
 4.27 TB/s copy rate, and official/ours ratios. Correctness of ours vs official is checked before timing.
 
 Ours is timed in both Triton variants (sequential over L, and chunk-parallel along L; see
-``kernels.selective_scan.triton.scan_plan``): each row records ``variant``, its segment length ``seg`` and
-``auto`` (whether the heuristic picks it at this shape); official/ours ratios use the auto row.
+``kernels.selective_scan.triton.scan_plan``): each row records ``variant``, its segment length ``seg``,
+``chunk`` (tokens per stored state = backward tile) and ``auto`` (whether the heuristic picks it at this
+shape); official/ours ratios use the auto row. ``SPEEDZOO_SCAN_CHUNK=8`` (or 4, 16) times ours with states
+stored every 8 tokens and the backward tiled to match; ``--out`` keeps such a run apart.
 """
 from __future__ import annotations
 
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
         print("building the official selective_scan CUDA extension (first run: minutes) ...", flush=True)
         official = official_selective_scan_fn(load_selective_scan_cuda(args.official_dir))
 
-    from kernels.selective_scan.triton import scan_plan, sm_count
+    from kernels.selective_scan.triton import chunk_size_for, scan_plan, sm_count
 
     peers = {"mamba_ssm": official} if official is not None else {}
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
@@ -157,8 +159,8 @@ def main(argv=None) -> int:
                 print(f"{shape_s} {mode} {impl} {v or ''}: {ms:.4f} ms", flush=True)  # a cut-short run still reports
                 row = dict(op="selective_scan", shape=shape_s, mode=mode, impl=impl, dtype="bf16", ms=round(ms, 4))
                 if v is not None:
-                    row.update(variant=v, seg=variants[v][1], auto=v == auto_variant, sms=sms,
-                               max_rel_rms_vs_peer=float(f"{worst[v]:.2e}"))
+                    row.update(variant=v, seg=variants[v][1], chunk=chunk_size_for(n), auto=v == auto_variant,
+                               sms=sms, max_rel_rms_vs_peer=float(f"{worst[v]:.2e}"))
                 if mode == "fwd":
                     gbps = mb / (ms * 1e-3) / 1e9
                     row.update(gbps=round(gbps, 1), bw_frac=round(gbps / (COPY_TBPS * 1e3), 4),
