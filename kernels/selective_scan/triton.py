@@ -423,16 +423,20 @@ _FWD_CONFIGS = [
 ]
 _BWD_CONFIGS = [
     triton.Config({"BLOCK_D": bd}, num_warps=w)
-    for bd, w in [(4, 4), (8, 4), (8, 8), (16, 8), (4, 1), (8, 2)]     # 1-2 warps: tokens stay in-thread
+    for bd, w in [(4, 4), (8, 4), (8, 8), (16, 8), (4, 1), (8, 2)]
 ]
+SMALL_TILE_WARPS = 2   # backward configs with at most this many warps only for tiles of <= 8 tokens (a shorter
+                       # SPEEDZOO_SCAN_CHUNK: the tile's tokens then stay inside a thread); not GPU-checked at 32
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop configs whose channel block would straddle a B/C group or whose tile does not divide CHUNK."""
+    """Drop configs whose channel block would straddle a B/C group or whose tile does not divide CHUNK, and the
+    few-warp backward configs at the default tile."""
     cap = named_args["BD_CAP"]
     chunk = kwargs["CHUNK"]
     keep = [c for c in configs if c.kwargs["BLOCK_D"] <= cap
-            and ("BLOCK_L" not in c.kwargs or chunk % c.kwargs["BLOCK_L"] == 0)]
+            and ("BLOCK_L" not in c.kwargs or chunk % c.kwargs["BLOCK_L"] == 0)
+            and ("BLOCK_L" in c.kwargs or c.num_warps > SMALL_TILE_WARPS or chunk <= 8)]
     if keep:
         return keep
     fallback = dict(configs[0].kwargs)

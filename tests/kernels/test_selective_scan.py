@@ -258,6 +258,16 @@ def test_backward_tile_env_is_checked(monkeypatch):
         chunk_size_for(16)
 
 
+def test_few_warp_backward_configs_only_for_short_tiles():
+    """The default 32-token tile autotunes over the configs checked on the H200; 1-2 warps join at <= 8."""
+    from kernels.selective_scan.triton import _BWD_CONFIGS, _prune
+
+    def warps(chunk):
+        return {c.num_warps for c in _prune(_BWD_CONFIGS, {"BD_CAP": 16}, CHUNK=chunk)}
+
+    assert min(warps(32)) >= 4 and min(warps(8)) == 1
+
+
 def test_scan_plan_heuristic():
     """Sequential when (batch x 32-channel blocks) fills the GPU, chunked when it does not (132 SMs)."""
     from kernels.selective_scan.triton import MAX_SEGS, chunk_size_for, scan_plan
