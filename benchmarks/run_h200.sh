@@ -4,6 +4,8 @@
 #   prebuild     start compiling the official CUDA extensions in the background
 #   gpu-tests    every test marked gpu (or those under $GPU_TESTS; log gpu-tests-$GPU_TAG when set)
 #   bench-scan   selective scan vs mamba_ssm's CUDA kernel (built from .official/)
+#   bench-scan-chunks  the same with SPEEDZOO_SCAN_CHUNK in $SCAN_CHUNKS (default "8 16": shorter backward tiles,
+#                more stored states) into benchmarks/results/scan_chunk<c>/
 #   bench-conv   causal conv1d vs causal-conv1d's CUDA kernel, fused add+RMSNorm vs torch
 #   bench-vim    vim_tiny vs deit_tiny across resolutions
 #   bench-la     linear-attention kernels vs fla
@@ -40,6 +42,9 @@ for s in "$@"; do
            (python3 -c "from pathlib import Path; from zoo.bench.conv_norm import build_official as f; f(Path('.official/causal_conv1d'))" > "$OUT/prebuild-conv.log" 2>&1 &) ;;
     gpu-tests) stage "gpu-tests${GPU_TAG:+-$GPU_TAG}" python3 -m pytest -v -m gpu ${GPU_TESTS:-tests} -p no:cacheprovider --timeout 300 ;;
     bench-scan) stage bench-scan python3 -m zoo.bench.selective_scan --official-dir .official ;;
+    bench-scan-chunks) for c in ${SCAN_CHUNKS:-8 16}; do
+        SPEEDZOO_SCAN_CHUNK=$c stage "bench-scan-chunk$c" python3 -m zoo.bench.selective_scan --official-dir .official \
+          --out "benchmarks/results/scan_chunk$c"; done ;;
     bench-conv) stage bench-conv python3 -m zoo.bench.conv_norm --official-dir .official/causal_conv1d ;;
     bench-vim) stage bench-vim python3 -m zoo.bench.vim_vs_deit ;;
     bench-la) stage bench-la python3 -m zoo.bench.linear_attention ;;
