@@ -60,7 +60,7 @@ def _check(B, T, H, D, DV, dtype, feature="relu", device="cpu", eps=1e-5, tol=No
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 16, 16), (2, 70, 3, 20, 17), (1, 200, 2, 32, 32), (1, 130, 1, 64, 48),
-                                   (2, 49, 4, 8, 8)])
+                                   (2, 49, 4, 8, 8), (1, 40, 1, 128, 128)])
 def test_relu_fp32_values_and_grads(shape):
     _check(*shape, torch.float32)
 
