@@ -50,7 +50,8 @@ for s in "$@"; do
     bench-la) stage bench-la python3 -m zoo.bench.linear_attention ;;
     bench-mixers) stage bench-mixers python3 -m zoo.bench.mixers ;;
     bench-scaling) NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 stage bench-scaling python3 -m zoo.bench.scaling \
-        --epochs "${SCALING_EPOCHS:-3}" -- --data.path "$DATA/cifar10-train.zip" --data.val_path "$DATA/cifar10-test.zip" ;;
+        --epochs "${SCALING_EPOCHS:-3}" -- --data.path "$DATA/cifar10-train.zip" \
+        --data.val_path "${VAL_PATH:-$DATA/cifar10-test.zip}" ${SCALING_ARGS:-} ;;
     train-cifar)  # CIFAR_MODELS="vim" trains one alone (the Vim is host-bound: give it the CPUs)
       pids=()
       for m in ${CIFAR_MODELS:-vit vim}; do
