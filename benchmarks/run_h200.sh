@@ -53,14 +53,12 @@ for s in "$@"; do
         --epochs "${SCALING_EPOCHS:-3}" -- --data.path "$DATA/cifar10-train.zip" \
         --data.val_path "${VAL_PATH:-$DATA/cifar10-test.zip}" ${SCALING_ARGS:-} ;;
     train-cifar)  # CIFAR_MODELS="vim" trains one alone (the Vim is host-bound: give it the CPUs)
-      pids=()
       for m in ${CIFAR_MODELS:-vit vim}; do
-        timeout -k 10 "${STAGE_TIMEOUT:-3600}" python3 -m zoo.cli fit --config "configs/cifar10_${m}_micro.yaml" \
+        stage "train-$m" python3 -m zoo.cli fit --config "configs/cifar10_${m}_micro.yaml" \
           --data.path "$DATA/cifar10-train.zip" --data.val_path "${VAL_PATH:-$DATA/cifar10-test.zip}" \
-          --trainer.default_root_dir "runs/cifar10_${m}_micro" ${FIT_ARGS:-} > "$OUT/train-$m.log" 2>&1 &
-        pids+=("$m:$!")
+          --trainer.default_root_dir "runs/cifar10_${m}_micro" ${FIT_ARGS:-} &
       done
-      for mp in "${pids[@]}"; do wait "${mp#*:}"; echo "${mp%%:*} rc=$?"; tail -n 15 "$OUT/train-${mp%%:*}.log"; done ;;
+      wait ;;
     train-audio) stage train-audio python3 -m zoo.cli fit --config configs/fsdd_vim_audio.yaml \
         --data.path "$DATA/fsdd.zip" --trainer.default_root_dir runs/fsdd_vim_audio ${FIT_ARGS:-} ;;
     *) echo "unknown stage $s"; exit 2 ;;

@@ -1,11 +1,11 @@
 """Mamba-1 selective scan: the public ops.
 
 ``selective_scan`` takes the Triton path on CUDA tensors (or under ``TRITON_INTERPRET=1``) and the
-vectorised PyTorch path (``selective_scan_torch``) elsewhere; ``SPEEDZOO_KERNELS`` overrides the choice (see ``kernels.common``). Both
-paths compute the same math as mamba_ssm's ``selective_scan_ref``, plus ``reverse`` (scan from the last token
-to the first without flipped copies) for bidirectional blocks. On the GPU the Triton path picks a sequential
-or a chunk-parallel (along L) kernel set by occupancy; ``SPEEDZOO_SCAN_VARIANT`` / ``SPEEDZOO_SCAN_SEG``
-force one (see ``kernels.selective_scan.triton.scan_plan``).
+vectorised PyTorch path (``selective_scan_torch``) elsewhere; ``SPEEDZOO_KERNELS`` overrides the choice (see
+``kernels.common``). Both paths compute the same math as mamba_ssm's ``selective_scan_ref``, plus ``reverse``
+(scan from the last token to the first without flipped copies) for bidirectional blocks. On the GPU the
+Triton path picks a sequential or a chunk-parallel (along L) kernel set by occupancy;
+``SPEEDZOO_SCAN_VARIANT`` / ``SPEEDZOO_SCAN_SEG`` force one (see ``kernels.selective_scan.triton.scan_plan``).
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     _validate(u, delta, A, B, C, D, z, delta_bias)
     if not use_triton(u, delta, A, B, C, D, z, delta_bias):
         return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
-                                      return_last_state)
+                                    return_last_state)
     from kernels.selective_scan.triton import selective_scan_triton
 
     B4 = B.unsqueeze(1) if B.dim() == 3 else B
