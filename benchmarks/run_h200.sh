@@ -8,6 +8,7 @@
 #                more stored states) into benchmarks/results/scan_chunk<c>/
 #   bench-conv   causal conv1d vs causal-conv1d's CUDA kernel, fused add+RMSNorm vs torch
 #   bench-vim    vim_tiny vs deit_tiny across resolutions
+#   bench-step   one training step of the CIFAR models: host pace vs GPU work, per scan chunk ($SCAN_CHUNKS)
 #   bench-la     linear-attention kernels vs fla
 #   bench-mixers pluggable-mixer ViT across resolutions
 #   bench-scaling  DDP/FSDP throughput and accuracy at 1..N GPUs of the ViT CIFAR recipe (a several-GPU kind)
@@ -47,16 +48,18 @@ for s in "$@"; do
           --out "benchmarks/results/scan_chunk$c"; done ;;
     bench-conv) stage bench-conv python3 -m zoo.bench.conv_norm --official-dir .official/causal_conv1d ;;
     bench-vim) stage bench-vim python3 -m zoo.bench.vim_vs_deit ;;
+    bench-step) stage bench-step python3 -m zoo.bench.train_step --scan-chunks "$(echo ${SCAN_CHUNKS:-32 16 8} | tr ' ' ,)" ${STEP_ARGS:-} ;;
     bench-la) stage bench-la python3 -m zoo.bench.linear_attention ;;
     bench-mixers) stage bench-mixers python3 -m zoo.bench.mixers ;;
     bench-scaling) NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 stage bench-scaling python3 -m zoo.bench.scaling \
         --epochs "${SCALING_EPOCHS:-3}" -- --data.path "$DATA/cifar10-train.zip" \
         --data.val_path "${VAL_PATH:-$DATA/cifar10-test.zip}" ${SCALING_ARGS:-} ;;
-    train-cifar)  # CIFAR_MODELS="vim" trains one alone (the Vim is host-bound: give it the CPUs)
+    train-cifar)  # CIFAR_MODELS="vim" trains one alone; INIT_TAG=cifar10 continues from that tag's weights
       for m in ${CIFAR_MODELS:-vit vim}; do
         stage "train-$m" python3 -m zoo.cli fit --config "configs/cifar10_${m}_micro.yaml" \
           --data.path "$DATA/cifar10-train.zip" --data.val_path "${VAL_PATH:-$DATA/cifar10-test.zip}" \
-          --trainer.default_root_dir "runs/cifar10_${m}_micro" ${FIT_ARGS:-} &
+          --trainer.default_root_dir "runs/cifar10_${m}_micro" \
+          ${INIT_TAG:+--model.model ${m}_micro_patch4_32.$INIT_TAG --model.pretrained true} ${FIT_ARGS:-} &
       done
       wait ;;
     train-audio) stage train-audio python3 -m zoo.cli fit --config configs/fsdd_vim_audio.yaml \

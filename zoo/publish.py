@@ -68,6 +68,7 @@ def publish(export: str | os.PathLike, tag: str, data: str, split: str = "test",
                           f"{MAX_FILE_BYTES / 2**20:.0f} MiB (choose a smaller config)")
     trained = info.get("recipe") or export.parent.name
     trained += f", {info['epochs']} epochs" if info.get("epochs") else ""
+    trained += f", starting from {info['init']}" if info.get("init") else ""
     model, info = build_model(name, str(export))
     path = resolve_data(data)
     ds, data_cfg = build_dataset(model, info, path, split, None)

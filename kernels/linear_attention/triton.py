@@ -51,6 +51,27 @@ def _dphi(x, FEAT: tl.constexpr):
 
 
 @triton.jit
+def _load_tile(base, t, rows_ok, cols, cols_ok, s_row, s_col):
+    """A [tokens, columns] tile read through its strides, in fp32 (zeros outside the masks)."""
+    mask = rows_ok[:, None] & cols_ok[None, :]
+    return tl.load(base + t[:, None] * s_row + cols[None, :] * s_col, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _features(x, rows_ok, cols_ok, FEAT: tl.constexpr):
+    """φ(x) with padded rows and columns zeroed (elu(0)+1 = 1 would otherwise leak into the sums)."""
+    return tl.where(rows_ok[:, None] & cols_ok[None, :], _phi(x, FEAT), 0.0)
+
+
+@triton.jit
+def _load_state(kv_ptr, z_ptr, i_bh, od, ov, md, mv, D, DV):
+    """One (batch, head)'s [D, DV] state and [D] normaliser (or their gradients)."""
+    kv = tl.load(kv_ptr + i_bh * D * DV + od[:, None] * DV + ov[None, :], mask=md[:, None] & mv[None, :], other=0.0)
+    z = tl.load(z_ptr + i_bh * D + od, mask=md, other=0.0)
+    return kv, z
+
+
+@triton.jit
 def _state_kernel(k_ptr, v_ptr, kv_ptr, z_ptr, skb, skt, skh, skd, svb, svt, svh, svd,
                   T, H, D, DV, TILES_PER_SPLIT, NSPLIT,
                   BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, FEAT: tl.constexpr):
@@ -66,11 +87,8 @@ def _state_kernel(k_ptr, v_ptr, kv_ptr, z_ptr, skb, skt, skh, skd, svb, svt, svh
     for i in range(0, TILES_PER_SPLIT):
         t = ((i_s * TILES_PER_SPLIT + i) * BT + ot).to(tl.int64)
         mt = t < T
-        mk = mt[:, None] & md[None, :]
-        k = tl.load(k_base + t[:, None] * skt + od[None, :] * skd, mask=mk, other=0.0).to(tl.float32)
-        k = tl.where(mk, _phi(k, FEAT), 0.0)
-        v = tl.load(v_base + t[:, None] * svt + ov[None, :] * svd, mask=mt[:, None] & mv[None, :],
-                    other=0.0).to(tl.float32)
+        k = _features(_load_tile(k_base, t, mt, od, md, skt, skd), mt, md, FEAT)
+        v = _load_tile(v_base, t, mt, ov, mv, svt, svd)
         kv += tl.dot(tl.trans(k), v, input_precision="ieee")
         z += tl.sum(k, axis=0)
     part = i_bh * NSPLIT + i_s
@@ -88,11 +106,8 @@ def _apply_kernel(q_ptr, kv_ptr, z_ptr, o_ptr, sqb, sqt, sqh, sqd, T, H, D, DV, 
     md, mv = od < D, ov < DV
     t = (i_t * BT + tl.arange(0, BT)).to(tl.int64)
     mt = t < T
-    kv = tl.load(kv_ptr + i_bh * D * DV + od[:, None] * DV + ov[None, :], mask=md[:, None] & mv[None, :], other=0.0)
-    z = tl.load(z_ptr + i_bh * D + od, mask=md, other=0.0)
-    mq = mt[:, None] & md[None, :]
-    q = tl.load(q_ptr + i_b * sqb + i_h * sqh + t[:, None] * sqt + od[None, :] * sqd, mask=mq, other=0.0)
-    q = tl.where(mq, _phi(q.to(tl.float32), FEAT), 0.0)
+    kv, z = _load_state(kv_ptr, z_ptr, i_bh, od, ov, md, mv, D, DV)
+    q = _features(_load_tile(q_ptr + i_b * sqb + i_h * sqh, t, mt, od, md, sqt, sqd), mt, md, FEAT)
     num = tl.dot(q, kv, input_precision="ieee")
     den = tl.sum(q * z[None, :], axis=1) + eps
     o = num / den[:, None]
@@ -110,8 +125,7 @@ def _bwd_q_kernel(q_ptr, do_ptr, kv_ptr, z_ptr, dq_ptr, dkv_ptr, dz_ptr,
     i_b, i_h = i_bh // H, i_bh % H
     od, ov, ot = tl.arange(0, BD), tl.arange(0, BDV), tl.arange(0, BT)
     md, mv = od < D, ov < DV
-    kv = tl.load(kv_ptr + i_bh * D * DV + od[:, None] * DV + ov[None, :], mask=md[:, None] & mv[None, :], other=0.0)
-    z = tl.load(z_ptr + i_bh * D + od, mask=md, other=0.0)
+    kv, z = _load_state(kv_ptr, z_ptr, i_bh, od, ov, md, mv, D, DV)
     q_base = q_ptr + i_b * sqb + i_h * sqh
     do_base = do_ptr + i_b * sob + i_h * soh
     dq_base = dq_ptr + (i_b * T * H + i_h) * D
@@ -121,10 +135,9 @@ def _bwd_q_kernel(q_ptr, do_ptr, kv_ptr, z_ptr, dq_ptr, dkv_ptr, dz_ptr,
         t = ((i_s * TILES_PER_SPLIT + i) * BT + ot).to(tl.int64)
         mt = t < T
         mq = mt[:, None] & md[None, :]
-        x = tl.load(q_base + t[:, None] * sqt + od[None, :] * sqd, mask=mq, other=0.0).to(tl.float32)
-        q = tl.where(mq, _phi(x, FEAT), 0.0)
-        do = tl.load(do_base + t[:, None] * sot + ov[None, :] * sod, mask=mt[:, None] & mv[None, :],
-                     other=0.0).to(tl.float32)
+        x = _load_tile(q_base, t, mt, od, md, sqt, sqd)
+        q = _features(x, mt, md, FEAT)
+        do = _load_tile(do_base, t, mt, ov, mv, sot, sod)
         num = tl.dot(q, kv, input_precision="ieee")
         den = tl.sum(q * z[None, :], axis=1) + eps
         dnum = do / den[:, None]
@@ -152,14 +165,10 @@ def _bwd_kv_kernel(k_ptr, v_ptr, dkv_ptr, dz_ptr, dk_ptr, dv_ptr,
     mt = t < T
     mk = mt[:, None] & md[None, :]
     mtv = mt[:, None] & mv[None, :]
-    dkv = tl.load(dkv_ptr + i_bh * D * DV + od[:, None] * DV + ov[None, :], mask=md[:, None] & mv[None, :],
-                  other=0.0)
-    dz = tl.load(dz_ptr + i_bh * D + od, mask=md, other=0.0)
-    x = tl.load(k_ptr + i_b * skb + i_h * skh + t[:, None] * skt + od[None, :] * skd, mask=mk,
-                other=0.0).to(tl.float32)
-    k = tl.where(mk, _phi(x, FEAT), 0.0)
-    v = tl.load(v_ptr + i_b * svb + i_h * svh + t[:, None] * svt + ov[None, :] * svd, mask=mtv,
-                other=0.0).to(tl.float32)
+    dkv, dz = _load_state(dkv_ptr, dz_ptr, i_bh, od, ov, md, mv, D, DV)
+    x = _load_tile(k_ptr + i_b * skb + i_h * skh, t, mt, od, md, skt, skd)
+    k = _features(x, mt, md, FEAT)
+    v = _load_tile(v_ptr + i_b * svb + i_h * svh, t, mt, ov, mv, svt, svd)
     dk = (tl.dot(v, tl.trans(dkv), input_precision="ieee") + dz[None, :]) * _dphi(x, FEAT)
     dv = tl.dot(k, dkv, input_precision="ieee")
     tl.store(dk_ptr + (i_b * T * H + i_h) * D + t[:, None] * (H * D) + od[None, :], dk.to(dk_ptr.dtype.element_ty),

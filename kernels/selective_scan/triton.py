@@ -13,11 +13,14 @@ Design (one pass over the inputs, memory-bound in principle):
 - ``reverse=True`` only changes the addresses (token ``L-1-p`` at scan step ``p``), so a bidirectional block
   needs no flipped copies.
 - Forward stores the state at the start of every CHUNK tokens (fp32, N per channel per chunk) when a
-  gradient is needed. Backward walks the chunks from last to first: it recomputes the chunk's states from
-  the stored start state (one forward scan), then runs the adjoint ``g_t = C_t dy_t + a_{t+1} g_{t+1}`` as a
-  reverse associative scan over (a, prod, g) triples, so the one-step shift needs no extra exp or load.
-  Channel-summed gradients (dB, dC) are reduced over the program's channels in registers and added to fp32
-  buffers with atomics; dA, dD and d(delta_bias) are accumulated per program and added once at the end.
+  gradient is needed. Backward walks the chunks from last to first with one channel per lane and the
+  chunk's tokens inside the thread, looping over the N states: per state it recomputes the chunk's states
+  from the stored start state (one in-thread scan), then runs the adjoint ``g_t = C_t dy_t + a_{t+1} g_{t+1}``
+  as an in-thread reverse scan over (a, prod, g) triples, so the one-step shift needs no extra exp or load.
+  (An earlier backward scanned [CHUNK, N, BLOCK_D] tiles at once; its scans crossed lanes and warps and it
+  took 17x the forward's time at Vim's training shape.) Channel-summed gradients (dB, dC) are reduced over
+  the program's channels and added to fp32 buffers with atomics; dA, dD and d(delta_bias) are accumulated
+  per program and added once at the end.
 
 Chunk-parallel variant (``scan_plan`` picks it when batch x channel blocks cannot fill the GPU: Vim at high
 resolution has B=8, D=384 -> 96 programs of one warp for 132 SMs, each walking ~6000 tokens). L is cut into
@@ -213,6 +216,12 @@ def _bwd_kernel(
 ):
     """One program walks the CHUNK-token tiles of segment ``program_id(1)`` last to first for BLOCK_D channels.
 
+    Tiles are [CHUNK, BLOCK_D] with one channel per lane and the tile's tokens inside the thread (the forward's
+    layout), and the N states are a loop: per state, one in-thread scan recomputes the chunk's states from the
+    stored start state and one in-thread reverse scan gives the adjoint, so no scan crosses lanes or warps
+    and only [CHUNK, BLOCK_D] tiles live in registers. The carries between chunks (and the dA sums) are
+    [NP, BLOCK_D] tiles updated one state row at a time.
+
     CARRY_ONLY is chunk-parallel pass A: the adjoint from a zero carry over the segment, storing only the
     carry it passes to the previous segment (a_first g_first) and the segment's sum of Δ (no u, B, states).
     HAS_CARRY is pass C: the full gradient with the true carry coming in from the later segments.
@@ -226,11 +235,7 @@ def _bwd_kernel(
     offs_n = tl.arange(0, NP)
     offs_l = tl.arange(0, CHUNK)
     mask_d = offs_d < Dch
-    mask_n = offs_n < N
-    mask_nd = mask_n[:, None] & mask_d[None, :]
-
-    A = tl.load(A_ptr + offs_d[None, :] * N + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32)   # [NP, BD]
-    A2 = A * 1.4426950408889634
+    mask_nd = (offs_n < N)[:, None] & mask_d[None, :]
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -238,11 +243,11 @@ def _bwd_kernel(
     else:
         bias = tl.zeros([BLOCK_D], dtype=tl.float32)
 
-    col = pid_b * Dch * L + offs_d.to(tl.int64)[None, :] * L
-    colB = pid_b * stride_Bb + (d0 // cpg_B) * stride_Bg + offs_n.to(tl.int64)[None, :] * L
-    colC = pid_b * stride_Cb + (d0 // cpg_C) * stride_Cg + offs_n.to(tl.int64)[None, :] * L
+    col = pid_b * Dch * L + offs_d.to(tl.int64)[None, :] * L                       # [1, BD]
+    rowB = pid_b * stride_Bb + (d0 // cpg_B) * stride_Bg                           # B[b, g, n, t] = rowB + n L + t
+    rowC = pid_b * stride_Cb + (d0 // cpg_C) * stride_Cg
     n_chunks = tl.cdiv(L, CHUNK)
-    st_off = (pid_b * Dch + offs_d.to(tl.int64)[None, :]) * n_chunks * N + offs_n[:, None]
+    st_row = (pid_b * Dch + offs_d.to(tl.int64)) * n_chunks * N                    # [BD]
     seg_row = pid_b * n_seg + pid_s
     seg_off = (seg_row * Dch + offs_d.to(tl.int64)[None, :]) * N + offs_n[:, None]
     p0 = pid_s * SEG
@@ -258,6 +263,7 @@ def _bwd_kernel(
         carry = tl.load(carry_ptr + seg_off, mask=mask_nd, other=0.0)
     else:
         carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
+    ones = tl.full([CHUNK, BLOCK_D], 1.0, tl.float32)
     for kk in range(0, nk):
         k = k0 + nk - 1 - kk
         p = k * CHUNK + offs_l
@@ -267,11 +273,8 @@ def _bwd_kernel(
         else:
             t = p
         mask = mask_l[:, None] & mask_d[None, :]
-        mask_ln = mask_l[:, None] & mask_n[None, :]
         x, dt = _delta(dt_ptr, col, t, mask, bias, HAS_BIAS, SOFTPLUS)
-        Ct = tl.load(C_ptr + colC + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)
         dout = tl.load(dout_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
-        a = tl.exp2(dt[:, None, :] * A2[None, :, :])                               # [CH, NP, BD]
         if HAS_Z:
             zz = tl.load(z_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
             sz = tl.sigmoid(zz)
@@ -279,47 +282,52 @@ def _bwd_kernel(
         else:
             dy = dout
         dy = tl.where(mask, dy, 0.0)
-
         if not CARRY_ONLY:
-            # recompute the chunk's states from its stored start state
             u = tl.load(u_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
-            Bt = tl.load(B_ptr + colB + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)
-            h0 = tl.load(states_ptr + st_off + k * N, mask=mask_nd, other=0.0)
             dtu = dt * u
-            b = dtu[:, None, :] * Bt[:, :, None]
-            a_s, b_s = tl.associative_scan((a, b), axis=0, combine_fn=_affine_combine)
-            hs = a_s * h0[None, :, :] + b_s
-            if HAS_Z:
-                y = tl.sum(hs * Ct[:, :, None], axis=1)
-                if HAS_D:
-                    y += Dv[None, :] * u
-                dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
-                tl.store(dz_ptr + col + t[:, None], dz.to(dz_ptr.dtype.element_ty), mask=mask)
+            ddt = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
             if HAS_D:
                 dD_acc += tl.sum(dy * u, axis=0)
                 du = dy * Dv[None, :]
+                y = u * Dv[None, :]
             else:
                 du = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
-            dC_part = tl.sum(hs * dy[:, None, :], axis=2)                          # [CH, NP]
-            tl.atomic_add(dC_ptr + colC + t[:, None], dC_part, mask=mask_ln, sem="relaxed")
+                y = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
 
-        # adjoint g_t = dL/dh_t: reverse scan within the chunk plus the carry from later chunks
-        c = Ct[:, :, None] * dy[:, None, :]
-        ones = tl.full([CHUNK, NP, BLOCK_D], 1.0, tl.float32)
-        _, q_s, g_s = tl.associative_scan((a, ones, c), axis=0, combine_fn=_adjoint_combine, reverse=True)
-        g = g_s + q_s * carry[None, :, :]
-        carry = tl.sum(tl.where(offs_l[:, None, None] == 0, a * g, 0.0), axis=0)
+        for n in range(0, N):
+            An = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32)          # [BD]
+            a = tl.exp2(dt * (An * 1.4426950408889634)[None, :])                     # [CH, BD]
+            Cn = tl.load(C_ptr + rowC + n * L + t, mask=mask_l, other=0.0).to(tl.float32)         # [CH]
+            # adjoint g_t = dL/dh_t: reverse scan within the chunk plus the carry from later chunks
+            sel = offs_n[:, None] == n
+            carry_n = tl.sum(tl.where(sel, carry, 0.0), axis=0)
+            _, q_s, g_s = tl.associative_scan((a, ones, Cn[:, None] * dy), axis=0, combine_fn=_adjoint_combine,
+                                              reverse=True)
+            g = g_s + q_s * carry_n[None, :]
+            carry = tl.where(sel, tl.sum(tl.where(offs_l[:, None] == 0, a * g, 0.0), axis=0)[None, :], carry)
+            if not CARRY_ONLY:
+                # the chunk's states of this state index, recomputed from the stored start state
+                Bn = tl.load(B_ptr + rowB + n * L + t, mask=mask_l, other=0.0).to(tl.float32)
+                h0 = tl.load(states_ptr + st_row + k * N + n, mask=mask_d, other=0.0)
+                b = dtu * Bn[:, None]
+                a_s, b_s = tl.associative_scan((a, b), axis=0, combine_fn=_affine_combine)
+                hs = a_s * h0[None, :] + b_s
+                if HAS_Z:
+                    y += hs * Cn[:, None]
+                tl.atomic_add(dC_ptr + rowC + n * L + t, tl.sum(hs * dy, axis=1), mask=mask_l, sem="relaxed")
+                tl.atomic_add(dB_ptr + rowB + n * L + t, tl.sum(g * dtu, axis=1), mask=mask_l, sem="relaxed")
+                s = g * Bn[:, None]                                                  # d(Δ u) of this state
+                w = g * (hs - b)                                                     # g_t a_t h_{t-1}
+                du += dt * s
+                ddt += u * s + w * An[None, :]
+                dA_acc += tl.where(sel, tl.sum(w * dt, axis=0)[None, :], 0.0)
 
         if CARRY_ONLY:
             dsum += tl.sum(dt, axis=0)
         else:
-            dB_part = tl.sum(g * dtu[:, None, :], axis=2)
-            tl.atomic_add(dB_ptr + colB + t[:, None], dB_part, mask=mask_ln, sem="relaxed")
-            s = tl.sum(g * Bt[:, :, None], axis=1)                                 # d(Δ u)  [CH, BD]
-            du += dt * s
-            w = g * (hs - b)                                                       # g_t a_t h_{t-1}
-            ddt = u * s + tl.sum(w * A[None, :, :], axis=1)
-            dA_acc += tl.sum(w * dt[:, None, :], axis=0)
+            if HAS_Z:
+                dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
+                tl.store(dz_ptr + col + t[:, None], dz.to(dz_ptr.dtype.element_ty), mask=mask)
             if SOFTPLUS:
                 ddt = ddt * tl.sigmoid(x)
             ddt = tl.where(mask, ddt, 0.0)
@@ -391,17 +399,18 @@ CHUNK_ENV = "SPEEDZOO_SCAN_CHUNK"          # tokens per stored state = backward 
 
 
 def chunk_size_for(n_state: int) -> int:
-    """Tokens per stored state in forward = backward's tile; smaller for big N to bound registers.
+    """Tokens per stored state in forward = backward's tile, which lives in each thread's registers (about ten
+    [CHUNK] rows per channel): 16, or 8 for more than 16 states (the carry tiles grow with N).
 
-    SPEEDZOO_SCAN_CHUNK overrides it (a shorter tile keeps the backward's token scan inside a thread at the
-    price of proportionally more stored states), for benchmarking the trade-off on a GPU."""
+    SPEEDZOO_SCAN_CHUNK overrides it, for benchmarking the trade-off (longer tiles store fewer states but
+    hold more registers) on a GPU."""
     forced = os.environ.get(CHUNK_ENV)
     if forced:
         chunk = int(forced)
         if chunk < 4 or chunk > 64 or chunk & (chunk - 1):
             raise ValueError(f"{CHUNK_ENV} must be a power of two in 4..64, got {forced!r}")
         return chunk
-    return 32 if n_state <= 16 else 16
+    return 16 if n_state <= 16 else 8
 
 
 def _block_d_cap(cpg: int, grouped: bool) -> int:
@@ -421,29 +430,23 @@ _FWD_CONFIGS = [
     for bd, bl, w in [(32, 4, 1), (64, 4, 2), (128, 4, 4), (32, 8, 2), (16, 8, 1), (32, 16, 4), (8, 16, 1),
                       (4, 32, 4)]
 ]
-_BWD_CONFIGS = [
-    triton.Config({"BLOCK_D": bd}, num_warps=w)
-    for bd, w in [(4, 4), (8, 4), (8, 8), (16, 8), (4, 1), (8, 2)]
-]
-SMALL_TILE_WARPS = 2   # backward configs with at most this many warps only for tiles of <= 8 tokens (a shorter
-                       # SPEEDZOO_SCAN_CHUNK: the tile's tokens then stay inside a thread); not GPU-checked at 32
+# The backward keeps its tile's tokens in-thread and one channel per lane: BLOCK_D = 32 * num_warps.
+_BWD_CONFIGS = [triton.Config({"BLOCK_D": 32 * w}, num_warps=w) for w in (1, 2, 4, 8)]
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop configs whose channel block would straddle a B/C group or whose tile does not divide CHUNK, and the
-    few-warp backward configs at the default tile."""
+    """Drop configs whose channel block would straddle a B/C group or whose tile does not divide CHUNK."""
     cap = named_args["BD_CAP"]
     chunk = kwargs["CHUNK"]
     keep = [c for c in configs if c.kwargs["BLOCK_D"] <= cap
-            and ("BLOCK_L" not in c.kwargs or chunk % c.kwargs["BLOCK_L"] == 0)
-            and ("BLOCK_L" in c.kwargs or c.num_warps > SMALL_TILE_WARPS or chunk <= 8)]
+            and ("BLOCK_L" not in c.kwargs or chunk % c.kwargs["BLOCK_L"] == 0)]
     if keep:
         return keep
     fallback = dict(configs[0].kwargs)
     fallback["BLOCK_D"] = max(1, min(cap, 4))
     if "BLOCK_L" in fallback:
         fallback["BLOCK_L"] = chunk
-    return [triton.Config(fallback, num_warps=4)]
+    return [triton.Config(fallback, num_warps=1)]
 
 
 _KEY = ["Dch", "L_BUCKET", "BATCH_BUCKET", "BD_CAP", "N", "HAS_Z", "HAS_D", "HAS_BIAS", "SOFTPLUS"]
@@ -466,7 +469,7 @@ def _fixed_config(cap: int, chunk: int, fwd: bool) -> dict:
     if fwd:
         bd = max(1, min(cap, 32))
         return {"BLOCK_D": bd, "BLOCK_L": min(4 if bd == 32 else 8, chunk), "num_warps": 1}
-    return {"BLOCK_D": max(1, min(cap, 4)), "num_warps": 4}
+    return {"BLOCK_D": max(1, min(cap, 32)), "num_warps": 1}
 
 
 def _autotune() -> bool:

@@ -258,14 +258,16 @@ def test_backward_tile_env_is_checked(monkeypatch):
         chunk_size_for(16)
 
 
-def test_few_warp_backward_configs_only_for_short_tiles():
-    """The default 32-token tile autotunes over the configs checked on the H200; 1-2 warps join at <= 8."""
+def test_backward_configs_put_one_channel_on_each_lane():
+    """The backward's tile keeps tokens in-thread only when BLOCK_D = 32 x warps; a B/C group narrower than
+    a warp falls back to one small config instead of straddling groups."""
     from kernels.selective_scan.triton import _BWD_CONFIGS, _prune
 
-    def warps(chunk):
-        return {c.num_warps for c in _prune(_BWD_CONFIGS, {"BD_CAP": 16}, CHUNK=chunk)}
-
-    assert min(warps(32)) >= 4 and min(warps(8)) == 1
+    kept = _prune(_BWD_CONFIGS, {"BD_CAP": 1 << 30}, CHUNK=16)
+    assert kept and all(c.kwargs["BLOCK_D"] == 32 * c.num_warps for c in kept)
+    assert [c.kwargs["BLOCK_D"] for c in _prune(_BWD_CONFIGS, {"BD_CAP": 64}, CHUNK=16)] == [32, 64]
+    (small,) = _prune(_BWD_CONFIGS, {"BD_CAP": 8}, CHUNK=16)
+    assert small.kwargs["BLOCK_D"] <= 8
 
 
 def test_scan_plan_heuristic():
@@ -281,7 +283,7 @@ def test_scan_plan_heuristic():
         assert seg % chunk_size_for(shape[3]) == 0 and -(-shape[2] // seg) <= MAX_SEGS, (shape, seg)
     assert scan_plan(8, 384, 300, 16, 132, "auto")[0] == "sequential"      # too short to split
     assert scan_plan(8, 384, 6085, 16, 132, "sequential") == ("sequential", 6085)
-    assert scan_plan(1, 4, 100, 16, 132, "chunked", 16) == ("chunked", 32)
+    assert scan_plan(1, 4, 100, 16, 132, "chunked", 20) == ("chunked", 32)   # rounded up to the chunk (16)
     with pytest.raises(ValueError, match="SCAN_VARIANT"):
         scan_plan(1, 4, 100, 16, 132, "parallel")
 

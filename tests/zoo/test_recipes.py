@@ -39,11 +39,25 @@ def test_fit_smoke_image_recipe(in_repo, tmp_path):
     assert rc == 0
     meta = _meta(run / "export.safetensors")
     assert meta["model"] == "vit_micro_patch4_32" and meta["recipe"] == "cifar10_vit_micro"
-    assert meta["num_classes"] == "10" and meta["val_top1"] != ""
+    assert meta["num_classes"] == "10" and meta["val_top1"] != "" and meta["init"] == ""
     from safetensors.torch import load_file
     assert all(v.dtype == torch.float16 for v in load_file(str(run / "export.safetensors")).values()
                if v.is_floating_point())
     assert list((in_repo / "datasets").glob("*.pt")), "decoded subset was not cached"
+
+
+def test_export_records_the_starting_weights():
+    """A continued run names the tag (and its sha256) or file it started from; publish notes repeat it."""
+    from types import SimpleNamespace
+
+    from zoo.recipes.cli import _init_weights
+    from zoo.registry import get_entry
+
+    sha = get_entry("vim_micro_patch4_32").tags["cifar10"].sha256
+    hp = SimpleNamespace(checkpoint_path=None, pretrained=True, model="vim_micro_patch4_32.cifar10")
+    assert _init_weights(hp) == f"vim_micro_patch4_32.cifar10 (sha256 {sha[:12]})"
+    assert _init_weights(SimpleNamespace(checkpoint_path=None, pretrained=False, model=hp.model)) == ""
+    assert _init_weights(SimpleNamespace(checkpoint_path="w.pth", pretrained=False, model="x")) == "w.pth"
 
 
 def test_fit_smoke_audio_recipe(in_repo, tmp_path):

@@ -203,6 +203,17 @@ def kernel_profile(img_size: int, batch: int, device: torch.device, dtype: torch
         with profile(activities=[ProfilerActivity.CUDA], acc_events=True) as prof:
             model.forward_features(x)
             _sync(device)
+    ranked, all_ms = cuda_kernel_totals(prof, top)
+    del model, x
+    _free(device)
+    return [{"model": VIM, "img_size": img_size, "mode": "infer", "impl": "ours", "dtype": _dtype_name(dtype),
+             "batch": batch, "kernel": name[:80], "calls": n, "ms": round(ms, 4), "share": round(ms / all_ms, 4)}
+            for name, (ms, n) in ranked]
+
+
+def cuda_kernel_totals(prof, top: int | None = None) -> tuple[list[tuple[str, tuple[float, int]]], float]:
+    """CUDA kernels of a finished torch.profiler run grouped by name: ``[(name, (ms, calls))]`` largest first
+    (the first ``top``), and the ms of all kernels together."""
     from torch.autograd import DeviceType
 
     totals: dict[str, list[float]] = {}
@@ -212,13 +223,8 @@ def kernel_profile(img_size: int, batch: int, device: torch.device, dtype: torch
             entry = totals.setdefault(ev.key, [0.0, 0])
             entry[0] += t / 1e3
             entry[1] += ev.count
-    all_ms = sum(v[0] for v in totals.values()) or 1.0
-    ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
-    del model, x
-    _free(device)
-    return [{"model": VIM, "img_size": img_size, "mode": "infer", "impl": "ours", "dtype": _dtype_name(dtype),
-             "batch": batch, "kernel": name[:80], "calls": n, "ms": round(ms, 4), "share": round(ms / all_ms, 4)}
-            for name, (ms, n) in ranked]
+    ranked = sorted(((k, (v[0], int(v[1]))) for k, v in totals.items()), key=lambda kv: -kv[1][0])
+    return ranked[:top] if top else ranked, sum(v[0] for v in totals.values()) or 1.0
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

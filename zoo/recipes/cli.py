@@ -410,6 +410,7 @@ def export_weights(task, trainer, datamodule, run_dir: Path, recipe: str,
         "img_size": json.dumps(list(cfg.get("input_size", (None, None, None))[1:])),
         "model_args": json.dumps(dict(hp.model_args or {})),
         "ema": str(bool(hp.ema_decay > 0)),
+        "init": _init_weights(hp),
         "preprocess": json.dumps(audio_cfg if audio_cfg else (data_cfg or {}), default=list),
         "zoo_version": __version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -422,6 +423,19 @@ def export_weights(task, trainer, datamodule, run_dir: Path, recipe: str,
     path = save_state_dict(weights, run_dir / "export.safetensors", metadata=meta)
     log.info("exported %s", path)
     return path
+
+
+def _init_weights(hp) -> str:
+    """Where the run's weights started: '' (random), a pretrained tag with its sha256, or a local file."""
+    from zoo.registry import get_entry, get_tag, split_name
+
+    if hp.checkpoint_path:
+        return str(hp.checkpoint_path)
+    if not hp.pretrained:                     # a tag alone selects a config, as in timm; weights need pretrained
+        return ""
+    name, tag = split_name(str(hp.model))
+    record = get_tag(get_entry(name), tag)
+    return f"{name}.{record.tag}" + (f" (sha256 {record.sha256[:12]})" if record.sha256 else "")
 
 
 # ------------------------------------------------------------------------------------------ main
