@@ -165,7 +165,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
                     "model_args": json.loads(meta.get("model_args", "{}")),
                     "preprocess": json.loads(meta.get("preprocess", "{}")),
                     "class_names": json.loads(meta.get("class_names", "[]")),
-                    "recipe": meta.get("recipe"), "epochs": meta.get("epochs")}
+                    "recipe": meta.get("recipe"), "epochs": meta.get("epochs"), "init": meta.get("init")}
         state = read_state_dict(p)
         return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, info
     if p.suffix == ".ckpt":

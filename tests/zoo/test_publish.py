@@ -20,7 +20,8 @@ def _export(path, model, class_names, depth):
     cfg = model.pretrained_cfg
     meta = {"format": "speedzoo-export-v1", "model": ARCH, "num_classes": str(model.num_classes),
             "class_names": json.dumps(class_names), "in_chans": "3", "img_size": json.dumps([32, 32]),
-            "model_args": json.dumps({"depth": depth}),
+            "model_args": json.dumps({"depth": depth}), "recipe": "cifar10_vit_micro", "epochs": "3",
+            "init": "vit_micro_patch4_32.cifar10 (sha256 0123456789ab)",
             "preprocess": json.dumps({k: cfg[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation")})}
     hub.save_state_dict({k: v.half() for k, v in model.state_dict().items()}, path, metadata=meta)
 
@@ -49,6 +50,7 @@ def test_publish_then_load_by_name(tmp_path, tiny_test_split, zoo_cache, monkeyp
 
     assert rec["sha256"] == hub.sha256_of(shipped / rec["file"])
     assert rec["arch_overrides"]["depth"] == 1 and len(rec["label_names"]) == 10
+    assert "cifar10_vit_micro, 3 epochs, starting from vit_micro_patch4_32.cifar10 (sha256 0123456789ab)" in rec["notes"]
     (dataset, metrics), = rec["metrics"].items()
     assert "20 samples" in dataset and 0 <= metrics["top1"] <= 100
 

@@ -9,10 +9,15 @@ import torch
 
 
 def add_model_bench_options(p: argparse.ArgumentParser, name: str) -> None:
-    """Device, batch sizes, timing iterations, kernel backend, depth override and output location."""
-    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    """Batch sizes per resolution plus :func:`add_run_options`."""
     p.add_argument("--batch-224", type=int, default=64, help="batch at <= 224 px")
     p.add_argument("--batch", type=int, default=8, help="batch above 224 px")
+    add_run_options(p, name)
+
+
+def add_run_options(p: argparse.ArgumentParser, name: str) -> None:
+    """Device, timing iterations, kernel backend, depth override and output location."""
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--kernels", default=None, choices=("auto", "reference", "triton"),

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.selective_scan.triton import CHUNK_ENV
-from zoo.bench.options import bench_command, start_model_bench
+from zoo.bench.options import add_run_options, bench_command, start_model_bench
 from zoo.bench.vim_vs_deit import _dtype_name, _free, _sync, cuda_kernel_totals
 
 log = logging.getLogger(__name__)
@@ -145,14 +145,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--scan-chunks", default="", help="comma-separated SPEEDZOO_SCAN_CHUNK values for scan models")
     p.add_argument("--compile", action="store_true", help="also each model under torch.compile")
-    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--depth", type=int, default=None, help="override depth (script checks only)")
-    p.add_argument("--out-dir", default=None, help="results folder (default benchmarks/results)")
-    p.add_argument("--name", default="train_step", help="results file stem")
-    p.add_argument("--kernels", default=None, choices=("auto", "reference", "triton"),
-                   help="set SPEEDZOO_KERNELS (default: leave as is, i.e. auto)")
+    add_run_options(p, "train_step")
     return p.parse_args(argv)
 
 
