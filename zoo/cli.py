@@ -16,6 +16,8 @@ BENCHMARKS = {
     "selective_scan": "zoo.bench.selective_scan",
     "conv_norm": "zoo.bench.conv_norm",
     "vim_vs_deit": "zoo.bench.vim_vs_deit",
+    "train_step": "zoo.bench.train_step",
+    "linear_attention": "zoo.bench.linear_attention",
     "mixers": "zoo.bench.mixers",
     "scaling": "zoo.bench.scaling",
 }

@@ -10,6 +10,8 @@ All math in fp32; base offsets in int64.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -134,7 +136,11 @@ def _offsets(width: int, mode: str) -> tuple[int, int]:
     raise ValueError(f"unknown conv mode {mode!r}")
 
 
-def _fwd(x, weight, bias, mode, silu):
+# The launchers are opaque custom ops, so torch.compile traces DepthwiseConv1dFn around them instead of stepping
+# into Triton's launch code.
+@torch.library.custom_op("speedzoo::depthwise_conv1d_fwd", mutates_args=())
+def _fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], mode: str,
+         silu: bool) -> torch.Tensor:
     bsz, d, length = x.shape
     width = weight.shape[1]
     off, step = _offsets(width, mode)
@@ -150,7 +156,15 @@ def _fwd(x, weight, bias, mode, silu):
     return y
 
 
-def _bwd(x, weight, bias, dy, mode, silu):
+@_fwd.register_fake
+def _(x, weight, bias, mode, silu):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("speedzoo::depthwise_conv1d_bwd", mutates_args=())
+def _bwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dy: torch.Tensor, mode: str,
+         silu: bool) -> list[torch.Tensor]:
+    """(dx, dweight fp32, dbias fp32 or an empty tensor without a bias)."""
     bsz, d, length = x.shape
     width = weight.shape[1]
     off, step = _offsets(width, mode)
@@ -168,8 +182,15 @@ def _bwd(x, weight, bias, dy, mode, silu):
         BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps,
     )
     dw = dw_part.sum(0)
-    db = db_part.sum(0) if bias is not None else None
-    return dx, dw, db
+    db = db_part.sum(0) if bias is not None else x.new_empty(0, dtype=torch.float32)
+    return [dx, dw, db]
+
+
+@_bwd.register_fake
+def _(x, weight, bias, dy, mode, silu):
+    f32 = dict(dtype=torch.float32, device=x.device)
+    return [torch.empty_like(x), torch.empty(weight.shape, **f32),
+            torch.empty(bias.shape if bias is not None else (0,), **f32)]
 
 
 class DepthwiseConv1dFn(torch.autograd.Function):
@@ -190,7 +211,7 @@ class DepthwiseConv1dFn(torch.autograd.Function):
         x, weight, bias = ctx.saved_tensors
         dx, dw, db = _bwd(x, weight, bias, dy, ctx.mode, ctx.silu)
         dw = dw.to(ctx.w_dtype)
-        db = db.to(ctx.b_dtype) if db is not None else None
+        db = db.to(ctx.b_dtype) if bias is not None else None
         return dx, dw, db, None, None
 
 

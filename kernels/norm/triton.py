@@ -9,6 +9,8 @@ that loop over row tiles, recompute xhat from the saved inputs (no saved normali
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -121,6 +123,72 @@ def _bwd_programs(device: torch.device, n_tiles: int) -> int:
     return max(1, min(n_tiles, 4))
 
 
+# The launchers are opaque custom ops, so torch.compile traces NormFn around them instead of stepping into
+# Triton's launch code. Absent optional outputs are empty tensors (custom ops return tensors only).
+@torch.library.custom_op("speedzoo::norm_fwd", mutates_args=())
+def _fwd(x2: torch.Tensor, r2: Optional[torch.Tensor], w: torch.Tensor, b: Optional[torch.Tensor], eps: float,
+         is_rms: bool, res_dtype: Optional[torch.dtype]) -> list[torch.Tensor]:
+    """Rows [m, n] -> (y, residual_out or empty, mean (empty for RMS), rstd)."""
+    m, n = x2.shape
+    y = torch.empty((m, n), device=x2.device, dtype=x2.dtype)
+    ro = torch.empty((m, n), device=x2.device, dtype=res_dtype) if res_dtype is not None else None
+    rstd = torch.empty((m,), device=x2.device, dtype=torch.float32)
+    mean = torch.empty((m,), device=x2.device, dtype=torch.float32) if not is_rms else rstd
+    block_m, block_n, warps = _config(n)
+    _norm_fwd_kernel[(triton.cdiv(m, block_m),)](
+        x2, r2 if r2 is not None else x2, w, b if b is not None else w, y, ro if ro is not None else y,
+        mean, rstd, m, n, x2.stride(0), r2.stride(0) if r2 is not None else 0, y.stride(0),
+        ro.stride(0) if ro is not None else 0, eps,
+        IS_RMS=is_rms, HAS_RES=r2 is not None, HAS_BIAS=b is not None, STORE_RES=ro is not None,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+    )
+    empty = x2.new_empty(0, dtype=torch.float32)
+    return [y, ro if ro is not None else empty, mean if not is_rms else empty.clone(), rstd]
+
+
+@_fwd.register_fake
+def _(x2, r2, w, b, eps, is_rms, res_dtype):
+    m, n = x2.shape
+    f32 = dict(dtype=torch.float32, device=x2.device)
+    ro = torch.empty((m, n), dtype=res_dtype, device=x2.device) if res_dtype is not None else torch.empty(0, **f32)
+    return [torch.empty_like(x2), ro, torch.empty((0,) if is_rms else (m,), **f32), torch.empty((m,), **f32)]
+
+
+@torch.library.custom_op("speedzoo::norm_bwd", mutates_args=())
+def _bwd(xs: torch.Tensor, r2: Optional[torch.Tensor], w: torch.Tensor, has_bias: bool, dy2: torch.Tensor,
+         dro2: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor, is_rms: bool,
+         r_dtype: Optional[torch.dtype]) -> list[torch.Tensor]:
+    """(dx, dresidual or empty, dweight fp32, dbias fp32 or empty); ``r2`` is the residual to re-add (or None)."""
+    m, n = xs.shape
+    dx = torch.empty((m, n), device=xs.device, dtype=dy2.dtype)
+    dr = torch.empty((m, n), device=xs.device, dtype=r_dtype) if r_dtype is not None else None
+    block_m, block_n, warps = _config(n)
+    programs = _bwd_programs(xs.device, triton.cdiv(m, block_m))
+    dw_part = torch.empty((programs, n), device=xs.device, dtype=torch.float32)
+    db_part = torch.empty((programs, n), device=xs.device, dtype=torch.float32) if has_bias else None
+    _norm_bwd_kernel[(programs,)](
+        xs, r2 if r2 is not None else xs, w, dy2, dro2 if dro2 is not None else dy2, dx,
+        dr if dr is not None else dx, dw_part, db_part if db_part is not None else dw_part,
+        mean if not is_rms else rstd, rstd,
+        m, n, xs.stride(0), r2.stride(0) if r2 is not None else 0, dy2.stride(0),
+        dro2.stride(0) if dro2 is not None else 0, dx.stride(0), dr.stride(0) if dr is not None else 0,
+        IS_RMS=is_rms, HAS_RES=r2 is not None, HAS_DRO=dro2 is not None, HAS_BIAS=has_bias,
+        STORE_DR=dr is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+    )
+    empty = xs.new_empty(0, dtype=torch.float32)
+    return [dx, dr if dr is not None else empty, dw_part.sum(0),
+            db_part.sum(0) if db_part is not None else empty.clone()]
+
+
+@_bwd.register_fake
+def _(xs, r2, w, has_bias, dy2, dro2, mean, rstd, is_rms, r_dtype):
+    m, n = xs.shape
+    f32 = dict(dtype=torch.float32, device=xs.device)
+    dr = torch.empty((m, n), dtype=r_dtype, device=xs.device) if r_dtype is not None else torch.empty(0, **f32)
+    return [torch.empty((m, n), dtype=dy2.dtype, device=xs.device), dr, torch.empty((n,), **f32),
+            torch.empty((n,) if has_bias else (0,), **f32)]
+
+
 class NormFn(torch.autograd.Function):
     """y = norm(x + residual) * w + b; with ``res_dtype`` set, also returns the residual stream x + residual."""
 
@@ -129,21 +197,10 @@ class NormFn(torch.autograd.Function):
         shape, n = x.shape, x.shape[-1]
         x2 = _rows(x, n)
         r2 = _rows(residual, n) if residual is not None else None
-        m = x2.shape[0]
         w = weight.contiguous()
         b = bias.contiguous() if bias is not None else None
-        y = torch.empty((m, n), device=x.device, dtype=x.dtype)
-        ro = torch.empty((m, n), device=x.device, dtype=res_dtype) if res_dtype is not None else None
-        rstd = torch.empty((m,), device=x.device, dtype=torch.float32)
-        mean = torch.empty((m,), device=x.device, dtype=torch.float32) if not is_rms else rstd
-        block_m, block_n, warps = _config(n)
-        _norm_fwd_kernel[(triton.cdiv(m, block_m),)](
-            x2, r2 if r2 is not None else x2, w, b if b is not None else w, y, ro if ro is not None else y,
-            mean, rstd, m, n, x2.stride(0), r2.stride(0) if r2 is not None else 0, y.stride(0),
-            ro.stride(0) if ro is not None else 0, eps,
-            IS_RMS=is_rms, HAS_RES=r2 is not None, HAS_BIAS=b is not None, STORE_RES=ro is not None,
-            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
-        )
+        y, ro, mean, rstd = _fwd(x2, r2, w, b, float(eps), bool(is_rms), res_dtype)
+        ro = ro if res_dtype is not None else None
         # The backward re-reads the pre-norm sum: from residual_out when it holds it exactly (fp32),
         # otherwise recomputed as x + residual in fp32, exactly as the forward formed it.
         reuse_ro = r2 is not None and ro is not None and ro.dtype == torch.float32
@@ -151,9 +208,8 @@ class NormFn(torch.autograd.Function):
             ctx.save_for_backward(ro, None, w, b, mean, rstd)
         else:
             ctx.save_for_backward(x2, r2, w, b, mean, rstd)
-        ctx.recompute_sum = r2 is not None and not reuse_ro
         ctx.meta = (shape, is_rms, x.dtype, residual.dtype if residual is not None else None,
-                    weight.dtype, bias.dtype if bias is not None else None, residual is not None)
+                    weight.dtype, bias.dtype if bias is not None else None)
         ctx.set_materialize_grads(False)
         y = y.view(shape)
         return (y, ro.view(shape)) if ro is not None else y
@@ -161,29 +217,15 @@ class NormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dro=None):
         xs, r2, w, b, mean, rstd = ctx.saved_tensors
-        shape, is_rms, x_dtype, r_dtype, w_dtype, b_dtype, has_residual = ctx.meta
-        m, n = xs.shape
+        shape, is_rms, x_dtype, r_dtype, w_dtype, b_dtype = ctx.meta
+        n = xs.shape[1]
         if dy is None:
             dy = torch.zeros(shape, device=xs.device, dtype=x_dtype)
         dy2 = _rows(dy, n)
         dro2 = _rows(dro, n) if dro is not None else None
-        dx = torch.empty((m, n), device=xs.device, dtype=x_dtype)
-        dr = torch.empty((m, n), device=xs.device, dtype=r_dtype) if has_residual else None
-        block_m, block_n, warps = _config(n)
-        programs = _bwd_programs(xs.device, triton.cdiv(m, block_m))
-        dw_part = torch.empty((programs, n), device=xs.device, dtype=torch.float32)
-        db_part = torch.empty((programs, n), device=xs.device, dtype=torch.float32) if b is not None else None
-        _norm_bwd_kernel[(programs,)](
-            xs, r2 if r2 is not None else xs, w, dy2, dro2 if dro2 is not None else dy2, dx,
-            dr if dr is not None else dx, dw_part, db_part if db_part is not None else dw_part, mean, rstd,
-            m, n, xs.stride(0), r2.stride(0) if r2 is not None else 0, dy2.stride(0),
-            dro2.stride(0) if dro2 is not None else 0, dx.stride(0), dr.stride(0) if dr is not None else 0,
-            IS_RMS=is_rms, HAS_RES=ctx.recompute_sum, HAS_DRO=dro2 is not None, HAS_BIAS=b is not None,
-            STORE_DR=dr is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
-        )
-        dw = dw_part.sum(0).to(w_dtype)
-        db = db_part.sum(0).to(b_dtype) if db_part is not None else None
-        return (dx.view(shape), dw, db, dr.view(shape) if dr is not None else None, None, None, None)
+        dx, dr, dw, db = _bwd(xs, r2, w, b is not None, dy2, dro2, mean, rstd, bool(is_rms), r_dtype)
+        return (dx.view(shape), dw.to(w_dtype), db.to(b_dtype) if b is not None else None,
+                dr.view(shape) if r_dtype is not None else None, None, None, None)
 
 
 def norm_triton(x, weight, bias, residual, eps, is_rms, res_dtype):

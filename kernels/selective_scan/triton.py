@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Optional
 
 import torch
 import triton
@@ -652,6 +653,50 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reve
             dbias if delta_bias is not None else None)
 
 
+# The launchers as opaque custom ops: torch.compile traces SelectiveScanFn around them (fusing the model's other
+# ops, CUDA graphs) instead of stepping into Triton's launch code, which it cannot trace.
+@torch.library.custom_op("speedzoo::selective_scan_fwd", mutates_args=())
+def _fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+            D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], softplus: bool,
+            reverse: bool, store_states: bool, variant: str, seg: int,
+            chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, store_states,
+                              (variant, seg, chunk))
+
+
+@_fwd_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, store_states, variant, seg, chunk):
+    batch, dim, L = u.shape
+    n = A.shape[1]
+    f32 = dict(dtype=torch.float32, device=u.device)
+    states = torch.empty(batch, dim, (L + chunk - 1) // chunk, n, **f32) if store_states else torch.empty(1, **f32)
+    return torch.empty_like(u), torch.empty(batch, dim, n, **f32), states
+
+
+@torch.library.custom_op("speedzoo::selective_scan_bwd", mutates_args=())
+def _bwd_op(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+            C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+            states: torch.Tensor, softplus: bool, reverse: bool, variant: str, seg: int,
+            chunk: int) -> list[torch.Tensor]:
+    """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) in fp32 except du, ddelta, dz; an absent input's
+    gradient is an empty tensor (custom ops return tensors only)."""
+    grads = selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, states,
+                               (variant, seg, chunk))
+    return [g if g is not None else u.new_empty(0, dtype=torch.float32) for g in grads]
+
+
+@_bwd_op.register_fake
+def _(dout, u, delta, A, B, C, D, z, delta_bias, states, softplus, reverse, variant, seg, chunk):
+    f32 = dict(dtype=torch.float32, device=u.device)
+
+    def like(t, dtype=None):
+        return torch.empty(t.shape, dtype=dtype or t.dtype, device=u.device) if t is not None else \
+            torch.empty(0, **f32)
+
+    return [torch.empty_like(u), torch.empty_like(delta), like(A, torch.float32), like(B, torch.float32),
+            like(C, torch.float32), like(D, torch.float32), like(z), like(delta_bias, torch.float32)]
+
+
 class SelectiveScanFn(torch.autograd.Function):
     """Triton forward; backward recomputes states per chunk from the chunk-start states saved by forward.
 
@@ -662,8 +707,8 @@ class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, plan):
         need_grad = any(ctx.needs_input_grad[:8])
-        y, last, states = selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
-                                             store_states=need_grad, plan=plan)
+        y, last, states = torch.ops.speedzoo.selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias,
+                                                                bool(delta_softplus), bool(reverse), need_grad, *plan)
         ctx.mark_non_differentiable(last)
         if need_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
@@ -674,11 +719,11 @@ class SelectiveScanFn(torch.autograd.Function):
     def backward(ctx, dy, _dlast):
         u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
         softplus, reverse, plan = ctx.flags
-        du, ddelta, dA, dB, dC, dD, dz, dbias = selective_scan_bwd(
-            dy.contiguous(), u, delta, A, B, C, D, z, delta_bias, softplus, reverse, states, plan)
+        du, ddelta, dA, dB, dC, dD, dz, dbias = torch.ops.speedzoo.selective_scan_bwd(
+            dy.contiguous(), u, delta, A, B, C, D, z, delta_bias, states, softplus, reverse, *plan)
         return (du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-                dD.to(D.dtype) if dD is not None else None, dz,
-                dbias.to(delta_bias.dtype) if dbias is not None else None, None, None, None)
+                dD.to(D.dtype) if D is not None else None, dz if z is not None else None,
+                dbias.to(delta_bias.dtype) if delta_bias is not None else None, None, None, None)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

@@ -250,6 +250,43 @@ def test_shorter_backward_tile_matches_ref(chunk, variant, monkeypatch):
     compare(inputs, TOL[torch.float32], delta_softplus=True, reverse=True)
 
 
+@pytest.mark.parametrize("has_D_z_bias", [True, False])
+def test_compiles_as_one_graph_with_the_kernels_as_opaque_ops(has_D_z_bias):
+    """torch.compile traces the op around the Triton launchers (custom ops): one graph, no break, and the
+    compiled forward and backward equal eager ones."""
+    flag = has_D_z_bias
+    inputs = make_inputs(2, 4, 11, 3, has_D=flag, has_z=flag, has_bias=flag)
+    dy = torch.randn(2, 4, 11, generator=torch.Generator().manual_seed(3))
+
+    def fn(*xs):
+        return selective_scan(*xs, delta_softplus=True, reverse=True)
+
+    explain = torch._dynamo.explain(fn)(*inputs)
+    assert (explain.graph_count, explain.graph_break_count) == (1, 0), explain.break_reasons
+    y, grads = run_with_grads(fn, inputs, dy)
+    torch._dynamo.reset()
+    y_c, grads_c = run_with_grads(torch.compile(fn, backend="aot_eager", fullgraph=True), inputs, dy)
+    assert rel_rms(y_c, y) < 1e-6
+    for g_c, g in zip(grads_c, grads):
+        assert (g_c is None) == (g is None) and (g is None or rel_rms(g_c, g) < 1e-6)
+
+
+def test_custom_ops_pass_opcheck():
+    """Schema, fake (meta) functions and dispatch of the two launcher ops, as torch.library checks them."""
+    from kernels.selective_scan.triton import chunk_size_for
+
+    u, delta, A, B, C, D, z, bias = make_inputs(1, 4, 9, 2)
+    B4, C4 = B.unsqueeze(1), C.unsqueeze(1)
+    plan = ("sequential", 9, chunk_size_for(2))
+    fwd_args = (u, delta, A, B4, C4, D, z, bias, True, False, True, *plan)
+    torch.library.opcheck(torch.ops.speedzoo.selective_scan_fwd.default, fwd_args,
+                          test_utils=("test_schema", "test_faketensor"))
+    _, _, states = torch.ops.speedzoo.selective_scan_fwd(*fwd_args)
+    bwd_args = (torch.randn_like(u), u, delta, A, B4, C4, None, z, bias, states, True, False, *plan)
+    torch.library.opcheck(torch.ops.speedzoo.selective_scan_bwd.default, bwd_args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
 def test_backward_tile_env_is_checked(monkeypatch):
     from kernels.selective_scan.triton import chunk_size_for
 

@@ -60,6 +60,27 @@ def test_export_records_the_starting_weights():
     assert _init_weights(SimpleNamespace(checkpoint_path="w.pth", pretrained=False, model="x")) == "w.pth"
 
 
+def test_compile_option_runs_the_compiled_model(monkeypatch):
+    """model.compile wraps the model in torch.compile (eager backend here, to keep the test fast); the task
+    calls the compiled module (an OptimizedModule has no truth value: `compiled or model` raised)."""
+    from zoo.recipes.classification import ClassificationTask
+
+    calls = []
+    real_compile = torch.compile
+
+    def eager_compile(model, **kw):
+        calls.append(model)
+        return real_compile(model, backend="eager", **kw)
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    task = ClassificationTask(model="vit_micro_patch4_32", num_classes=10, compile=True,
+                              model_args={"depth": 1}).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert calls == [task.model]
+    with torch.no_grad():
+        assert torch.allclose(task(x), task.model(x))
+
+
 def test_fit_smoke_audio_recipe(in_repo, tmp_path):
     run = tmp_path / "run"
     rc = _fit(["--config", "fsdd_vim_audio", "--fast-dev-run", "--data.train_subset", "2", "--data.val_subset", "1",

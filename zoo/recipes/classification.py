@@ -307,7 +307,8 @@ class ClassificationTask(pl.LightningModule):
         return batch[0], batch[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self._compiled or self.model)(x)
+        # `is not None`: a compiled module has no truth value (OptimizedModule raises on len())
+        return (self._compiled if self._compiled is not None else self.model)(x)
 
     def eval_model(self) -> nn.Module:
         """The weights used for validation and export: the EMA when enabled."""
