@@ -363,3 +363,16 @@ def test_lightning_mid_epoch_resume_sees_exactly_the_rest(tmp_path):
     resumed = Recorder()
     pl.Trainer(**common).fit(resumed, datamodule=DM(), ckpt_path=str(tmp_path / "epoch=0-step=2.ckpt"))
     assert resumed.seen == full.seen[2:]
+
+
+def test_image_data_needs_no_audio_stack():
+    """Image training imports nothing of soundfile (machines without it can still train on images)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['soundfile'] = None\n"
+            "import zoo.data, zoo.recipes.memory_data\n"
+            "from zoo.data import AudioFolderDataset\n"
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

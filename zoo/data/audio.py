@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-import soundfile as sf
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -63,6 +62,8 @@ def load_audio(src: str | os.PathLike | BinaryIO, target_sr: int | None = 16000,
     mono averages the channels to [1, frames]; target_sr None keeps the file's rate. Raises
     AudioDecodeError naming the file when it cannot be decoded or holds no samples.
     """
+    import soundfile as sf  # here, not at the top: image-only work needs no audio stack
+
     label = name or _name_of(src)
     try:
         data, sr = sf.read(src, dtype="float32", always_2d=True)
@@ -83,6 +84,8 @@ def load_audio(src: str | os.PathLike | BinaryIO, target_sr: int | None = 16000,
 
 def audio_info(src: str | os.PathLike | BinaryIO) -> tuple[int, int, int]:
     """(sample_rate, channels, frames) from the header only; raises AudioDecodeError."""
+    import soundfile as sf
+
     try:
         info = sf.info(src)
     except Exception as e:
