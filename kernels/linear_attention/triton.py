@@ -163,7 +163,7 @@ def _bwd_q_kernel(q_ptr, do_ptr, kv_ptr, z_ptr, dq_ptr, dkv_ptr, dz_ptr,
 def _bwd_kv_kernel(k_ptr, v_ptr, dkv_ptr, dz_ptr, dk_ptr, dv_ptr,
                    skb, skt, skh, skd, svb, svt, svh, svd, T, H, D, DV,
                    BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, FEAT: tl.constexpr,
-                  PREC: tl.constexpr):
+                   PREC: tl.constexpr):
     i_t = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H

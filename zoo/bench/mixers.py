@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from zoo.bench.vim_vs_deit import _dtype_name, _free, time_fn
 from zoo.bench.options import add_model_bench_options, bench_command, parse_sizes, start_model_bench
+from zoo.bench.timing import dtype_name, free, time_fn
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def measure(model: torch.nn.Module, mode: str, img_size: int, batch: int, device
     finally:
         del x
         model.zero_grad(set_to_none=True)
-        _free(device)
+        free(device)
 
 
 def run(sizes: list[int], mixers: list[str], device: torch.device, dtype: torch.dtype = torch.bfloat16,
@@ -118,9 +118,9 @@ def run(sizes: list[int], mixers: list[str], device: torch.device, dtype: torch.
                 else:
                     res = measure(model, mode, s, batch, device, dtype, warmup, iters)
                     del model
-                    _free(device)
+                    free(device)
                 row = {"model": model_name(mixer), "mixer": mixer, "img_size": s, "mode": mode,
-                       "impl": impl_of(mixer, device), "dtype": _dtype_name(dtype), "batch": batch, **res}
+                       "impl": impl_of(mixer, device), "dtype": dtype_name(dtype), "batch": batch, **res}
                 if mixer == "softmax":
                     base = row
                 ok = base is not None and base.get("img_per_s") and row.get("img_per_s")

@@ -1,7 +1,8 @@
-"""Command-line options shared by the whole-model benchmarks (vim_vs_deit, mixers)."""
+"""Command-line options and kernel switches shared by the benchmarks."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -65,3 +66,19 @@ def parse_sizes(text: str) -> list[int]:
 def bench_command(module: str, argv: list[str] | None) -> str:
     """The command line recorded in the results file."""
     return (f"python -m {module} " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+
+
+@contextlib.contextmanager
+def forced_env(name: str, value: str | int | None):
+    """Set environment switch ``name`` (e.g. SPEEDZOO_SCAN_VARIANT, read at call time) for the calls inside and
+    restore it after; ``None`` leaves it as it is."""
+    old = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = str(value)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old

@@ -15,13 +15,13 @@ stored every 8 tokens and the backward tiled to match; ``--out`` keeps such a ru
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 
 import torch
 
 from kernels.common import rel_rms
+from zoo.bench.options import forced_env
 
 COPY_TBPS = 4.27
 SHAPES = {
@@ -73,22 +73,6 @@ def _runner(fn, inputs, mode):
     return run
 
 
-@contextlib.contextmanager
-def _forced_variant(variant):
-    """Force the Triton variant for the calls inside (the plan is read at call time)."""
-    from kernels.selective_scan.triton import VARIANT_ENV
-
-    old = os.environ.get(VARIANT_ENV)
-    os.environ[VARIANT_ENV] = variant
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(VARIANT_ENV, None)
-        else:
-            os.environ[VARIANT_ENV] = old
-
-
 def _grads(fn, inputs, dy):
     leaves = [t.detach().clone().requires_grad_() for t in inputs]
     y = fn(*leaves, delta_softplus=True)
@@ -117,7 +101,7 @@ def main(argv=None) -> int:
         print("building the official selective_scan CUDA extension (first run: minutes) ...", flush=True)
         official = official_selective_scan_fn(load_selective_scan_cuda(args.official_dir))
 
-    from kernels.selective_scan.triton import chunk_size_for, scan_plan, sm_count
+    from kernels.selective_scan.triton import VARIANT_ENV, chunk_size_for, scan_plan, sm_count
 
     peers = {"mamba_ssm": official} if official is not None else {}
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
@@ -140,7 +124,7 @@ def main(argv=None) -> int:
             peer = "fp32 torch"
         worst = {}
         for v in variants:
-            with _forced_variant(v):
+            with forced_env(VARIANT_ENV, v):
                 y_ours, g_ours = _grads(selective_scan, inputs, dy)
             errs = {"y": rel_rms(y_ours, y_off)}
             errs.update({f"d{k}": rel_rms(a, b) for k, a, b in zip(names, g_ours, g_off)})
@@ -153,7 +137,7 @@ def main(argv=None) -> int:
             times, mode_rows = {}, []
             runs = [("ours", v, selective_scan) for v in variants] + [(k, None, f) for k, f in peers.items()]
             for impl, v, fn in runs:
-                with _forced_variant(v or "auto"):
+                with forced_env(VARIANT_ENV, v or "auto"):
                     ms = _bench(_runner(fn, inputs, mode))
                 times[(impl, v)] = ms
                 print(f"{shape_s} {mode} {impl} {v or ''}: {ms:.4f} ms", flush=True)  # a cut-short run still reports

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from kernels.selective_scan.triton import CHUNK_ENV
-from zoo.bench.options import add_run_options, bench_command, start_model_bench
-from zoo.bench.vim_vs_deit import _dtype_name, _free, _sync, cuda_kernel_totals
+from zoo.bench.options import add_run_options, bench_command, forced_env, start_model_bench
+from zoo.bench.timing import cuda_kernel_totals, dtype_name, free, sync
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +63,19 @@ def measure_step(step, device: torch.device, warmup: int, iters: int, top: int) 
     """Pace, host cost, GPU work and launches of one step; also its top CUDA kernels."""
     for _ in range(warmup):
         step()
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(iters):
         step()
-    _sync(device)
+    sync(device)
     ms_step = (time.perf_counter() - t0) * 1e3 / iters
     host = []
     for _ in range(max(3, iters // 4)):
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         step()
         host.append((time.perf_counter() - t1) * 1e3)
-    _sync(device)
+    sync(device)
     row: dict[str, Any] = {"ms_step": round(ms_step, 3), "host_ms": round(statistics.median(host), 3)}
     kernels: list = []
     if device.type == "cuda":
@@ -83,7 +83,7 @@ def measure_step(step, device: torch.device, warmup: int, iters: int, top: int) 
 
         with profile(activities=[ProfilerActivity.CUDA], acc_events=True) as prof:
             step()
-            _sync(device)
+            sync(device)
         ranked, gpu_ms = cuda_kernel_totals(prof)
         row.update(gpu_ms=round(gpu_ms, 3), launches=sum(n for _, (_, n) in ranked),
                    gpu_busy=round(gpu_ms / ms_step, 3))
@@ -105,16 +105,14 @@ def run(models: list[str], device: torch.device, batch: int, img_size: int, num_
         chunks: list[int | None] = list(scan_chunks or [None]) if _has_selective_scan(model) else [None]
         for compiled in ([False, True] if compile_model else [False]):
             for chunk in chunks:
-                old = os.environ.get(CHUNK_ENV)
-                if chunk is not None:
-                    os.environ[CHUNK_ENV] = str(chunk)
-                base = {"model": name, "img_size": img_size, "batch": batch, "dtype": _dtype_name(dtype),
+                base = {"model": name, "img_size": img_size, "batch": batch, "dtype": dtype_name(dtype),
                         "params_m": round(params / 1e6, 3), "scan_chunk": chunk or "default", "compiled": compiled}
                 try:
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
                     step = _make_step(model, device, batch, img_size, num_classes, dtype, compiled)
-                    res, kernels = measure_step(step, device, warmup, iters, top)
+                    with forced_env(CHUNK_ENV, chunk):
+                        res, kernels = measure_step(step, device, warmup, iters, top)
                     res["img_per_s"] = round(batch / res["ms_step"] * 1e3, 1)
                     if device.type == "cuda":
                         res["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
@@ -124,16 +122,12 @@ def run(models: list[str], device: torch.device, batch: int, img_size: int, num_
                     log.warning("%s chunk %s compiled %s failed: %s", name, chunk, compiled, e)
                     res = {"note": f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"}
                 finally:
-                    if old is None:
-                        os.environ.pop(CHUNK_ENV, None)
-                    else:
-                        os.environ[CHUNK_ENV] = old
                     model.zero_grad(set_to_none=True)
-                    _free(device)
+                    free(device)
                 rows.append({**base, **res})
                 log.info("%s", rows[-1])
         del model
-        _free(device)
+        free(device)
     return {"rows": rows, "kernels": kernel_rows}
 
 

@@ -18,18 +18,16 @@ through :func:`zoo.bench.results.write_results`.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
-import statistics
 import sys
-import time
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from zoo.bench.options import add_model_bench_options, bench_command, parse_sizes, start_model_bench
+from zoo.bench.timing import cuda_kernel_totals, dtype_name, free, sync, time_fn
 
 log = logging.getLogger(__name__)
 
@@ -37,41 +35,8 @@ VIM = "vim_tiny_patch16_224"
 DEIT = "deit_tiny_patch16_224"
 
 
-# -- timing ---------------------------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fn(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> float:
-    """Median milliseconds of ``fn`` over ``iters`` runs after ``warmup`` runs (CUDA events on a GPU)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def _autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device.type, dtype=dtype)
-
-
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 # -- models ---------------------------------------------------------------------------------------------------
@@ -110,7 +75,7 @@ def measure(model: torch.nn.Module, img_size: int, batch: int, device: torch.dev
         return {"ms": None, "img_per_s": None, "peak_gib": None, "note": "OOM"}
     finally:
         del x
-        _free(device)
+        free(device)
 
 
 # -- per-stage profile ----------------------------------------------------------------------------------------
@@ -182,10 +147,10 @@ def stage_profile(img_size: int, batch: int, device: torch.device, dtype: torch.
                      "share": round((total_ms - summed) / total_ms, 4)})
         rows.append({"stage": "whole forward_features", "ms": round(total_ms, 4), "share": 1.0})
     shape = f"B{batch} L{L} D{D} E{E} N{N} R{R} x{n_layers} layers"
-    out = [{"model": VIM, "img_size": img_size, "mode": "infer", "impl": "ours", "dtype": _dtype_name(dtype),
+    out = [{"model": VIM, "img_size": img_size, "mode": "infer", "impl": "ours", "dtype": dtype_name(dtype),
             "batch": batch, "shape": shape, **r} for r in rows]
     del model, x_img
-    _free(device)
+    free(device)
     return out
 
 
@@ -199,36 +164,16 @@ def kernel_profile(img_size: int, batch: int, device: torch.device, dtype: torch
     with torch.inference_mode(), _autocast(device, dtype):
         for _ in range(2):
             model.forward_features(x)
-        _sync(device)
+        sync(device)
         with profile(activities=[ProfilerActivity.CUDA], acc_events=True) as prof:
             model.forward_features(x)
-            _sync(device)
+            sync(device)
     ranked, all_ms = cuda_kernel_totals(prof, top)
     del model, x
-    _free(device)
-    return [{"model": VIM, "img_size": img_size, "mode": "infer", "impl": "ours", "dtype": _dtype_name(dtype),
+    free(device)
+    return [{"model": VIM, "img_size": img_size, "mode": "infer", "impl": "ours", "dtype": dtype_name(dtype),
              "batch": batch, "kernel": name[:80], "calls": n, "ms": round(ms, 4), "share": round(ms / all_ms, 4)}
             for name, (ms, n) in ranked]
-
-
-def cuda_kernel_totals(prof, top: int | None = None) -> tuple[list[tuple[str, tuple[float, int]]], float]:
-    """CUDA kernels of a finished torch.profiler run grouped by name: ``[(name, (ms, calls))]`` largest first
-    (the first ``top``), and the ms of all kernels together."""
-    from torch.autograd import DeviceType
-
-    totals: dict[str, list[float]] = {}
-    for ev in prof.key_averages():
-        t = getattr(ev, "self_device_time_total", 0.0) or 0.0
-        if getattr(ev, "device_type", None) == DeviceType.CUDA and t > 0:
-            entry = totals.setdefault(ev.key, [0.0, 0])
-            entry[0] += t / 1e3
-            entry[1] += ev.count
-    ranked = sorted(((k, (v[0], int(v[1]))) for k, v in totals.items()), key=lambda kv: -kv[1][0])
-    return ranked[:top] if top else ranked, sum(v[0] for v in totals.values()) or 1.0
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
 
 
 # -- driver ---------------------------------------------------------------------------------------------------
@@ -244,8 +189,8 @@ def run(sizes: list[int], device: torch.device, dtype: torch.dtype = torch.bfloa
             model = build(s, device, depth)
             res = measure(model, s, batch, device, dtype, warmup, iters)
             del model
-            _free(device)
-            row = {"model": name, "img_size": s, "mode": "infer", "impl": impl, "dtype": _dtype_name(dtype),
+            free(device)
+            row = {"model": name, "img_size": s, "mode": "infer", "impl": impl, "dtype": dtype_name(dtype),
                    "batch": batch, **res}
             pair[impl] = row
             rows.append(row)
