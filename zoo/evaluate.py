@@ -144,6 +144,28 @@ def evaluate(model: nn.Module, dataloader, device: str | torch.device = "cpu", a
 
 
 # ------------------------------------------------------------------------------------------ models
+def export_info(path: str | os.PathLike) -> dict[str, Any]:
+    """Build info from a ``zoo fit`` export's metadata alone (no tensors read); ``{}`` for other files."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise WeightLoadError(f"checkpoint {p} does not exist")
+    if p.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(p), "pt") as f:
+        meta = f.metadata() or {}
+    if not meta.get("format", "").startswith("speedzoo-export"):
+        return {}
+    return {"model": meta.get("model"), "num_classes": int(meta["num_classes"]),
+            "in_chans": int(meta["in_chans"]) if meta.get("in_chans", "None") != "None" else None,
+            "img_size": tuple(json.loads(meta.get("img_size", "[]"))) or None,
+            "model_args": json.loads(meta.get("model_args", "{}")),
+            "preprocess": json.loads(meta.get("preprocess", "{}")),
+            "class_names": json.loads(meta.get("class_names", "[]")),
+            "recipe": meta.get("recipe"), "epochs": meta.get("epochs"), "init": meta.get("init")}
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state dict, build info) of a zoo export (.safetensors with metadata), a recipe's Lightning .ckpt or
     any weight file. Build info may hold model, num_classes, in_chans, img_size, model_args, preprocess."""
@@ -152,22 +174,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     p = Path(path).expanduser()
     if not p.is_file():
         raise WeightLoadError(f"checkpoint {p} does not exist")
-    info: dict[str, Any] = {}
     if p.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(p), "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format", "").startswith("speedzoo-export"):
-            info = {"model": meta.get("model"), "num_classes": int(meta["num_classes"]),
-                    "in_chans": int(meta["in_chans"]) if meta.get("in_chans", "None") != "None" else None,
-                    "img_size": tuple(json.loads(meta.get("img_size", "[]"))) or None,
-                    "model_args": json.loads(meta.get("model_args", "{}")),
-                    "preprocess": json.loads(meta.get("preprocess", "{}")),
-                    "class_names": json.loads(meta.get("class_names", "[]")),
-                    "recipe": meta.get("recipe"), "epochs": meta.get("epochs"), "init": meta.get("init")}
         state = read_state_dict(p)
-        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, info
+        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, export_info(p)
+    info: dict[str, Any] = {}
     if p.suffix == ".ckpt":
         try:
             ckpt = torch.load(str(p), map_location="cpu", weights_only=True)

@@ -51,13 +51,13 @@ def publish(export: str | os.PathLike, tag: str, data: str, split: str = "test",
     """Evaluate ``export`` on ``data``/``split``, ship it as ``<model>.<tag>``; returns the manifest record."""
     from torch.utils.data import DataLoader
 
-    from zoo.evaluate import build_dataset, build_model, check_classes, evaluate, read_checkpoint, resolve_data
+    from zoo.evaluate import build_dataset, build_model, check_classes, evaluate, export_info, resolve_data
     from zoo.hub import sha256_of
 
     if not tag or "." in tag:
         raise ConfigError(f"tag {tag!r} must be a non-empty name without '.' (e.g. cifar10)")
     export = Path(export)
-    _, info = read_checkpoint(export)
+    info = export_info(export)                 # metadata only: build_model reads the weights once
     name = info.get("model")
     if not name:
         raise ConfigError(f"{export} is not a zoo fit export (no model in its metadata); publish the "
