@@ -59,7 +59,7 @@ def _dot(a, b, DOT: tl.constexpr):
 
 @triton.jit
 def _fwd_kernel(
-    q_ptr, k_ptr, v_ptr, b_ptr, w_ptr, h0_ptr, o_ptr, ht_ptr, st_ptr,
+    q_ptr, k_ptr, v_ptr, b_ptr, w_ptr, h0_ptr, o_ptr, ht_ptr, st_ptr, vn_ptr,
     T, TP, H, K, V, NT, scale,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DELTA: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_ST: tl.constexpr, DOT: tl.constexpr,
@@ -106,6 +106,8 @@ def _fwd_kernel(
             u = tl.load(v_base + t[:, None] * (H * V) + ov[None, :], mask=mtv, other=0.0).to(tl.float32)
             w = tl.load(w_base + t[:, None] * (H * K) + ok[None, :], mask=mqk, other=0.0).to(tl.float32)
             v = u - _dot(w, S, DOT)
+            if STORE_ST:
+                tl.store(vn_ptr + (i_b * TP * H + i_h) * V + t[:, None] * (H * V) + ov[None, :], v, mask=mtv)
         else:
             v = tl.load(v_base + t[:, None] * (H * V) + ov[None, :], mask=mtv, other=0.0).to(tl.float32)
         if GATE == 0:
@@ -193,12 +195,9 @@ def _bwd_kernel(
         k = tl.load(k_base + t[:, None] * (H * K) + ok[None, :], mask=mqk, other=0.0).to(tl.float32)
         do = tl.load(do_base + t[:, None] * (H * V) + ov[None, :], mask=mtv, other=0.0).to(tl.float32)
         Sc = tl.load(st_ptr + ((i_bh * NT + c) * K + ok[:, None]) * V + ov[None, :], mask=mkv, other=0.0)
+        v = tl.load(v_base + t[:, None] * (H * V) + ov[None, :], mask=mtv, other=0.0).to(tl.float32)
         if DELTA:
-            u = tl.load(v_base + t[:, None] * (H * V) + ov[None, :], mask=mtv, other=0.0).to(tl.float32)
             w = tl.load(w_base + t[:, None] * (H * K) + ok[None, :], mask=mqk, other=0.0).to(tl.float32)
-            v = u - _dot(w, Sc, DOT)
-        else:
-            v = tl.load(v_base + t[:, None] * (H * V) + ov[None, :], mask=mtv, other=0.0).to(tl.float32)
         dA = tl.where(causal, _dot(do, tl.trans(v), DOT), 0.0) * scale
         if GATE == 0:
             A = tl.where(causal, _dot(q, tl.trans(k), DOT), 0.0)
@@ -286,7 +285,9 @@ def _blocks(K: int, V: int, bwd: bool):
 def chunk_scan_fwd(q, k, v, b, w, h0, scale, C, gate, delta, need_ht, store_states):
     """Launch the forward; q, k [B,T,H,K], v [B,T,H,V] (or U [B,Tp,H,V] fp32 with delta), b/w fp32 padded.
 
-    Returns (o, ht or None, states [B,H,NT,K,V] fp32 or None).
+    Returns (o, ht or None, states [B,H,NT,K,V] fp32 or None, v_new [B,Tp,H,V] fp32 or None): with delta
+    and stored states the forward also keeps v_new = U - W S, which the backward reads instead of
+    recomputing it (at K = 128 the recomputing backward gave NaN in dq, dk, dg on the H200).
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -296,20 +297,22 @@ def chunk_scan_fwd(q, k, v, b, w, h0, scale, C, gate, delta, need_ht, store_stat
     o = torch.empty(B, T, H, V, device=q.device, dtype=q.dtype)
     ht = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32) if need_ht else None
     st = torch.empty(B, H, NT, K, V, device=q.device, dtype=torch.float32) if store_states else None
+    vn = torch.zeros(B, TP, H, V, device=q.device, dtype=torch.float32) if store_states and delta else None
     dummy = o
     grid = (triton.cdiv(V, BV), B * H)
     extra = {} if interpreting() else dict(num_warps=warps, num_stages=NUM_STAGES)
     _fwd_kernel[grid](
         q, k, v, b if b is not None else dummy, w if w is not None else dummy, h0 if h0 is not None else dummy,
-        o, ht if ht is not None else dummy, st if st is not None else dummy,
+        o, ht if ht is not None else dummy, st if st is not None else dummy, vn if vn is not None else dummy,
         T, TP, H, K, V, NT, float(scale),
         C=C, BK=BK, BV=BV, GATE=gate, DELTA=delta, HAS_H0=h0 is not None, STORE_HT=need_ht,
         STORE_ST=store_states, DOT=_dot_mode(q.dtype), LIMIT=FAST_LIMIT, **extra)
-    return o, ht, st
+    return o, ht, st, vn
 
 
 def chunk_scan_bwd(q, k, v, b, w, st, do, dht, scale, C, gate, delta, need_dh0):
-    """Launch the backward; returns (dq, dk, dv, dw, dh0, dgl) in fp32 (dq, dk summed over V-blocks)."""
+    """Launch the backward (with delta, v is the forward's v_new); returns (dq, dk, dv, dw, dh0, dgl) in fp32
+    (dq, dk summed over V-blocks)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     NT = max(1, triton.cdiv(T, C))
@@ -355,9 +358,9 @@ class ChunkScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, b, w, h0, scale, C, gate, delta, need_ht):
         need_grad = any(ctx.needs_input_grad[:6])
-        o, ht, st = chunk_scan_fwd(q, k, v, b, w, h0, scale, C, gate, delta, need_ht, store_states=need_grad)
+        o, ht, st, vn = chunk_scan_fwd(q, k, v, b, w, h0, scale, C, gate, delta, need_ht, store_states=need_grad)
         if need_grad:
-            ctx.save_for_backward(q, k, v, b, w, h0, st)
+            ctx.save_for_backward(q, k, vn if delta else v, b, w, h0, st)
         ctx.cfg = (scale, C, gate, delta)
         if ht is None:
             return o, None

@@ -7,7 +7,9 @@ Non-causal linear attention needs no scan: every query sees the same per-(batch,
   contiguous range of token tiles into fp32 partials, which the wrapper adds -- deterministic, no atomics,
   and enough programs when batch·head is small); ``_apply_kernel`` computes
   o = φ(q) KV / (φ(q)·z + eps) per token tile (grid: (tiles, batch·head)).
-- backward (with dnum = do / den, dden = -(do·o) / den): ``_bwd_q_kernel`` writes
+- backward (with dnum = do / den, dden = -(do·o) / den, o saved by the forward: one dot with the state per
+  tile, not two; two [D, Dv] fp32 state operands split for tf32x3 needed 256 KB of shared memory at
+  D = Dv = 128): ``_bwd_q_kernel`` writes
   dq = (dnum KVᵀ + dden zᵀ) ⊙ φ'(q) and reduces dKV = φ(q)ᵀ dnum, dz = φ(q)ᵀ dden as split partials;
   ``_bwd_kv_kernel`` writes dk = (v dKVᵀ + dz) ⊙ φ'(k) and dv = φ(k) dKV.
 
@@ -123,7 +125,7 @@ def _apply_kernel(q_ptr, kv_ptr, z_ptr, o_ptr, sqb, sqt, sqh, sqd, T, H, D, DV, 
 
 
 @triton.jit
-def _bwd_q_kernel(q_ptr, do_ptr, kv_ptr, z_ptr, dq_ptr, dkv_ptr, dz_ptr,
+def _bwd_q_kernel(q_ptr, do_ptr, o_ptr, kv_ptr, z_ptr, dq_ptr, dkv_ptr, dz_ptr,
                   sqb, sqt, sqh, sqd, sob, sot, soh, sod, T, H, D, DV, eps, TILES_PER_SPLIT, NSPLIT,
                   BT: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, FEAT: tl.constexpr,
                   PREC: tl.constexpr):
@@ -135,6 +137,7 @@ def _bwd_q_kernel(q_ptr, do_ptr, kv_ptr, z_ptr, dq_ptr, dkv_ptr, dz_ptr,
     kv, z = _load_state(kv_ptr, z_ptr, i_bh, od, ov, md, mv, D, DV)
     q_base = q_ptr + i_b * sqb + i_h * sqh
     do_base = do_ptr + i_b * sob + i_h * soh
+    o_base = o_ptr + (i_b * T * H + i_h) * DV
     dq_base = dq_ptr + (i_b * T * H + i_h) * D
     dkv = tl.zeros([BD, BDV], dtype=tl.float32)
     dz = tl.zeros([BD], dtype=tl.float32)
@@ -145,10 +148,11 @@ def _bwd_q_kernel(q_ptr, do_ptr, kv_ptr, z_ptr, dq_ptr, dkv_ptr, dz_ptr,
         x = _load_tile(q_base, t, mt, od, md, sqt, sqd)
         q = _features(x, mt, md, FEAT)
         do = _load_tile(do_base, t, mt, ov, mv, sot, sod)
-        num = tl.dot(q, kv, input_precision=PREC)
+        o = tl.load(o_base + t[:, None] * (H * DV) + ov[None, :], mask=mt[:, None] & mv[None, :],
+                    other=0.0).to(tl.float32)
         den = tl.sum(q * z[None, :], axis=1) + eps
         dnum = do / den[:, None]
-        dden = -tl.sum(dnum * num, axis=1) / den                # -(do·o)/den with o = num/den
+        dden = -tl.sum(do * o, axis=1) / den
         dphi = tl.dot(dnum, tl.trans(kv), input_precision=PREC) + dden[:, None] * z[None, :]
         dq = dphi * _dphi(x, FEAT)
         tl.store(dq_base + t[:, None] * (H * D) + od[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mq)
@@ -234,13 +238,13 @@ class LinearAttentionFn(torch.autograd.Function):
         BD, BDV = _blocks(D, DV)
         _apply_kernel[(triton.cdiv(T, BT), B * H)](q, kv, z, o, *q.stride(), T, H, D, DV, float(eps),
                                                    BT=BT, BD=BD, BDV=BDV, FEAT=feat, PREC=_precision())
-        ctx.save_for_backward(q, k, v, kv, z)
+        ctx.save_for_backward(q, k, v, o, kv, z)
         ctx.eps, ctx.feat = float(eps), feat
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, kv, z = ctx.saved_tensors
+        q, k, v, o, kv, z = ctx.saved_tensors
         B, T, H, D = q.shape
         DV = v.shape[-1]
         BD, BDV = _blocks(D, DV)
@@ -248,7 +252,7 @@ class LinearAttentionFn(torch.autograd.Function):
         dq = torch.empty(B, T, H, D, device=q.device, dtype=q.dtype)
         dkv = torch.empty(B * H, ns, D, DV, device=q.device, dtype=torch.float32)
         dz = torch.empty(B * H, ns, D, device=q.device, dtype=torch.float32)
-        _bwd_q_kernel[(B * H, ns)](q, do, kv, z, dq, dkv, dz, *q.stride(), *do.stride(), T, H, D, DV, ctx.eps,
+        _bwd_q_kernel[(B * H, ns)](q, do, o, kv, z, dq, dkv, dz, *q.stride(), *do.stride(), T, H, D, DV, ctx.eps,
                                    per, ns, BT=BT, BD=BD, BDV=BDV, FEAT=ctx.feat, PREC=_precision())
         dkv, dz = dkv.sum(1).contiguous(), dz.sum(1).contiguous()
         dk = torch.empty(B, T, H, D, device=k.device, dtype=k.dtype)

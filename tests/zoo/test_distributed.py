@@ -117,6 +117,32 @@ def test_block_policy_finds_each_family_s_blocks():
     assert resolve_strategy("ddp") == "ddp"
 
 
+def test_norm_clipping_under_fsdp_goes_through_the_root_module(monkeypatch):
+    """Lightning's FSDPPrecision refuses gradient_clip_algorithm='norm' (the H200 scaling run stopped on it);
+    the task clips through the FSDP root module instead, and leaves every other strategy to Lightning."""
+    from types import SimpleNamespace
+
+    import lightning.pytorch as pl
+
+    from zoo.recipes.classification import ClassificationTask
+    from zoo.recipes.distributed import resolve_strategy
+
+    clipped, lightning_path = [], []
+    task = ClassificationTask("vit_micro_patch4_32", num_classes=10, model_args={"depth": 1})
+    strategy = resolve_strategy("fsdp")
+    strategy._lightning_module = task
+    strategy.model = SimpleNamespace(clip_grad_norm_=clipped.append)
+    monkeypatch.setattr(type(task), "trainer", property(lambda self: SimpleNamespace(strategy=strategy)))
+    monkeypatch.setattr(pl.LightningModule, "configure_gradient_clipping",
+                        lambda self, *a, **k: lightning_path.append(a))
+    task.configure_gradient_clipping(None, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+    assert clipped == [1.0] and not lightning_path
+    task.configure_gradient_clipping(None, gradient_clip_val=0.5, gradient_clip_algorithm="value")
+    strategy = "ddp"
+    task.configure_gradient_clipping(None, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+    assert clipped == [1.0] and len(lightning_path) == 2
+
+
 # ------------------------------------------------------------------------------------------- processes
 @pytest.fixture
 def env(zoo_cache):

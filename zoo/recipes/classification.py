@@ -29,6 +29,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.factory import create_model
 from zoo.errors import ConfigError
+from zoo.recipes.distributed import is_fsdp
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +246,14 @@ class ClassificationTask(pl.LightningModule):
             raise ConfigError("model.lr_base_batch_size needs a data module with a batch_size.")
         global_bs = bs * self.trainer.accumulate_grad_batches * self.trainer.world_size
         return hp.lr * global_bs / hp.lr_base_batch_size
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Norm clipping under FSDP goes through the root FSDP module (it knows every shard; Lightning's
+        FSDPPrecision refuses ``gradient_clip_algorithm='norm'``); everything else takes Lightning's path."""
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and is_fsdp(self.trainer.strategy):
+            self.trainer.strategy.model.clip_grad_norm_(float(gradient_clip_val))
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
         hp = self.hparams
