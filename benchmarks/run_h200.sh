@@ -11,7 +11,8 @@
 #   bench-step   one training step of the CIFAR models: host pace vs GPU work, per scan chunk ($SCAN_CHUNKS)
 #   bench-la     linear-attention kernels vs fla
 #   bench-mixers pluggable-mixer ViT across resolutions
-#   bench-scaling  DDP/FSDP throughput and accuracy at 1..N GPUs of the ViT CIFAR recipe (a several-GPU kind)
+#   bench-scaling  DDP/FSDP throughput and accuracy at 1..N GPUs of the ViT CIFAR recipe (a several-GPU kind;
+#                $SCALING_OPTS for the bench, e.g. "--strategies fsdp --name scaling_fsdp"; $SCALING_ARGS for zoo fit)
 #   train-cifar  the CIFAR-10 recipes ($CIFAR_MODELS, default "vit vim") side by side on the one GPU (data from .data/; runs/ kept for --resume)
 #   train-audio  the spoken-digit recipe
 # Logs and results land in $OUT (or ./out when run by hand). STAGE_TIMEOUT=seconds caps each stage (default 3600),
@@ -52,7 +53,7 @@ for s in "$@"; do
     bench-la) stage bench-la python3 -m zoo.bench.linear_attention ;;
     bench-mixers) stage bench-mixers python3 -m zoo.bench.mixers ;;
     bench-scaling) NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 stage bench-scaling python3 -m zoo.bench.scaling \
-        --epochs "${SCALING_EPOCHS:-3}" -- --data.path "$DATA/cifar10-train.zip" \
+        --epochs "${SCALING_EPOCHS:-3}" ${SCALING_OPTS:-} -- --data.path "$DATA/cifar10-train.zip" \
         --data.val_path "${VAL_PATH:-$DATA/cifar10-test.zip}" ${SCALING_ARGS:-} ;;
     train-cifar)  # CIFAR_MODELS="vim" trains one alone; INIT_TAG=cifar10 continues from that tag's weights
       for m in ${CIFAR_MODELS:-vit vim}; do

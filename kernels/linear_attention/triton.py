@@ -34,6 +34,7 @@ __all__ = ["LinearAttentionFn", "FEATURE_CODES"]
 
 FEATURE_CODES = {"relu": 0, "elu1": 1, "none": 2}
 BT = 64  # tokens per tile
+LARGE_STATE = 128 * 128  # BD * BDV from which tiles shrink to fit Hopper's 227 KB of shared memory
 
 
 @triton.jit
@@ -193,8 +194,14 @@ def _precision() -> str:
     return "ieee" if interpreting() else "tf32x3"
 
 
-def _blocks(D: int, DV: int) -> tuple[int, int]:
-    return max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
+def _blocks(D: int, DV: int) -> tuple[int, int, int, dict]:
+    """(BD, BDV, tokens per tile, launch options). A [128, 128] fp32 state split into tf32x3 operands takes
+    128 KB of shared memory per dot: there the tiles hold 32 tokens and the loops are not pipelined (the
+    backward's dq kernel asked for 256 KB at 64 tokens on the H200; 192 KB at 32, compiled for sm_90)."""
+    BD, BDV = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
+    if BD * BDV < LARGE_STATE:
+        return BD, BDV, BT, {}
+    return BD, BDV, BT // 2, ({} if interpreting() else dict(num_stages=1))
 
 
 @functools.lru_cache(maxsize=None)
@@ -202,9 +209,9 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _splits(T: int, BH: int, device: torch.device) -> tuple[int, int]:
+def _splits(T: int, BH: int, bt: int, device: torch.device) -> tuple[int, int]:
     """(tiles per split, number of splits): enough programs to fill the GPU when batch·head is small."""
-    n_tiles = triton.cdiv(T, BT)
+    n_tiles = triton.cdiv(T, bt)
     sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
         if device.type == "cuda" else 1
     target = 4 * sms
@@ -216,12 +223,12 @@ def _splits(T: int, BH: int, device: torch.device) -> tuple[int, int]:
 def _reduce_state(k, v, feat: int):
     B, T, H, D = k.shape
     DV = v.shape[-1]
-    BD, BDV = _blocks(D, DV)
-    per, ns = _splits(T, B * H, k.device)
+    BD, BDV, bt, opts = _blocks(D, DV)
+    per, ns = _splits(T, B * H, bt, k.device)
     kv = torch.empty(B * H, ns, D, DV, device=k.device, dtype=torch.float32)
     z = torch.empty(B * H, ns, D, device=k.device, dtype=torch.float32)
     _state_kernel[(B * H, ns)](k, v, kv, z, *k.stride(), *v.stride(), T, H, D, DV, per, ns,
-                               BT=BT, BD=BD, BDV=BDV, FEAT=feat, PREC=_precision())
+                               BT=bt, BD=BD, BDV=BDV, FEAT=feat, PREC=_precision(), **opts)
     return kv.sum(1), z.sum(1)
 
 
@@ -235,9 +242,9 @@ class LinearAttentionFn(torch.autograd.Function):
         feat = FEATURE_CODES[feature]
         kv, z = _reduce_state(k, v, feat)
         o = torch.empty(B, T, H, DV, device=v.device, dtype=v.dtype)
-        BD, BDV = _blocks(D, DV)
-        _apply_kernel[(triton.cdiv(T, BT), B * H)](q, kv, z, o, *q.stride(), T, H, D, DV, float(eps),
-                                                   BT=BT, BD=BD, BDV=BDV, FEAT=feat, PREC=_precision())
+        BD, BDV, bt, opts = _blocks(D, DV)
+        _apply_kernel[(triton.cdiv(T, bt), B * H)](q, kv, z, o, *q.stride(), T, H, D, DV, float(eps),
+                                                   BT=bt, BD=BD, BDV=BDV, FEAT=feat, PREC=_precision(), **opts)
         ctx.save_for_backward(q, k, v, o, kv, z)
         ctx.eps, ctx.feat = float(eps), feat
         return o
@@ -247,16 +254,16 @@ class LinearAttentionFn(torch.autograd.Function):
         q, k, v, o, kv, z = ctx.saved_tensors
         B, T, H, D = q.shape
         DV = v.shape[-1]
-        BD, BDV = _blocks(D, DV)
-        per, ns = _splits(T, B * H, q.device)
+        BD, BDV, bt, opts = _blocks(D, DV)
+        per, ns = _splits(T, B * H, bt, q.device)
         dq = torch.empty(B, T, H, D, device=q.device, dtype=q.dtype)
         dkv = torch.empty(B * H, ns, D, DV, device=q.device, dtype=torch.float32)
         dz = torch.empty(B * H, ns, D, device=q.device, dtype=torch.float32)
         _bwd_q_kernel[(B * H, ns)](q, do, o, kv, z, dq, dkv, dz, *q.stride(), *do.stride(), T, H, D, DV, ctx.eps,
-                                   per, ns, BT=BT, BD=BD, BDV=BDV, FEAT=ctx.feat, PREC=_precision())
+                                   per, ns, BT=bt, BD=BD, BDV=BDV, FEAT=ctx.feat, PREC=_precision(), **opts)
         dkv, dz = dkv.sum(1).contiguous(), dz.sum(1).contiguous()
         dk = torch.empty(B, T, H, D, device=k.device, dtype=k.dtype)
         dv = torch.empty(B, T, H, DV, device=v.device, dtype=v.dtype)
-        _bwd_kv_kernel[(triton.cdiv(T, BT), B * H)](k, v, dkv, dz, dk, dv, *k.stride(), *v.stride(), T, H, D, DV,
-                                                    BT=BT, BD=BD, BDV=BDV, FEAT=ctx.feat, PREC=_precision())
+        _bwd_kv_kernel[(triton.cdiv(T, bt), B * H)](k, v, dkv, dz, dk, dv, *k.stride(), *v.stride(), T, H, D, DV,
+                                                    BT=bt, BD=BD, BDV=BDV, FEAT=ctx.feat, PREC=_precision(), **opts)
         return dq, dk, dv, None, None
