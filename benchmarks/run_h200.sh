@@ -9,7 +9,7 @@
 #   bench-conv   causal conv1d vs causal-conv1d's CUDA kernel, fused add+RMSNorm vs torch
 #   bench-vim    vim_tiny vs deit_tiny across resolutions
 #   bench-step   one training step of the CIFAR models: host pace vs GPU work, per scan chunk ($SCAN_CHUNKS)
-#   bench-la     linear-attention kernels vs fla
+#   bench-la     linear-attention kernels vs fla ($LA_ARGS, e.g. "--shapes lm --name linear_attention_lm", log tag $LA_TAG)
 #   bench-mixers pluggable-mixer ViT across resolutions
 #   bench-scaling  DDP/FSDP throughput and accuracy at 1..N GPUs of the ViT CIFAR recipe (a several-GPU kind;
 #                $SCALING_OPTS for the bench, e.g. "--strategies fsdp --name scaling_fsdp"; $SCALING_ARGS for zoo fit)
@@ -50,7 +50,7 @@ for s in "$@"; do
     bench-conv) stage bench-conv python3 -m zoo.bench.conv_norm --official-dir .official/causal_conv1d ;;
     bench-vim) stage bench-vim python3 -m zoo.bench.vim_vs_deit ;;
     bench-step) stage bench-step python3 -m zoo.bench.train_step --scan-chunks "$(echo ${SCAN_CHUNKS:-32 16 8} | tr ' ' ,)" ${STEP_ARGS:-} ;;
-    bench-la) stage bench-la python3 -m zoo.bench.linear_attention ;;
+    bench-la) stage "bench-la${LA_TAG:+-$LA_TAG}" python3 -m zoo.bench.linear_attention ${LA_ARGS:-} ;;
     bench-mixers) stage bench-mixers python3 -m zoo.bench.mixers ;;
     bench-scaling) NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 stage bench-scaling python3 -m zoo.bench.scaling \
         --epochs "${SCALING_EPOCHS:-3}" ${SCALING_OPTS:-} -- --data.path "$DATA/cifar10-train.zip" \

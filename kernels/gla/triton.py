@@ -17,7 +17,9 @@ Design: one kernel per direction, state kept on chip.
 - ``DELTA``: the gated delta rule in WY form reuses the same walk with v replaced per chunk by
   v_new = U - W S (U, W from the wrapper's UT transform), see kernels/delta_rule.
 - Backward walks chunks in reverse with dS [K, BV] on chip; chunk-start states come from the forward
-  (stored only when a gradient is needed, fp32). It writes dq, dk partial per V-block (summed by the
+  (stored only when a gradient is needed, fp32). ``SPEEDZOO_GLA_BWD=chunked`` splits it: a dS-only walk
+  (``_bwd_dh_kernel``) stores dS per chunk, then the same gradient code runs for all chunks at once (see
+  bwd_variant). It writes dq, dk partial per V-block (summed by the
   wrapper), dv, dh0, and for gates the chunk-end term sum(dS * S_next); the gate gradient is then
   d b_t = q_t*dq_t - k_t*dk_t (+ that term at the chunk's last row), which the cumsum's autograd turns
   into dg (the reverse-cumsum identity of fla, derived in kernels/gla/__init__.py).
@@ -26,15 +28,18 @@ Design: one kernel per direction, state kept on chip.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from kernels.common import interpreting
 
-__all__ = ["chunk_scan_fwd", "chunk_scan_bwd", "ChunkScanFn", "FAST_LIMIT"]
+__all__ = ["chunk_scan_fwd", "chunk_scan_bwd", "ChunkScanFn", "FAST_LIMIT", "bwd_variant"]
 
 NUM_STAGES = 2  # software pipelining of the chunk loop on the GPU
+BWD_ENV = "SPEEDZOO_GLA_BWD"  # fused (default) | chunked: the backward's layout, see bwd_variant()
 FAST_LIMIT = 40.0  # max |b| inside a chunk for the factored per-channel path (e^40 ~ 2e17, safe in fp32)
 
 
@@ -55,6 +60,68 @@ def _dot(a, b, DOT: tl.constexpr):
         return tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), input_precision="ieee")
     else:
         return tl.dot(a.to(tl.float16).to(tl.float32), b.to(tl.float16).to(tl.float32), input_precision="ieee")
+
+
+@triton.jit
+def _ds_step(dS, qg, do, bl, scale, GATE: tl.constexpr, DOT: tl.constexpr):
+    """dS of the previous chunk's end: decay through this chunk, plus this chunk's queries' contribution."""
+    if GATE == 1:
+        dS = dS * tl.exp(bl)
+    if GATE == 2:
+        dS = dS * tl.exp(bl)[:, None]
+    return dS + scale * _dot(tl.trans(qg), do, DOT)
+
+
+@triton.jit
+def _bwd_dh_kernel(
+    q_ptr, b_ptr, do_ptr, dht_ptr, dh_ptr, dh0_ptr,
+    T, TP, H, K, V, NT, scale,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
+    HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, DOT: tl.constexpr,
+):
+    """The backward's only sequential part (chunk-parallel variant): dS at every chunk's end, walking the
+    chunks in reverse; one (V-block, batch·head) per program, as the forward."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    rows = tl.arange(0, C)
+    ok = tl.arange(0, BK)
+    ov = i_v * BV + tl.arange(0, BV)
+    mk = ok < K
+    mv = ov < V
+    mkv = mk[:, None] & mv[None, :]
+    q_base = q_ptr + (i_b * T * H + i_h) * K
+    do_base = do_ptr + (i_b * T * H + i_h) * V
+    if GATE == 1:
+        g_base = b_ptr + i_b * TP * H + i_h
+    if GATE == 2:
+        g_base = b_ptr + (i_b * TP * H + i_h) * K
+    if HAS_DHT:
+        dS = tl.load(dht_ptr + i_bh * K * V + ok[:, None] * V + ov[None, :], mask=mkv, other=0.0).to(tl.float32)
+    else:
+        dS = tl.zeros([BK, BV], dtype=tl.float32)
+    for cc in range(0, NT):
+        c = NT - 1 - cc
+        t = c * C + rows
+        mt = t < T
+        tl.store(dh_ptr + ((i_bh * NT + c) * K + ok[:, None]) * V + ov[None, :], dS, mask=mkv)
+        q = tl.load(q_base + t[:, None] * (H * K) + ok[None, :], mask=mt[:, None] & mk[None, :], other=0.0)
+        q = q.to(tl.float32)
+        do = tl.load(do_base + t[:, None] * (H * V) + ov[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
+        do = do.to(tl.float32)
+        if GATE == 0:
+            bl = 0.0
+            qg = q
+        elif GATE == 1:
+            bl = tl.load(g_base + (c * C + C - 1) * H)
+            qg = q * tl.exp(tl.load(g_base + t * H))[:, None]
+        else:
+            bl = tl.load(g_base + (c * C + C - 1) * (H * K) + ok, mask=mk, other=0.0)
+            qg = q * tl.exp(tl.load(g_base + t[:, None] * (H * K) + ok[None, :], mask=mk[None, :], other=0.0))
+        dS = _ds_step(dS, qg, do, bl, scale, GATE, DOT)
+    if STORE_DH0:
+        tl.store(dh0_ptr + i_bh * K * V + ok[:, None] * V + ov[None, :], dS, mask=mkv)
 
 
 @triton.jit
@@ -146,11 +213,14 @@ def _fwd_kernel(
 @triton.jit
 def _bwd_kernel(
     q_ptr, k_ptr, v_ptr, b_ptr, w_ptr, st_ptr, do_ptr, dht_ptr,
-    dq_ptr, dk_ptr, dv_ptr, dw_ptr, dh0_ptr, dgl_ptr,
+    dq_ptr, dk_ptr, dv_ptr, dw_ptr, dh0_ptr, dgl_ptr, dh_ptr,
     T, TP, H, K, V, NT, scale,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DELTA: tl.constexpr,
     HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, DOT: tl.constexpr, LIMIT: tl.constexpr,
+    PARALLEL: tl.constexpr,
 ):
+    """Gradients of the chunks. Fused (PARALLEL=0): one program walks all chunks in reverse carrying dS.
+    Chunk-parallel (PARALLEL=1, not with DELTA): grid axis 2 is the chunk, dS comes from _bwd_dh_kernel."""
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
     n_bh = tl.num_programs(1).to(tl.int64)
@@ -185,8 +255,10 @@ def _bwd_kernel(
         dS = tl.load(dht_ptr + i_bh * K * V + ok[:, None] * V + ov[None, :], mask=mkv, other=0.0).to(tl.float32)
     else:
         dS = tl.zeros([BK, BV], dtype=tl.float32)
-    for cc in range(0, NT):
-        c = NT - 1 - cc
+    for cc in range(0, 1 if PARALLEL else NT):
+        c = tl.program_id(2) if PARALLEL else NT - 1 - cc
+        if PARALLEL:
+            dS = tl.load(dh_ptr + ((i_bh * NT + c) * K + ok[:, None]) * V + ov[None, :], mask=mkv, other=0.0)
         t = c * C + rows
         mt = t < T
         mqk = mt[:, None] & mk[None, :]
@@ -205,6 +277,7 @@ def _bwd_kernel(
             dk = _dot(tl.trans(dA), q, DOT) + _dot(v, tl.trans(dS), DOT)
             kd = k
             qg = q
+            bl = 0.0
         elif GATE == 1:
             b = tl.load(g_base + t * H)
             bl = tl.load(g_base + (c * C + C - 1) * H)
@@ -248,12 +321,8 @@ def _bwd_kernel(
         if GATE == 2:
             Sn = Sc * tl.exp(bl)[:, None] + _dot(tl.trans(kd), v, DOT)
             tl.store(dgl_ptr + ((i_v * n_bh + i_bh) * NT + c) * K + ok, tl.sum(dS * Sn, 1), mask=mk)
-        if GATE == 0:
-            dS = dS + scale * _dot(tl.trans(qg), do, DOT)
-        elif GATE == 1:
-            dS = dS * tl.exp(bl) + scale * _dot(tl.trans(qg), do, DOT)
-        else:
-            dS = dS * tl.exp(bl)[:, None] + scale * _dot(tl.trans(qg), do, DOT)
+        if not PARALLEL:
+            dS = _ds_step(dS, qg, do, bl, scale, GATE, DOT)
         if DELTA:
             dS = dS - _dot(tl.trans(w), dv, DOT)
             dw = -_dot(dv, tl.trans(Sc), DOT)
@@ -263,6 +332,17 @@ def _bwd_kernel(
         tl.store(dv_base + t[:, None] * (H * V) + ov[None, :], dv, mask=mtv)
     if STORE_DH0:
         tl.store(dh0_ptr + i_bh * K * V + ok[:, None] * V + ov[None, :], dS, mask=mkv)
+
+
+def bwd_variant() -> str:
+    """``fused``: one program per (V-block, batch·head) walks every chunk in reverse (few programs, each a
+    long dependent chain: 7.5 ms against a 0.61 ms forward for simple GLA at B 8, T 4096, H 16, D 128 on the
+    H200). ``chunked``: only dS walks the chunks (_bwd_dh_kernel, one dot per chunk), then one program per
+    (V-block, batch·head, chunk) forms the gradients. The delta rule keeps ``fused`` (its dv feeds dS)."""
+    choice = os.environ.get(BWD_ENV, "fused").lower()
+    if choice not in ("fused", "chunked"):
+        raise ValueError(f"{BWD_ENV} must be 'fused' or 'chunked', got {choice!r}")
+    return choice
 
 
 def _dot_mode(dtype: torch.dtype) -> int:
@@ -328,16 +408,27 @@ def chunk_scan_bwd(q, k, v, b, w, st, do, dht, scale, C, gate, delta, need_dh0):
     dh0 = torch.empty(B, H, K, V, **f32) if need_dh0 else None
     dgl = torch.empty(NV, B, H, NT, K if gate == 2 else 1, **f32) if gate else None
     dummy = dq
-    grid = (NV, B * H)
+    parallel = not delta and bwd_variant() == "chunked"
+    dh = None
+    if parallel:  # the sequential dS walk first, then every chunk at once
+        dh = torch.empty(B, H, NT, K, V, **f32)
+        _, BVH, warps_h = _blocks(K, V, bwd=False)
+        _bwd_dh_kernel[(triton.cdiv(V, BVH), B * H)](
+            q, b if b is not None else dummy, do, dht if dht is not None else dummy, dh,
+            dh0 if dh0 is not None else dummy, T, TP, H, K, V, NT, float(scale),
+            C=C, BK=BK, BV=BVH, GATE=gate, HAS_DHT=dht is not None, STORE_DH0=need_dh0, DOT=_dot_mode(q.dtype),
+            **({} if interpreting() else dict(num_warps=warps_h, num_stages=NUM_STAGES)))
+    grid = (NV, B * H, NT) if parallel else (NV, B * H)
     extra = {} if interpreting() else dict(num_warps=warps, num_stages=NUM_STAGES)
     _bwd_kernel[grid](
         q, k, v, b if b is not None else dummy, w if w is not None else dummy, st, do,
         dht if dht is not None else dummy,
         dq, dk, dv, dw if dw is not None else dummy, dh0 if dh0 is not None else dummy,
-        dgl if dgl is not None else dummy,
+        dgl if dgl is not None else dummy, dh if dh is not None else dummy,
         T, TP, H, K, V, NT, float(scale),
-        C=C, BK=BK, BV=BV, GATE=gate, DELTA=delta, HAS_DHT=dht is not None, STORE_DH0=need_dh0,
-        DOT=_dot_mode(q.dtype), LIMIT=FAST_LIMIT, **extra)
+        C=C, BK=BK, BV=BV, GATE=gate, DELTA=delta, HAS_DHT=dht is not None and not parallel,
+        STORE_DH0=need_dh0 and not parallel, DOT=_dot_mode(q.dtype), LIMIT=FAST_LIMIT, PARALLEL=parallel,
+        **extra)
     dq, dk = dq.sum(0), dk.sum(0)
     if dw is not None:
         dw = dw.sum(0)

@@ -87,6 +87,28 @@ def test_causal_values_and_grads(gate, dtype, T, K, V, C):
     _check(1, T, 2, K, V, gate, dtype, C=C)
 
 
+@pytest.mark.parametrize("gate", ["none", "scalar", "vector"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunk_parallel_backward(gate, dtype, monkeypatch):
+    """SPEEDZOO_GLA_BWD=chunked (dS walk, then every chunk at once) gives the same gradients: several chunks,
+    a ragged last one, with and without h0 and dh_T, causal and bidirectional, extreme gates."""
+    monkeypatch.setenv("SPEEDZOO_GLA_BWD", "chunked")
+    _check(1, 70, 2, 32, 48, gate, dtype, C=16)
+    if dtype == torch.float32:
+        _check(2, 20, 1, 16, 16, gate, dtype, h0=False)
+        _check(1, 40, 2, 16, 16, gate, dtype, h0=False, causal=False)
+        if gate == "vector":
+            _check(1, 37, 1, 16, 16, gate, dtype, strength=20.0)
+
+
+def test_backward_variant_is_checked(monkeypatch):
+    from kernels.gla.triton import bwd_variant
+
+    monkeypatch.setenv("SPEEDZOO_GLA_BWD", "parallel")
+    with pytest.raises(ValueError, match="fused' or 'chunked"):
+        bwd_variant()
+
+
 def test_vector_gates_extreme_take_exact_path():
     """Gates of 20*logsigmoid overflow e^{-b} within a chunk: the elementwise path must stay exact."""
     _check(1, 37, 1, 16, 16, "vector", torch.float32, strength=20.0)
@@ -154,22 +176,26 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("bwd", ["fused", "chunked"])
 @pytest.mark.parametrize("gate", ["none", "scalar", "vector"])
 @pytest.mark.parametrize("shape", [(2, 500, 4, 64), (2, 1024, 8, 128)])
-def test_gpu_bf16_vs_fp32_reference(gate, shape):
+def test_gpu_bf16_vs_fp32_reference(gate, shape, bwd, monkeypatch):
     """Compiled kernels on the GPU (Hopper: fla's gated backward miscompiles under Triton 3.6; ours must not)."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("GPU tests need compiled Triton: run with TRITON_INTERPRET=0")
+    monkeypatch.setenv("SPEEDZOO_GLA_BWD", bwd)
     B, T, H, D = shape
     _check(B, T, H, D, D, gate, torch.bfloat16, C=64, device="cuda", strength=0.1 if gate == "vector" else 1.0)
 
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("bwd", ["fused", "chunked"])
 @pytest.mark.parametrize("gate", ["scalar", "vector"])
-def test_gpu_fp32_and_bidirectional(gate):
+def test_gpu_fp32_and_bidirectional(gate, bwd, monkeypatch):
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("GPU tests need compiled Triton: run with TRITON_INTERPRET=0")
+    monkeypatch.setenv("SPEEDZOO_GLA_BWD", bwd)
     _check(2, 500, 4, 64, 64, gate, torch.float32, C=64, device="cuda", tol=1e-4, tol_g=1e-3)
     _check(2, 300, 2, 64, 64, gate, torch.float32, C=64, h0=False, causal=False, device="cuda", tol=1e-4,
            tol_g=1e-3)

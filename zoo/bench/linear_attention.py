@@ -194,7 +194,14 @@ def _log_row(row: dict) -> None:
 
 # ---- main -----------------------------------------------------------------------------------------------
 
-def bench(shapes: dict, ops, quick: bool, fla, check: bool, device) -> list[dict]:
+def bench(shapes: dict, ops, quick: bool, fla, check: bool, device, bwd_variants=("fused",),
+          on_row=None) -> list[dict]:
+    """Rows of every (shape, op, impl, mode); ``on_row(rows)`` after each (so a cut-off run keeps its rows).
+    Each extra backward variant of ours (SPEEDZOO_GLA_BWD, not the delta rule's) adds an ``ours-<variant>``
+    fwdbwd row."""
+    from kernels.gla.triton import BWD_ENV
+    from zoo.bench.options import forced_env
+
     rows: list[dict] = []
     bw = copy_bandwidth(device) if device == "cuda" else 50e9
     log.info("copy bandwidth %.2f TB/s", bw / 1e12)
@@ -203,18 +210,20 @@ def bench(shapes: dict, ops, quick: bool, fla, check: bool, device) -> list[dict
         tag = f"{sname}_B{B}_T{T}_H{H}_D{D}"
         for op in ops:
             a = make_inputs(op, shape, device)
-            impls = [("ours", ours_fn(op))]
+            impls = [("ours", ours_fn(op), bwd_variants[0], ("fwd", "fwdbwd"))]
+            if op != "gated_delta":
+                impls += [(f"ours-{v}-bwd", ours_fn(op), v, ("fwdbwd",)) for v in bwd_variants[1:]]
             if fla is not None:
                 try:
-                    impls.append(("fla-0.6.0", fla_fn(op)))
+                    impls.append(("fla-0.6.0", fla_fn(op), None, ("fwd", "fwdbwd")))
                 except Exception as exc:  # noqa: BLE001
                     rows.append(dict(op=op, shape=tag, mode="fwd", impl="fla-0.6.0", dtype="bf16",
                                      status="missing", error=f"{type(exc).__name__}: {exc}"[:200]))
             ref_out = None
             ours_ms = {}
-            for impl, fn in impls:
+            for impl, fn, variant, modes in impls:
                 note = None
-                if check:
+                if check and modes[0] == "fwd":
                     try:
                         with torch.no_grad():
                             out = fn(a).float()
@@ -225,17 +234,22 @@ def bench(shapes: dict, ops, quick: bool, fla, check: bool, device) -> list[dict
                         del out
                     except Exception as exc:  # noqa: BLE001
                         note = f"check failed: {type(exc).__name__}"
-                for mode in ("fwd", "fwdbwd"):
+                for mode in modes:
                     fb = floor_bytes(a, mode)
                     row = dict(op=op, shape=tag, mode=mode, impl=impl, dtype="bf16")
+                    if impl.startswith("ours") and op != "gated_delta":
+                        row["bwd"] = variant
                     try:
-                        ms = time_ms(runner(fn, a, mode), quick, device)
+                        with forced_env(BWD_ENV, variant):
+                            ms = time_ms(runner(fn, a, mode), quick, device)
                         row.update(ms=ms, gbps=fb / (ms * 1e-3) / 1e9, floor_ms=fb / bw * 1e3,
                                    x_floor=ms / (fb / bw * 1e3), status="ok")
                         if impl == "ours":
                             ours_ms[mode] = ms
                         elif mode in ours_ms:
                             row["vs_ours"] = ms / ours_ms[mode]
+                        if impl.startswith("ours") and mode == "fwdbwd" and "fwd" in ours_ms:
+                            row["x_own_fwd"] = ms / ours_ms["fwd"]
                     except Exception as exc:  # noqa: BLE001
                         msg = f"{type(exc).__name__}: {exc}"
                         refused = impl.startswith("fla") and ("triton" in msg.lower() or "hopper" in msg.lower()
@@ -248,6 +262,8 @@ def bench(shapes: dict, ops, quick: bool, fla, check: bool, device) -> list[dict
                         row["check"] = note
                     rows.append(row)
                     _log_row(row)
+                    if on_row is not None:
+                        on_row(rows)
                     if device == "cuda":
                         torch.cuda.empty_cache()
             del a
@@ -263,6 +279,8 @@ def bench(shapes: dict, ops, quick: bool, fla, check: bool, device) -> list[dict
                 row.update(status="error", error=f"{type(exc).__name__}: {exc}"[:300])
             rows.append(row)
             _log_row(row)
+            if on_row is not None:
+                on_row(rows)
         del a
     return rows
 
@@ -275,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-fla", action="store_true", help="skip the fla peer")
     p.add_argument("--no-check", action="store_true", help="skip the ours-vs-fla forward check")
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of " + ",".join(OPS))
+    p.add_argument("--shapes", default=None, help="comma-separated subset of " + ",".join(SHAPES))
+    p.add_argument("--bwd", default="fused,chunked",
+                   help="backward variants of ours (SPEEDZOO_GLA_BWD), the first is the 'ours' row")
+    p.add_argument("--name", default=None, help="results name (default linear_attention[_quick][_cpu])")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ops = [o for o in args.ops.split(",") if o]
@@ -288,16 +310,26 @@ def main(argv: list[str] | None = None) -> int:
         device = "cpu"
         shapes = CPU_SHAPES
         log.warning("no CUDA device: a CPU dry run on tiny shapes (reference paths), not a benchmark")
+    if args.shapes:
+        unknown = set(args.shapes.split(",")) - set(shapes)
+        if unknown:
+            p.error(f"unknown shape(s) {sorted(unknown)}; choose from {sorted(shapes)}")
+        shapes = {k: v for k, v in shapes.items() if k in args.shapes.split(",")}
+    variants = tuple(v for v in args.bwd.split(",") if v)
     fla, fla_note = (None, "skipped (--no-fla)") if args.no_fla else load_fla(Path(args.fla_wheel_dir))
     log.info("peer: %s", fla_note)
-    rows = bench(shapes, ops, args.quick, fla if device == "cuda" else None, not args.no_check, device)
     from zoo.bench.results import write_results
 
-    path = write_results("linear_attention" + ("_quick" if args.quick else "") + ("_cpu" if device == "cpu" else ""),
-                         rows, command="python -m zoo.bench.linear_attention " + " ".join(argv or sys.argv[1:]),
-                         out_dir=args.out_dir, extra_meta={"fla": fla_note, "device": device,
-                                                           "gate_fp32": True, "floor": "inputs+outputs once"})
-    log.info("wrote %s", path)
+    name = args.name or "linear_attention" + ("_quick" if args.quick else "") + ("_cpu" if device == "cpu" else "")
+
+    def write(rows):
+        return write_results(name, rows, command="python -m zoo.bench.linear_attention " + " ".join(argv or sys.argv[1:]),
+                             out_dir=args.out_dir, extra_meta={"fla": fla_note, "device": device, "gate_fp32": True,
+                                                               "floor": "inputs+outputs once"})
+
+    rows = bench(shapes, ops, args.quick, fla if device == "cuda" else None, not args.no_check, device,
+                 bwd_variants=variants, on_row=write)
+    log.info("wrote %s", write(rows))
     return 0
 
 
