@@ -20,6 +20,7 @@ BENCHMARKS = {
     "linear_attention": "zoo.bench.linear_attention",
     "mixers": "zoo.bench.mixers",
     "scaling": "zoo.bench.scaling",
+    "kernel_resources": "zoo.bench.kernel_resources",
 }
 
 

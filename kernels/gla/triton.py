@@ -63,6 +63,36 @@ def _dot(a, b, DOT: tl.constexpr):
 
 
 @triton.jit
+def _program_tile(H, K, V, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """This program's (V-block, batch·head) and its index vectors: grid axis 0 is the V-block, axis 1 b·H + h."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    ok = tl.arange(0, BK)
+    ov = i_v * BV + tl.arange(0, BV)
+    return i_v, i_bh, i_bh // H, i_bh % H, tl.arange(0, C), ok, ov, ok < K, ov < V
+
+
+@triton.jit
+def _gate_base(b_ptr, i_b, i_h, TP, H, K, GATE: tl.constexpr):
+    """Start of this (batch, head)'s chunk-local cumulative log gates: [B, Tp, H] (GATE 1) or [B, Tp, H, K]."""
+    if GATE == 2:
+        base = b_ptr + (i_b * TP * H + i_h) * K
+    else:
+        base = b_ptr + i_b * TP * H + i_h
+    return base
+
+
+@triton.jit
+def _load_state(ptr, i_bh, ok, ov, mkv, K, V, BK: tl.constexpr, BV: tl.constexpr, PRESENT: tl.constexpr):
+    """This program's [BK, BV] block of a [B, H, K, V] state (h0 or dh_T) in fp32; zeros when not given."""
+    if PRESENT:
+        S = tl.load(ptr + i_bh * K * V + ok[:, None] * V + ov[None, :], mask=mkv, other=0.0).to(tl.float32)
+    else:
+        S = tl.zeros([BK, BV], dtype=tl.float32)
+    return S
+
+
+@triton.jit
 def _ds_step(dS, qg, do, bl, scale, GATE: tl.constexpr, DOT: tl.constexpr):
     """dS of the previous chunk's end: decay through this chunk, plus this chunk's queries' contribution."""
     if GATE == 1:
@@ -81,26 +111,12 @@ def _bwd_dh_kernel(
 ):
     """The backward's only sequential part (chunk-parallel variant): dS at every chunk's end, walking the
     chunks in reverse; one (V-block, batch·head) per program, as the forward."""
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1).to(tl.int64)
-    i_b = i_bh // H
-    i_h = i_bh % H
-    rows = tl.arange(0, C)
-    ok = tl.arange(0, BK)
-    ov = i_v * BV + tl.arange(0, BV)
-    mk = ok < K
-    mv = ov < V
+    i_v, i_bh, i_b, i_h, rows, ok, ov, mk, mv = _program_tile(H, K, V, C, BK, BV)
     mkv = mk[:, None] & mv[None, :]
     q_base = q_ptr + (i_b * T * H + i_h) * K
     do_base = do_ptr + (i_b * T * H + i_h) * V
-    if GATE == 1:
-        g_base = b_ptr + i_b * TP * H + i_h
-    if GATE == 2:
-        g_base = b_ptr + (i_b * TP * H + i_h) * K
-    if HAS_DHT:
-        dS = tl.load(dht_ptr + i_bh * K * V + ok[:, None] * V + ov[None, :], mask=mkv, other=0.0).to(tl.float32)
-    else:
-        dS = tl.zeros([BK, BV], dtype=tl.float32)
+    g_base = _gate_base(b_ptr, i_b, i_h, TP, H, K, GATE)
+    dS = _load_state(dht_ptr, i_bh, ok, ov, mkv, K, V, BK, BV, HAS_DHT)
     for cc in range(0, NT):
         c = NT - 1 - cc
         t = c * C + rows
@@ -132,15 +148,7 @@ def _fwd_kernel(
     HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_ST: tl.constexpr, DOT: tl.constexpr,
     LIMIT: tl.constexpr,
 ):
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1).to(tl.int64)
-    i_b = i_bh // H
-    i_h = i_bh % H
-    rows = tl.arange(0, C)
-    ok = tl.arange(0, BK)
-    ov = i_v * BV + tl.arange(0, BV)
-    mk = ok < K
-    mv = ov < V
+    i_v, i_bh, i_b, i_h, rows, ok, ov, mk, mv = _program_tile(H, K, V, C, BK, BV)
     causal = rows[:, None] >= rows[None, :]
     q_base = q_ptr + (i_b * T * H + i_h) * K
     k_base = k_ptr + (i_b * T * H + i_h) * K
@@ -150,15 +158,8 @@ def _fwd_kernel(
         w_base = w_ptr + (i_b * TP * H + i_h) * K
     else:
         v_base = v_ptr + (i_b * T * H + i_h) * V
-    if GATE == 1:
-        g_base = b_ptr + i_b * TP * H + i_h
-    if GATE == 2:
-        g_base = b_ptr + (i_b * TP * H + i_h) * K
-    if HAS_H0:
-        S = tl.load(h0_ptr + i_bh * K * V + ok[:, None] * V + ov[None, :], mask=mk[:, None] & mv[None, :],
-                    other=0.0).to(tl.float32)
-    else:
-        S = tl.zeros([BK, BV], dtype=tl.float32)
+    g_base = _gate_base(b_ptr, i_b, i_h, TP, H, K, GATE)
+    S = _load_state(h0_ptr, i_bh, ok, ov, mk[:, None] & mv[None, :], K, V, BK, BV, HAS_H0)
     for c in range(0, NT):
         t = c * C + rows
         mt = t < T
@@ -221,16 +222,8 @@ def _bwd_kernel(
 ):
     """Gradients of the chunks. Fused (PARALLEL=0): one program walks all chunks in reverse carrying dS.
     Chunk-parallel (PARALLEL=1, not with DELTA): grid axis 2 is the chunk, dS comes from _bwd_dh_kernel."""
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1).to(tl.int64)
+    i_v, i_bh, i_b, i_h, rows, ok, ov, mk, mv = _program_tile(H, K, V, C, BK, BV)
     n_bh = tl.num_programs(1).to(tl.int64)
-    i_b = i_bh // H
-    i_h = i_bh % H
-    rows = tl.arange(0, C)
-    ok = tl.arange(0, BK)
-    ov = i_v * BV + tl.arange(0, BV)
-    mk = ok < K
-    mv = ov < V
     mkv = mk[:, None] & mv[None, :]
     causal = rows[:, None] >= rows[None, :]
     q_base = q_ptr + (i_b * T * H + i_h) * K
@@ -247,14 +240,8 @@ def _bwd_kernel(
     else:
         v_base = v_ptr + (i_b * T * H + i_h) * V
         dv_base = dv_ptr + (i_b * T * H + i_h) * V
-    if GATE == 1:
-        g_base = b_ptr + i_b * TP * H + i_h
-    if GATE == 2:
-        g_base = b_ptr + (i_b * TP * H + i_h) * K
-    if HAS_DHT:
-        dS = tl.load(dht_ptr + i_bh * K * V + ok[:, None] * V + ov[None, :], mask=mkv, other=0.0).to(tl.float32)
-    else:
-        dS = tl.zeros([BK, BV], dtype=tl.float32)
+    g_base = _gate_base(b_ptr, i_b, i_h, TP, H, K, GATE)
+    dS = _load_state(dht_ptr, i_bh, ok, ov, mkv, K, V, BK, BV, HAS_DHT)
     for cc in range(0, 1 if PARALLEL else NT):
         c = tl.program_id(2) if PARALLEL else NT - 1 - cc
         if PARALLEL:
