@@ -40,6 +40,7 @@ __all__ = ["chunk_scan_fwd", "chunk_scan_bwd", "ChunkScanFn", "FAST_LIMIT", "bwd
 
 NUM_STAGES = 2  # software pipelining of the chunk loop on the GPU
 BWD_ENV = "SPEEDZOO_GLA_BWD"  # fused (default) | chunked: the backward's layout, see bwd_variant()
+BWD_BV_ENV = "SPEEDZOO_GLA_BWD_BV"  # the backward's V block (power of two >= 16), for benchmark sweeps
 FAST_LIMIT = 40.0  # max |b| inside a chunk for the factored per-channel path (e^40 ~ 2e17, safe in fp32)
 
 
@@ -332,6 +333,16 @@ def bwd_variant() -> str:
     return choice
 
 
+def _bwd_block_v(default: int, V: int) -> int:
+    """SPEEDZOO_GLA_BWD_BV, if set (and not empty), replaces the backward's V block."""
+    raw = os.environ.get(BWD_BV_ENV, "")
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 16 or int(raw) & (int(raw) - 1):
+        raise ValueError(f"{BWD_BV_ENV} must be a power of two >= 16, got {raw!r}")
+    return min(int(raw), max(16, triton.next_power_of_2(V)))
+
+
 def _dot_mode(dtype: torch.dtype) -> int:
     mode = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}[dtype]
     return mode + 2 if mode and interpreting() else mode
@@ -385,6 +396,7 @@ def chunk_scan_bwd(q, k, v, b, w, st, do, dht, scale, C, gate, delta, need_dh0):
     NT = max(1, triton.cdiv(T, C))
     TP = NT * C
     BK, BV, warps = _blocks(K, V, bwd=True)
+    BV = _bwd_block_v(BV, V)
     NV = triton.cdiv(V, BV)
     f32 = dict(device=q.device, dtype=torch.float32)
     dq = torch.empty(NV, B, T, H, K, **f32)

@@ -94,6 +94,9 @@ def test_chunk_parallel_backward(gate, dtype, monkeypatch):
     a ragged last one, with and without h0 and dh_T, causal and bidirectional, extreme gates."""
     monkeypatch.setenv("SPEEDZOO_GLA_BWD", "chunked")
     _check(1, 70, 2, 32, 48, gate, dtype, C=16)
+    monkeypatch.setenv("SPEEDZOO_GLA_BWD_BV", "16")  # three V blocks: dq, dk summed over them
+    _check(1, 70, 2, 32, 48, gate, dtype, C=16)
+    monkeypatch.delenv("SPEEDZOO_GLA_BWD_BV")
     if dtype == torch.float32:
         _check(2, 20, 1, 16, 16, gate, dtype, h0=False)
         _check(1, 40, 2, 16, 16, gate, dtype, h0=False, causal=False)
@@ -107,6 +110,11 @@ def test_backward_variant_is_checked(monkeypatch):
     monkeypatch.setenv("SPEEDZOO_GLA_BWD", "parallel")
     with pytest.raises(ValueError, match="fused' or 'chunked"):
         bwd_variant()
+    monkeypatch.setenv("SPEEDZOO_GLA_BWD", "fused")
+    monkeypatch.setenv("SPEEDZOO_GLA_BWD_BV", "24")
+    q = torch.randn(1, 4, 1, 16, requires_grad=True)
+    with pytest.raises(ValueError, match="power of two"):
+        chunk_gla(q, q, q, g_scalar=torch.zeros(1, 4, 1, requires_grad=True))[0].sum().backward()
 
 
 def test_vector_gates_extreme_take_exact_path():

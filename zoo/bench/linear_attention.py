@@ -197,10 +197,20 @@ def _log_row(row: dict) -> None:
 def bench(shapes: dict, ops, quick: bool, fla, check: bool, device, bwd_variants=("fused",),
           on_row=None) -> list[dict]:
     """Rows of every (shape, op, impl, mode); ``on_row(rows)`` after each (so a cut-off run keeps its rows).
-    Each extra backward variant of ours (SPEEDZOO_GLA_BWD, not the delta rule's) adds an ``ours-<variant>``
-    fwdbwd row."""
-    from kernels.gla.triton import BWD_ENV
+    Each extra backward variant of ours adds an ``ours-<variant>-bwd`` fwdbwd row (not for the delta rule):
+    ``fused`` / ``chunked`` (SPEEDZOO_GLA_BWD), optionally ``@BV`` for the V block (SPEEDZOO_GLA_BWD_BV)."""
+    from contextlib import ExitStack
+
+    from kernels.gla.triton import BWD_BV_ENV, BWD_ENV
     from zoo.bench.options import forced_env
+
+    def variant_env(variant):
+        stack = ExitStack()
+        if variant is not None:
+            layout, _, bv = variant.partition("@")
+            stack.enter_context(forced_env(BWD_ENV, layout))
+            stack.enter_context(forced_env(BWD_BV_ENV, bv))
+        return stack
 
     rows: list[dict] = []
     bw = copy_bandwidth(device) if device == "cuda" else 50e9
@@ -240,7 +250,7 @@ def bench(shapes: dict, ops, quick: bool, fla, check: bool, device, bwd_variants
                     if impl.startswith("ours") and op != "gated_delta":
                         row["bwd"] = variant
                     try:
-                        with forced_env(BWD_ENV, variant):
+                        with variant_env(variant):
                             ms = time_ms(runner(fn, a, mode), quick, device)
                         row.update(ms=ms, gbps=fb / (ms * 1e-3) / 1e9, floor_ms=fb / bw * 1e3,
                                    x_floor=ms / (fb / bw * 1e3), status="ok")
@@ -295,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of " + ",".join(OPS))
     p.add_argument("--shapes", default=None, help="comma-separated subset of " + ",".join(SHAPES))
     p.add_argument("--bwd", default="fused,chunked",
-                   help="backward variants of ours (SPEEDZOO_GLA_BWD), the first is the 'ours' row")
+                   help="backward variants of ours, the first is the 'ours' row: fused | chunked, each with an "
+                        "optional @BV (e.g. chunked@64)")
     p.add_argument("--name", default=None, help="results name (default linear_attention[_quick][_cpu])")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
