@@ -1,11 +1,13 @@
 """Data-parallel scaling of a training recipe: DDP and FSDP at 1, 2, ..., N GPUs for a fixed budget.
 
     zoo bench scaling [--gpus N] [--strategies ddp,fsdp] [--config cifar10_vit_micro.yaml] [--epochs 3]
-                      [--batch-size 512] [--out-dir benchmarks/results]
+                      [--batch-size 512 | --global-batch 512] [--out-dir benchmarks/results]
 
-Each cell is one ``zoo fit`` process (Lightning starts one more per extra device) with the per-device batch
-size fixed, so the global batch grows with the GPU count and the recipe's ``lr_base_batch_size`` scales the
-learning rate with it. Throughput is the run's ``fit_summary.json`` figure: training images/s over all
+Each cell is one ``zoo fit`` process (Lightning starts one more per extra device). By default the per-device
+batch size is fixed, so the global batch grows with the GPU count and the recipe's ``lr_base_batch_size``
+scales the learning rate with it (weak scaling: fewer, larger steps). ``--global-batch`` fixes the global
+batch instead (per device = global / n): the same steps at the same learning rate at every n, so final
+accuracy compares like for like (strong scaling). Throughput is the run's ``fit_summary.json`` figure: training images/s over all
 devices with each epoch's first batch and validation left out. Efficiency = img/s at n GPUs / (n × img/s at
 one GPU, same strategy). Final accuracy is the last validation top-1 (a fixed epoch budget: the same number
 of images seen at every n, in fewer, larger steps). Rows go to ``benchmarks/results/scaling.{json,md}``.
@@ -33,9 +35,9 @@ def fit_command(config: str, strategy: str, devices: int, epochs: int, batch_siz
             "--checkpoint_every_n_steps", "0", "--export", "false", "--progress", "log", *(extra or [])]
 
 
-def build_rows(cells: list[dict[str, Any]], model: str, img_size: Any, batch_size: int) -> list[dict[str, Any]]:
-    """Result rows from cells {strategy, gpus, summary (fit_summary.json)}, with efficiency against the same
-    strategy's one-GPU cell."""
+def build_rows(cells: list[dict[str, Any]], model: str, img_size: Any) -> list[dict[str, Any]]:
+    """Result rows from cells {strategy, gpus, per_device_batch, summary (fit_summary.json)}, with efficiency
+    against the same strategy's one-GPU cell."""
     base = {c["strategy"]: c["summary"].get("img_per_s") for c in cells if c["gpus"] == 1}
     rows = []
     for c in sorted(cells, key=lambda c: (c["strategy"], c["gpus"])):
@@ -45,7 +47,8 @@ def build_rows(cells: list[dict[str, Any]], model: str, img_size: Any, batch_siz
         rows.append({
             "model": model, "img_size": img_size, "mode": "train", "impl": c["strategy"],
             "dtype": s.get("precision"), "gpus": c["gpus"], "strategy": c["strategy"],
-            "global_batch": batch_size * c["gpus"], "img_per_s": rate,
+            "per_device_batch": c["per_device_batch"], "global_batch": c["per_device_batch"] * c["gpus"],
+            "img_per_s": rate,
             "efficiency": (rate / (c["gpus"] * ref)) if (rate and ref) else None,
             "final_top1": s.get("val_top1"), "epochs": s.get("epochs"), "steps": s.get("global_step"),
         })
@@ -75,6 +78,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--config", default="cifar10_vit_micro.yaml")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=512, help="per device")
+    p.add_argument("--global-batch", type=int, default=None,
+                   help="fix the global batch instead (per device = global / n; must divide)")
     p.add_argument("--accelerator", default="gpu")
     p.add_argument("--run-root", default="runs/scaling")
     p.add_argument("--out-dir", default=None, help="default benchmarks/results")
@@ -84,13 +89,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.gpus < 1:
         p.error("no GPU found; pass --gpus N (with --accelerator cpu to check the script on the CPU)")
     counts = [int(c) for c in args.counts.split(",")] if args.counts else list(range(1, args.gpus + 1))
+    if args.global_batch is not None and any(args.global_batch % n for n in counts):
+        p.error(f"--global-batch {args.global_batch} does not split evenly over {counts} devices")
     set_distributed_env()
     model, img_size = _recipe_model(args.config)
     cells = []
     for strategy in [s.strip() for s in args.strategies.split(",") if s.strip()]:
         for n in counts:
             run_dir = Path(args.run_root) / f"{strategy}_{n}"
-            cmd = fit_command(args.config, strategy, n, args.epochs, args.batch_size, run_dir, args.accelerator,
+            per_device = args.global_batch // n if args.global_batch is not None else args.batch_size
+            cmd = fit_command(args.config, strategy, n, args.epochs, per_device, run_dir, args.accelerator,
                               args.extra)
             log.info("%s on %d device(s): %s", strategy, n, " ".join(cmd))
             (run_dir / "fit_summary.json").unlink(missing_ok=True)
@@ -99,12 +107,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             if proc.returncode != 0 or not summary_file.is_file():
                 log.error("%s on %d device(s) failed (exit %d); row left out", strategy, n, proc.returncode)
                 continue
-            cells.append({"strategy": strategy, "gpus": n, "summary": json.loads(summary_file.read_text())})
+            cells.append({"strategy": strategy, "gpus": n, "per_device_batch": per_device,
+                          "summary": json.loads(summary_file.read_text())})
             log.info("%s x%d: %s", strategy, n, cells[-1]["summary"])
-    rows = build_rows(cells, model, img_size, args.batch_size)
+    rows = build_rows(cells, model, img_size)
     path = write_results(args.name, rows, command="zoo bench scaling " + " ".join(argv or sys.argv[1:]),
                          out_dir=args.out_dir, extra_meta={"gpus": args.gpus, "config": args.config,
-                                                          "epochs": args.epochs, "per_device_batch": args.batch_size})
+                                                          "epochs": args.epochs,
+                                                          "batch": (f"global {args.global_batch}" if args.global_batch
+                                                                    else f"per device {args.batch_size}")})
     log.info("wrote %s", path)
     return 0 if len(cells) == len(counts) * len(args.strategies.split(",")) else 1
 
