@@ -16,13 +16,14 @@ Design: one kernel per direction, state kept on chip.
   take the dot path; extreme gates (< -0.6 per token on average) take the slow exact one.
 - ``DELTA``: the gated delta rule in WY form reuses the same walk with v replaced per chunk by
   v_new = U - W S (U, W from the wrapper's UT transform), see kernels/delta_rule.
-- Backward walks chunks in reverse with dS [K, BV] on chip; chunk-start states come from the forward
-  (stored only when a gradient is needed, fp32). ``SPEEDZOO_GLA_BWD=chunked`` splits it: a dS-only walk
-  (``_bwd_dh_kernel``) stores dS per chunk, then the same gradient code runs for all chunks at once (see
-  bwd_variant). It writes dq, dk partial per V-block (summed by the
-  wrapper), dv, dh0, and for gates the chunk-end term sum(dS * S_next); the gate gradient is then
+- Backward (default ``fused``) walks chunks in reverse with dS [K, BV] on chip; chunk-start states come from
+  the forward (stored only when a gradient is needed, fp32). It writes dq, dk partial per V-block (summed by
+  the wrapper), dv, dh0, and for gates the chunk-end term sum(dS * S_next); the gate gradient is then
   d b_t = q_t*dq_t - k_t*dk_t (+ that term at the chunk's last row), which the cumsum's autograd turns
   into dg (the reverse-cumsum identity of fla, derived in kernels/gla/__init__.py).
+  ``SPEEDZOO_GLA_BWD=chunked``: a dS-only walk (``_bwd_dh_kernel``) stores dS per chunk, then the same gradient
+  code runs for all chunks at once; ``=split``: the same walk, then fla's layout (``_split_dv_kernel``,
+  ``_split_dqk_kernel``). See bwd_variant.
 - fp32 inputs use IEEE fp32 dots; bf16/fp16 inputs cast dot operands to that dtype (fp32 accumulate).
   Base offsets are int64.
 """
@@ -39,7 +40,10 @@ from kernels.common import interpreting
 __all__ = ["chunk_scan_fwd", "chunk_scan_bwd", "ChunkScanFn", "FAST_LIMIT", "bwd_variant"]
 
 NUM_STAGES = 2  # software pipelining of the chunk loop on the GPU
-BWD_ENV = "SPEEDZOO_GLA_BWD"  # fused (default) | chunked: the backward's layout, see bwd_variant()
+BWD_ENV = "SPEEDZOO_GLA_BWD"  # fused (default) | chunked | split: the backward's layout, see bwd_variant()
+# the split backward's K block, V block and warps: the largest tiles that compile for sm_90 without spills
+# at K = V = 128 (zoo.bench.kernel_resources; 64 x 64 on 4 warps spilled 0.9-2.1 KB per thread)
+SPLIT_BK, SPLIT_BV, SPLIT_WARPS = 32, 64, 8
 BWD_BV_ENV = "SPEEDZOO_GLA_BWD_BV"  # the backward's V block (power of two >= 16), for benchmark sweeps
 FAST_LIMIT = 40.0  # max |b| inside a chunk for the factored per-channel path (e^40 ~ 2e17, safe in fp32)
 
@@ -322,14 +326,157 @@ def _bwd_kernel(
         tl.store(dh0_ptr + i_bh * K * V + ok[:, None] * V + ov[None, :], dS, mask=mkv)
 
 
+@triton.jit
+def _chunk_gates(g_base, t, c, okb, mkb, H, K, C: tl.constexpr, GATE: tl.constexpr):
+    """Gates of chunk c on a K-block: (b at the rows, b at the chunk's last row); GATE 1 gives scalars per row."""
+    if GATE == 2:
+        b = tl.load(g_base + t[:, None] * (H * K) + okb[None, :], mask=mkb[None, :], other=0.0)
+        bl = tl.load(g_base + (c * C + C - 1) * (H * K) + okb, mask=mkb, other=0.0)
+    else:
+        b = tl.load(g_base + t * H)
+        bl = tl.load(g_base + (c * C + C - 1) * H)
+    return b, bl
+
+
+@triton.jit
+def _split_dv_kernel(
+    q_ptr, k_ptr, v_ptr, b_ptr, st_ptr, dh_ptr, do_ptr, dv_ptr, dgl_ptr,
+    T, TP, H, K, V, NT, scale,
+    C: tl.constexpr, BKS: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr, DOT: tl.constexpr,
+):
+    """Split backward, part 1: one program per (V-block, batch·head, chunk) forms dv = A^T do + kd dS and the
+    chunk-end gate term sum(dS * S_end), looping over K-blocks of BKS (A and kd need every key channel)."""
+    i_v, i_bh, i_b, i_h, rows, _, ov, _, mv = _program_tile(H, K, V, C, BKS, BV)
+    c = tl.program_id(2)
+    n_bh = tl.num_programs(1).to(tl.int64)
+    t = c * C + rows
+    mt = t < T
+    mtv = mt[:, None] & mv[None, :]
+    causal = rows[:, None] >= rows[None, :]
+    q_base = q_ptr + (i_b * T * H + i_h) * K
+    k_base = k_ptr + (i_b * T * H + i_h) * K
+    g_base = _gate_base(b_ptr, i_b, i_h, TP, H, K, GATE)
+    v = tl.load(v_ptr + (i_b * T * H + i_h) * V + t[:, None] * (H * V) + ov[None, :], mask=mtv, other=0.0)
+    v = v.to(tl.float32)
+    do = tl.load(do_ptr + (i_b * T * H + i_h) * V + t[:, None] * (H * V) + ov[None, :], mask=mtv, other=0.0)
+    do = do.to(tl.float32)
+    A = tl.zeros([C, C], dtype=tl.float32)
+    dv = tl.zeros([C, BV], dtype=tl.float32)
+    end_term = tl.sum(tl.zeros([1], dtype=tl.float32), 0)
+    for kb in range(0, tl.cdiv(K, BKS)):
+        okb = kb * BKS + tl.arange(0, BKS)
+        mkb = okb < K
+        mqk = mt[:, None] & mkb[None, :]
+        q = tl.load(q_base + t[:, None] * (H * K) + okb[None, :], mask=mqk, other=0.0).to(tl.float32)
+        k = tl.load(k_base + t[:, None] * (H * K) + okb[None, :], mask=mqk, other=0.0).to(tl.float32)
+        state = ((i_bh * NT + c) * K + okb[:, None]) * V + ov[None, :]
+        mkv = mkb[:, None] & mv[None, :]
+        dS = tl.load(dh_ptr + state, mask=mkv, other=0.0)
+        if GATE == 0:
+            A += _dot(q, tl.trans(k), DOT)
+            kd = k
+        else:
+            b, bl = _chunk_gates(g_base, t, c, okb, mkb, H, K, C, GATE)
+            if GATE == 1:
+                A += _dot(q, tl.trans(k), DOT)
+                kd = k * tl.exp(bl - b)[:, None]
+            else:
+                A += _dot(q * tl.exp(b), tl.trans(k * tl.exp(-b)), DOT)
+                kd = k * tl.exp(bl[None, :] - b)
+        dv += _dot(kd, dS, DOT)
+        if GATE != 0:
+            Sc = tl.load(st_ptr + state, mask=mkv, other=0.0)
+            if GATE == 1:
+                Sn = Sc * tl.exp(bl) + _dot(tl.trans(kd), v, DOT)
+                end_term += tl.sum(tl.sum(dS * Sn, 1), 0)
+            else:
+                Sn = Sc * tl.exp(bl)[:, None] + _dot(tl.trans(kd), v, DOT)
+                tl.store(dgl_ptr + ((i_v * n_bh + i_bh) * NT + c) * K + okb, tl.sum(dS * Sn, 1), mask=mkb)
+    if GATE == 1:
+        bt = tl.load(g_base + t * H)
+        A = A * tl.exp(tl.where(causal, bt[:, None] - bt[None, :], float("-inf")))
+        tl.store(dgl_ptr + (i_v * n_bh + i_bh) * NT + c, end_term)
+    else:
+        A = tl.where(causal, A, 0.0)
+    dv += scale * _dot(tl.trans(A), do, DOT)
+    tl.store(dv_ptr + (i_b * T * H + i_h) * V + t[:, None] * (H * V) + ov[None, :], dv, mask=mtv)
+
+
+@triton.jit
+def _split_dqk_kernel(
+    q_ptr, k_ptr, v_ptr, b_ptr, st_ptr, dh_ptr, do_ptr, dq_ptr, dk_ptr,
+    T, TP, H, K, V, NT, scale,
+    C: tl.constexpr, BKS: tl.constexpr, BVS: tl.constexpr, GATE: tl.constexpr, DOT: tl.constexpr,
+):
+    """Split backward, part 2: one program per (K-block, batch·head, chunk) forms dq and dk on its key
+    channels, looping over V-blocks of BVS for dA = do v^T and the state terms (no partial sums to add)."""
+    i_k = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    c = tl.program_id(2)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    rows = tl.arange(0, C)
+    t = c * C + rows
+    mt = t < T
+    okb = i_k * BKS + tl.arange(0, BKS)
+    mkb = okb < K
+    mqk = mt[:, None] & mkb[None, :]
+    causal = rows[:, None] >= rows[None, :]
+    dA = tl.zeros([C, C], dtype=tl.float32)
+    dq = tl.zeros([C, BKS], dtype=tl.float32)
+    dk = tl.zeros([C, BKS], dtype=tl.float32)
+    for vb in range(0, tl.cdiv(V, BVS)):
+        ov = vb * BVS + tl.arange(0, BVS)
+        mv = ov < V
+        mtv = mt[:, None] & mv[None, :]
+        v = tl.load(v_ptr + (i_b * T * H + i_h) * V + t[:, None] * (H * V) + ov[None, :], mask=mtv, other=0.0)
+        do = tl.load(do_ptr + (i_b * T * H + i_h) * V + t[:, None] * (H * V) + ov[None, :], mask=mtv, other=0.0)
+        v = v.to(tl.float32)
+        do = do.to(tl.float32)
+        state = ((i_bh * NT + c) * K + okb[:, None]) * V + ov[None, :]
+        mkv = mkb[:, None] & mv[None, :]
+        Sc = tl.load(st_ptr + state, mask=mkv, other=0.0)
+        dS = tl.load(dh_ptr + state, mask=mkv, other=0.0)
+        dA += _dot(do, tl.trans(v), DOT)
+        dq += _dot(do, tl.trans(Sc), DOT)
+        dk += _dot(v, tl.trans(dS), DOT)
+    dA = tl.where(causal, dA, 0.0) * scale
+    q = tl.load(q_ptr + (i_b * T * H + i_h) * K + t[:, None] * (H * K) + okb[None, :], mask=mqk, other=0.0)
+    k = tl.load(k_ptr + (i_b * T * H + i_h) * K + t[:, None] * (H * K) + okb[None, :], mask=mqk, other=0.0)
+    q = q.to(tl.float32)
+    k = k.to(tl.float32)
+    if GATE == 0:
+        dq = scale * dq + _dot(dA, k, DOT)
+        dk = dk + _dot(tl.trans(dA), q, DOT)
+    else:
+        g_base = _gate_base(b_ptr, i_b, i_h, TP, H, K, GATE)
+        b, bl = _chunk_gates(g_base, t, c, okb, mkb, H, K, C, GATE)
+        if GATE == 1:
+            dA = dA * tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))
+            dq = scale * tl.exp(b)[:, None] * dq + _dot(dA, k, DOT)
+            dk = tl.exp(bl - b)[:, None] * dk + _dot(tl.trans(dA), q, DOT)
+        else:
+            eb = tl.exp(b)
+            dq = scale * eb * dq + eb * _dot(dA, k * tl.exp(-b), DOT)
+            dk = tl.exp(bl[None, :] - b) * dk + tl.exp(-b) * _dot(tl.trans(dA), q * eb, DOT)
+    dq_base = dq_ptr + (i_b * T * H + i_h) * K
+    dk_base = dk_ptr + (i_b * T * H + i_h) * K
+    tl.store(dq_base + t[:, None] * (H * K) + okb[None, :], dq, mask=mqk)
+    tl.store(dk_base + t[:, None] * (H * K) + okb[None, :], dk, mask=mqk)
+
+
 def bwd_variant() -> str:
     """``fused``: one program per (V-block, batch·head) walks every chunk in reverse (few programs, each a
     long dependent chain: 7.5 ms against a 0.61 ms forward for simple GLA at B 8, T 4096, H 16, D 128 on the
     H200). ``chunked``: only dS walks the chunks (_bwd_dh_kernel, one dot per chunk), then one program per
-    (V-block, batch·head, chunk) forms the gradients. The delta rule keeps ``fused`` (its dv feeds dS)."""
+    (V-block, batch·head, chunk) forms the gradients (its [C, K] tiles spill at K = 128 when compiled for
+    sm_90, and each V-block recomputes q k^T). ``split`` (fla's layout): the same dS walk, then dv per
+    (V-block, chunk) and dq, dk per (K-block, chunk), each looping over the other dimension in blocks;
+    per-channel gates past the fast path's limit fall back to ``chunked``. The delta rule keeps ``fused``
+    (its dv feeds dS)."""
     choice = os.environ.get(BWD_ENV, "fused").lower()
-    if choice not in ("fused", "chunked"):
-        raise ValueError(f"{BWD_ENV} must be 'fused' or 'chunked', got {choice!r}")
+    if choice not in ("fused", "chunked", "split"):
+        raise ValueError(f"{BWD_ENV} must be 'fused', 'chunked' or 'split', got {choice!r}")
     return choice
 
 
@@ -388,9 +535,57 @@ def chunk_scan_fwd(q, k, v, b, w, h0, scale, C, gate, delta, need_ht, store_stat
     return o, ht, st, vn
 
 
+def _launch_opts(warps: int) -> dict:
+    return {} if interpreting() else dict(num_warps=warps, num_stages=NUM_STAGES)
+
+
+def _dh_walk(q, b, do, dht, dh0, scale, C, gate, NT):
+    """dS at every chunk's end, [B, H, NT, K, V] fp32 (and dh0 filled when given): _bwd_dh_kernel."""
+    B, T, H, K = q.shape
+    V = do.shape[-1]
+    dh = torch.empty(B, H, NT, K, V, device=q.device, dtype=torch.float32)
+    BK, BV, warps = _blocks(K, V, bwd=False)
+    _bwd_dh_kernel[(triton.cdiv(V, BV), B * H)](
+        q, b if b is not None else dh, do, dht if dht is not None else dh, dh, dh0 if dh0 is not None else dh,
+        T, NT * C, H, K, V, NT, float(scale), C=C, BK=BK, BV=BV, GATE=gate, HAS_DHT=dht is not None,
+        STORE_DH0=dh0 is not None, DOT=_dot_mode(q.dtype), **_launch_opts(warps))
+    return dh
+
+
+def _split_bwd(q, k, v, b, st, do, dht, scale, C, gate, need_dh0):
+    """The split backward: dS walk, then dv (+ gate end terms) per (V-block, chunk) and dq, dk per
+    (K-block, chunk), each looping over the other dimension in blocks."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    NT = max(1, triton.cdiv(T, C))
+    f32 = dict(device=q.device, dtype=torch.float32)
+    dh0 = torch.empty(B, H, K, V, **f32) if need_dh0 else None
+    dh = _dh_walk(q, b, do, dht, dh0, scale, C, gate, NT)
+    BKS = min(SPLIT_BK, max(16, triton.next_power_of_2(K)))
+    BVS = min(SPLIT_BV, max(16, triton.next_power_of_2(V)))
+    NV = triton.cdiv(V, BVS)
+    dq = torch.empty(B, T, H, K, **f32)
+    dk = torch.empty(B, T, H, K, **f32)
+    dv = torch.empty(B, T, H, V, **f32)
+    dgl = torch.empty(NV, B, H, NT, K if gate == 2 else 1, **f32) if gate else None
+    common = (T, NT * C, H, K, V, NT, float(scale))
+    _split_dv_kernel[(NV, B * H, NT)](
+        q, k, v, b if b is not None else dh, st, dh, do, dv, dgl if dgl is not None else dh, *common,
+        C=C, BKS=BKS, BV=BVS, GATE=gate, DOT=_dot_mode(q.dtype), **_launch_opts(SPLIT_WARPS))
+    _split_dqk_kernel[(triton.cdiv(K, BKS), B * H, NT)](
+        q, k, v, b if b is not None else dh, st, dh, do, dq, dk, *common,
+        C=C, BKS=BKS, BVS=BVS, GATE=gate, DOT=_dot_mode(q.dtype), **_launch_opts(SPLIT_WARPS))
+    return dq, dk, dv, None, dh0, dgl.sum(0) if dgl is not None else None
+
+
 def chunk_scan_bwd(q, k, v, b, w, st, do, dht, scale, C, gate, delta, need_dh0):
     """Launch the backward (with delta, v is the forward's v_new); returns (dq, dk, dv, dw, dh0, dgl) in fp32
     (dq, dk summed over V-blocks)."""
+    variant = "fused" if delta else bwd_variant()
+    if variant == "split" and gate == 2 and float(b.abs().amax()) >= FAST_LIMIT:
+        variant = "chunked"  # the exact path for extreme per-channel gates lives in _bwd_kernel
+    if variant == "split":
+        return _split_bwd(q, k, v, b, st, do, dht, scale, C, gate, need_dh0)
     B, T, H, K = q.shape
     V = v.shape[-1]
     NT = max(1, triton.cdiv(T, C))
@@ -407,19 +602,9 @@ def chunk_scan_bwd(q, k, v, b, w, st, do, dht, scale, C, gate, delta, need_dh0):
     dh0 = torch.empty(B, H, K, V, **f32) if need_dh0 else None
     dgl = torch.empty(NV, B, H, NT, K if gate == 2 else 1, **f32) if gate else None
     dummy = dq
-    parallel = not delta and bwd_variant() == "chunked"
-    dh = None
-    if parallel:  # the sequential dS walk first, then every chunk at once
-        dh = torch.empty(B, H, NT, K, V, **f32)
-        _, BVH, warps_h = _blocks(K, V, bwd=False)
-        _bwd_dh_kernel[(triton.cdiv(V, BVH), B * H)](
-            q, b if b is not None else dummy, do, dht if dht is not None else dummy, dh,
-            dh0 if dh0 is not None else dummy, T, TP, H, K, V, NT, float(scale),
-            C=C, BK=BK, BV=BVH, GATE=gate, HAS_DHT=dht is not None, STORE_DH0=need_dh0, DOT=_dot_mode(q.dtype),
-            **({} if interpreting() else dict(num_warps=warps_h, num_stages=NUM_STAGES)))
-    grid = (NV, B * H, NT) if parallel else (NV, B * H)
-    extra = {} if interpreting() else dict(num_warps=warps, num_stages=NUM_STAGES)
-    _bwd_kernel[grid](
+    parallel = variant == "chunked"
+    dh = _dh_walk(q, b, do, dht, dh0, scale, C, gate, NT) if parallel else None
+    _bwd_kernel[(NV, B * H, NT) if parallel else (NV, B * H)](
         q, k, v, b if b is not None else dummy, w if w is not None else dummy, st, do,
         dht if dht is not None else dummy,
         dq, dk, dv, dw if dw is not None else dummy, dh0 if dh0 is not None else dummy,
@@ -427,7 +612,7 @@ def chunk_scan_bwd(q, k, v, b, w, st, do, dht, scale, C, gate, delta, need_dh0):
         T, TP, H, K, V, NT, float(scale),
         C=C, BK=BK, BV=BV, GATE=gate, DELTA=delta, HAS_DHT=dht is not None and not parallel,
         STORE_DH0=need_dh0 and not parallel, DOT=_dot_mode(q.dtype), LIMIT=FAST_LIMIT, PARALLEL=parallel,
-        **extra)
+        **_launch_opts(warps))
     dq, dk = dq.sum(0), dk.sum(0)
     if dw is not None:
         dw = dw.sum(0)

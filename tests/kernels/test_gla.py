@@ -87,16 +87,21 @@ def test_causal_values_and_grads(gate, dtype, T, K, V, C):
     _check(1, T, 2, K, V, gate, dtype, C=C)
 
 
+@pytest.mark.parametrize("variant", ["chunked", "split"])
 @pytest.mark.parametrize("gate", ["none", "scalar", "vector"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_chunk_parallel_backward(gate, dtype, monkeypatch):
-    """SPEEDZOO_GLA_BWD=chunked (dS walk, then every chunk at once) gives the same gradients: several chunks,
-    a ragged last one, with and without h0 and dh_T, causal and bidirectional, extreme gates."""
-    monkeypatch.setenv("SPEEDZOO_GLA_BWD", "chunked")
+def test_chunk_parallel_backward(gate, dtype, variant, monkeypatch):
+    """SPEEDZOO_GLA_BWD=chunked / split (dS walk, then every chunk at once) give the same gradients: several
+    chunks, a ragged last one, with and without h0 and dh_T, causal and bidirectional, extreme gates
+    (split hands those to chunked)."""
+    monkeypatch.setenv("SPEEDZOO_GLA_BWD", variant)
     _check(1, 70, 2, 32, 48, gate, dtype, C=16)
-    monkeypatch.setenv("SPEEDZOO_GLA_BWD_BV", "16")  # three V blocks: dq, dk summed over them
-    _check(1, 70, 2, 32, 48, gate, dtype, C=16)
-    monkeypatch.delenv("SPEEDZOO_GLA_BWD_BV")
+    if variant == "chunked":
+        monkeypatch.setenv("SPEEDZOO_GLA_BWD_BV", "16")  # three V blocks: dq, dk summed over them
+        _check(1, 70, 2, 32, 48, gate, dtype, C=16)
+        monkeypatch.delenv("SPEEDZOO_GLA_BWD_BV")
+    else:  # K and V past one block: the loops over blocks and their masks
+        _check(1, 40, 1, 80, 72, gate, dtype, C=16)  # 3 K-blocks of 32, 2 V-blocks of 64
     if dtype == torch.float32:
         _check(2, 20, 1, 16, 16, gate, dtype, h0=False)
         _check(1, 40, 2, 16, 16, gate, dtype, h0=False, causal=False)
@@ -108,7 +113,7 @@ def test_backward_variant_is_checked(monkeypatch):
     from kernels.gla.triton import bwd_variant
 
     monkeypatch.setenv("SPEEDZOO_GLA_BWD", "parallel")
-    with pytest.raises(ValueError, match="fused' or 'chunked"):
+    with pytest.raises(ValueError, match="fused', 'chunked' or 'split"):
         bwd_variant()
     monkeypatch.setenv("SPEEDZOO_GLA_BWD", "fused")
     monkeypatch.setenv("SPEEDZOO_GLA_BWD_BV", "24")
@@ -184,7 +189,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("bwd", ["fused", "chunked"])
+@pytest.mark.parametrize("bwd", ["fused", "chunked", "split"])
 @pytest.mark.parametrize("gate", ["none", "scalar", "vector"])
 @pytest.mark.parametrize("shape", [(2, 500, 4, 64), (2, 1024, 8, 128)])
 def test_gpu_bf16_vs_fp32_reference(gate, shape, bwd, monkeypatch):
@@ -198,7 +203,7 @@ def test_gpu_bf16_vs_fp32_reference(gate, shape, bwd, monkeypatch):
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("bwd", ["fused", "chunked"])
+@pytest.mark.parametrize("bwd", ["fused", "chunked", "split"])
 @pytest.mark.parametrize("gate", ["scalar", "vector"])
 def test_gpu_fp32_and_bidirectional(gate, bwd, monkeypatch):
     if os.environ.get("TRITON_INTERPRET") == "1":

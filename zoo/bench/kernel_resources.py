@@ -86,7 +86,7 @@ def linear_attention_rows(D: int, DV: int) -> list[dict[str, Any]]:
 
 def gla_rows(K: int, V: int) -> list[dict[str, Any]]:
     """The chunked GLA / delta-rule kernels (bf16 inputs, chunk 64) at the launch configurations of
-    kernels.gla.triton for (K, V): forward, fused and chunk-parallel backward, and the dS walk."""
+    kernels.gla.triton for (K, V): forward, the dS walk, and the fused, chunked and split backward."""
     import kernels.gla.triton as g
 
     bf16 = {n: "*bf16" for n in ("q_ptr", "k_ptr", "v_ptr", "do_ptr", "o_ptr")}
@@ -109,6 +109,12 @@ def gla_rows(K: int, V: int) -> list[dict[str, Any]]:
             if not delta:
                 add("_bwd_dh_kernel", f"{tag} BV {BV}", g._bwd_dh_kernel,
                     dict(BK=BK, BV=BV, GATE=gate, HAS_DHT=True, STORE_DH0=True), bf16, warps)
+            if not delta:
+                BKS, BVS = (min(blk, max(16, 1 << (n - 1).bit_length())) for blk, n in ((g.SPLIT_BK, K), (g.SPLIT_BV, V)))
+                add("_split_dv_kernel", f"{tag} BK {BKS} BV {BVS}", g._split_dv_kernel,
+                    dict(BKS=BKS, BV=BVS, GATE=gate), bf16, g.SPLIT_WARPS)
+                add("_split_dqk_kernel", f"{tag} BK {BKS} BV {BVS}", g._split_dqk_kernel,
+                    dict(BKS=BKS, BVS=BVS, GATE=gate), bf16, g.SPLIT_WARPS)
             BK, BV, warps = g._blocks(K, V, bwd=True)
             for parallel in ((0, 1) if not delta else (0,)):
                 add("_bwd_kernel" + (" chunked" if parallel else " fused"), f"{tag} BV {BV}", g._bwd_kernel,

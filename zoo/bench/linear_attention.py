@@ -198,7 +198,8 @@ def bench(shapes: dict, ops, quick: bool, fla, check: bool, device, bwd_variants
           on_row=None) -> list[dict]:
     """Rows of every (shape, op, impl, mode); ``on_row(rows)`` after each (so a cut-off run keeps its rows).
     Each extra backward variant of ours adds an ``ours-<variant>-bwd`` fwdbwd row (not for the delta rule):
-    ``fused`` / ``chunked`` (SPEEDZOO_GLA_BWD), optionally ``@BV`` for the V block (SPEEDZOO_GLA_BWD_BV)."""
+    ``fused`` / ``chunked`` / ``split`` (SPEEDZOO_GLA_BWD), optionally ``@BV`` for the V block of the first two
+    (SPEEDZOO_GLA_BWD_BV)."""
     from contextlib import ExitStack
 
     from kernels.gla.triton import BWD_BV_ENV, BWD_ENV
@@ -304,9 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-check", action="store_true", help="skip the ours-vs-fla forward check")
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of " + ",".join(OPS))
     p.add_argument("--shapes", default=None, help="comma-separated subset of " + ",".join(SHAPES))
-    p.add_argument("--bwd", default="fused,chunked",
-                   help="backward variants of ours, the first is the 'ours' row: fused | chunked, each with an "
-                        "optional @BV (e.g. chunked@64)")
+    p.add_argument("--bwd", default="fused,chunked,split",
+                   help="backward variants of ours, the first is the 'ours' row: fused | chunked | split, with an "
+                        "optional @BV for fused / chunked (e.g. chunked@64)")
     p.add_argument("--name", default=None, help="results name (default linear_attention[_quick][_cpu])")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
