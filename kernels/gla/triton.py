@@ -134,10 +134,9 @@ def _bwd_dh_kernel(
         if GATE == 0:
             bl = 0.0
             qg = q
-        elif GATE == 1:  # row factor on do, not a [C, K] copy of q
+        elif GATE == 1:
             bl = tl.load(g_base + (c * C + C - 1) * H)
-            qg = q
-            do = do * tl.exp(tl.load(g_base + t * H))[:, None]
+            qg = q * tl.exp(tl.load(g_base + t * H))[:, None]
         else:
             bl = tl.load(g_base + (c * C + C - 1) * (H * K) + ok, mask=mk, other=0.0)
             qg = q * tl.exp(tl.load(g_base + t[:, None] * (H * K) + ok[None, :], mask=mk[None, :], other=0.0))
@@ -193,9 +192,8 @@ def _fwd_kernel(
             bl = tl.load(g_base + (c * C + C - 1) * H)
             dec = tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))
             A = _dot(q, tl.trans(k), DOT) * dec
-            # scalar gates are row factors: scale the [C] rows of the small operands, not [C, K] copies of q, k
-            o = tl.exp(b)[:, None] * _dot(q, S, DOT) + _dot(A, v, DOT)
-            S = S * tl.exp(bl) + _dot(tl.trans(k), v * tl.exp(bl - b)[:, None], DOT)
+            o = _dot(q * tl.exp(b)[:, None], S, DOT) + _dot(A, v, DOT)
+            S = S * tl.exp(bl) + _dot(tl.trans(k * tl.exp(bl - b)[:, None]), v, DOT)
         else:
             b = tl.load(g_base + t[:, None] * (H * K) + ok[None, :], mask=mk[None, :], other=0.0)
             bl = tl.load(g_base + (c * C + C - 1) * (H * K) + ok, mask=mk, other=0.0)
@@ -271,7 +269,6 @@ def _bwd_kernel(
             dk = _dot(tl.trans(dA), q, DOT) + _dot(v, tl.trans(dS), DOT)
             kd = k
             qg = q
-            dog = do
             bl = 0.0
         elif GATE == 1:
             b = tl.load(g_base + t * H)
@@ -280,18 +277,14 @@ def _bwd_kernel(
             A = _dot(q, tl.trans(k), DOT) * dec
             dA = dA * dec
             dq = scale * tl.exp(b)[:, None] * _dot(do, tl.trans(Sc), DOT) + _dot(dA, k, DOT)
-            # the gates are row factors: applied to [C] rows of dot results and of the [C, BV] operands,
-            # never to [C, K] copies of q and k (fewer live tiles: spills down at K = 128)
-            kd = k
-            qg = q
-            dog = do * tl.exp(b)[:, None]
+            kd = k * tl.exp(bl - b)[:, None]
+            qg = q * tl.exp(b)[:, None]
             dk = _dot(tl.trans(dA), q, DOT) + tl.exp(bl - b)[:, None] * _dot(v, tl.trans(dS), DOT)
         else:
             b = tl.load(g_base + t[:, None] * (H * K) + ok[None, :], mask=mk[None, :], other=0.0)
             bl = tl.load(g_base + (c * C + C - 1) * (H * K) + ok, mask=mk, other=0.0)
             eb = tl.exp(b)
             qg = q * eb
-            dog = do
             kd = k * tl.exp(bl[None, :] - b)
             dq = scale * eb * _dot(do, tl.trans(Sc), DOT)
             dk = _dot(v, tl.trans(dS), DOT) * tl.exp(bl[None, :] - b)
@@ -313,17 +306,15 @@ def _bwd_kernel(
                     dq += da[:, None] * ks[None, :] * e
                     dks = tl.sum(da[:, None] * q * e, 0)
                     dk += tl.where(rows[:, None] == s, dks[None, :], 0.0)
+        dv = scale * _dot(tl.trans(A), do, DOT) + _dot(kd, dS, DOT)
         if GATE == 1:
-            dv = scale * _dot(tl.trans(A), do, DOT) + tl.exp(bl - b)[:, None] * _dot(kd, dS, DOT)
-            Sn = Sc * tl.exp(bl) + _dot(tl.trans(kd), v * tl.exp(bl - b)[:, None], DOT)
+            Sn = Sc * tl.exp(bl) + _dot(tl.trans(kd), v, DOT)
             tl.store(dgl_ptr + (i_v * n_bh + i_bh) * NT + c, tl.sum(tl.sum(dS * Sn, 1), 0))
-        else:
-            dv = scale * _dot(tl.trans(A), do, DOT) + _dot(kd, dS, DOT)
         if GATE == 2:
             Sn = Sc * tl.exp(bl)[:, None] + _dot(tl.trans(kd), v, DOT)
             tl.store(dgl_ptr + ((i_v * n_bh + i_bh) * NT + c) * K + ok, tl.sum(dS * Sn, 1), mask=mk)
         if not PARALLEL:
-            dS = _ds_step(dS, qg, dog, bl, scale, GATE, DOT)
+            dS = _ds_step(dS, qg, do, bl, scale, GATE, DOT)
         if DELTA:
             dS = dS - _dot(tl.trans(w), dv, DOT)
             dw = -_dot(dv, tl.trans(Sc), DOT)
