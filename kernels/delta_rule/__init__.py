@@ -7,8 +7,9 @@ Triton path (CUDA tensors or TRITON_INTERPRET=1): the UT transform (U, W per chu
 solve over all chunks at once, in fp32 PyTorch, differentiable) feeds the on-chip-state chunk kernels of
 kernels.gla in their ``DELTA`` mode, which form v_new = U - W S_c per chunk (kept for the backward), run
 the simple-GLA chunk step and, backwards, hand dU = dv_new and dW = -dv_new S_c^T (plus the gate term) back
-to torch's autograd of the transform. So forward and backward of the sequential part are Triton; the parallel per-chunk transform
-(and its backward) is cuBLAS/cuSOLVER through PyTorch. Elsewhere the chunked PyTorch form runs.
+to torch's autograd of the transform. So forward and backward of the sequential part are Triton; the
+parallel per-chunk transform (and its backward) is cuBLAS/cuSOLVER through PyTorch. Elsewhere the chunked
+PyTorch form runs.
 """
 from __future__ import annotations
 

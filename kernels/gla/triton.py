@@ -88,6 +88,19 @@ def _gate_base(b_ptr, i_b, i_h, TP, H, K, GATE: tl.constexpr):
 
 
 @triton.jit
+def _chunk_gates(g_base, t, c, okb, mkb, H, K, C: tl.constexpr, GATE: tl.constexpr):
+    """Gates of chunk c (on key channels okb for GATE 2): (b at the rows t, b at the chunk's last row); GATE 1
+    gives one value per row."""
+    if GATE == 2:
+        b = tl.load(g_base + t[:, None] * (H * K) + okb[None, :], mask=mkb[None, :], other=0.0)
+        bl = tl.load(g_base + (c * C + C - 1) * (H * K) + okb, mask=mkb, other=0.0)
+    else:
+        b = tl.load(g_base + t * H)
+        bl = tl.load(g_base + (c * C + C - 1) * H)
+    return b, bl
+
+
+@triton.jit
 def _load_state(ptr, i_bh, ok, ov, mkv, K, V, BK: tl.constexpr, BV: tl.constexpr, PRESENT: tl.constexpr):
     """This program's [BK, BV] block of a [B, H, K, V] state (h0 or dh_T) in fp32; zeros when not given."""
     if PRESENT:
@@ -135,11 +148,11 @@ def _bwd_dh_kernel(
             bl = 0.0
             qg = q
         elif GATE == 1:
-            bl = tl.load(g_base + (c * C + C - 1) * H)
-            qg = q * tl.exp(tl.load(g_base + t * H))[:, None]
+            b, bl = _chunk_gates(g_base, t, c, ok, mk, H, K, C, GATE)
+            qg = q * tl.exp(b)[:, None]
         else:
-            bl = tl.load(g_base + (c * C + C - 1) * (H * K) + ok, mask=mk, other=0.0)
-            qg = q * tl.exp(tl.load(g_base + t[:, None] * (H * K) + ok[None, :], mask=mk[None, :], other=0.0))
+            b, bl = _chunk_gates(g_base, t, c, ok, mk, H, K, C, GATE)
+            qg = q * tl.exp(b)
         dS = _ds_step(dS, qg, do, bl, scale, GATE, DOT)
     if STORE_DH0:
         tl.store(dh0_ptr + i_bh * K * V + ok[:, None] * V + ov[None, :], dS, mask=mkv)
@@ -188,15 +201,13 @@ def _fwd_kernel(
             o = _dot(q, S, DOT) + _dot(A, v, DOT)
             S = S + _dot(tl.trans(k), v, DOT)
         elif GATE == 1:
-            b = tl.load(g_base + t * H)
-            bl = tl.load(g_base + (c * C + C - 1) * H)
+            b, bl = _chunk_gates(g_base, t, c, ok, mk, H, K, C, GATE)
             dec = tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))
             A = _dot(q, tl.trans(k), DOT) * dec
             o = _dot(q * tl.exp(b)[:, None], S, DOT) + _dot(A, v, DOT)
             S = S * tl.exp(bl) + _dot(tl.trans(k * tl.exp(bl - b)[:, None]), v, DOT)
         else:
-            b = tl.load(g_base + t[:, None] * (H * K) + ok[None, :], mask=mk[None, :], other=0.0)
-            bl = tl.load(g_base + (c * C + C - 1) * (H * K) + ok, mask=mk, other=0.0)
+            b, bl = _chunk_gates(g_base, t, c, ok, mk, H, K, C, GATE)
             qg = q * tl.exp(b)
             if tl.max(tl.abs(b)) < LIMIT:
                 A = tl.where(causal, _dot(qg, tl.trans(k * tl.exp(-b)), DOT), 0.0)
@@ -271,8 +282,7 @@ def _bwd_kernel(
             qg = q
             bl = 0.0
         elif GATE == 1:
-            b = tl.load(g_base + t * H)
-            bl = tl.load(g_base + (c * C + C - 1) * H)
+            b, bl = _chunk_gates(g_base, t, c, ok, mk, H, K, C, GATE)
             dec = tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))
             A = _dot(q, tl.trans(k), DOT) * dec
             dA = dA * dec
@@ -281,8 +291,7 @@ def _bwd_kernel(
             qg = q * tl.exp(b)[:, None]
             dk = _dot(tl.trans(dA), q, DOT) + tl.exp(bl - b)[:, None] * _dot(v, tl.trans(dS), DOT)
         else:
-            b = tl.load(g_base + t[:, None] * (H * K) + ok[None, :], mask=mk[None, :], other=0.0)
-            bl = tl.load(g_base + (c * C + C - 1) * (H * K) + ok, mask=mk, other=0.0)
+            b, bl = _chunk_gates(g_base, t, c, ok, mk, H, K, C, GATE)
             eb = tl.exp(b)
             qg = q * eb
             kd = k * tl.exp(bl[None, :] - b)
@@ -324,18 +333,6 @@ def _bwd_kernel(
         tl.store(dv_base + t[:, None] * (H * V) + ov[None, :], dv, mask=mtv)
     if STORE_DH0:
         tl.store(dh0_ptr + i_bh * K * V + ok[:, None] * V + ov[None, :], dS, mask=mkv)
-
-
-@triton.jit
-def _chunk_gates(g_base, t, c, okb, mkb, H, K, C: tl.constexpr, GATE: tl.constexpr):
-    """Gates of chunk c on a K-block: (b at the rows, b at the chunk's last row); GATE 1 gives scalars per row."""
-    if GATE == 2:
-        b = tl.load(g_base + t[:, None] * (H * K) + okb[None, :], mask=mkb[None, :], other=0.0)
-        bl = tl.load(g_base + (c * C + C - 1) * (H * K) + okb, mask=mkb, other=0.0)
-    else:
-        b = tl.load(g_base + t * H)
-        bl = tl.load(g_base + (c * C + C - 1) * H)
-    return b, bl
 
 
 @triton.jit
@@ -507,6 +504,10 @@ def _blocks(K: int, V: int, bwd: bool):
     return BK, BV, warps
 
 
+def _launch_opts(warps: int) -> dict:
+    return {} if interpreting() else dict(num_warps=warps, num_stages=NUM_STAGES)
+
+
 def chunk_scan_fwd(q, k, v, b, w, h0, scale, C, gate, delta, need_ht, store_states):
     """Launch the forward; q, k [B,T,H,K], v [B,T,H,V] (or U [B,Tp,H,V] fp32 with delta), b/w fp32 padded.
 
@@ -525,18 +526,13 @@ def chunk_scan_fwd(q, k, v, b, w, h0, scale, C, gate, delta, need_ht, store_stat
     vn = torch.zeros(B, TP, H, V, device=q.device, dtype=torch.float32) if store_states and delta else None
     dummy = o
     grid = (triton.cdiv(V, BV), B * H)
-    extra = {} if interpreting() else dict(num_warps=warps, num_stages=NUM_STAGES)
     _fwd_kernel[grid](
         q, k, v, b if b is not None else dummy, w if w is not None else dummy, h0 if h0 is not None else dummy,
         o, ht if ht is not None else dummy, st if st is not None else dummy, vn if vn is not None else dummy,
         T, TP, H, K, V, NT, float(scale),
         C=C, BK=BK, BV=BV, GATE=gate, DELTA=delta, HAS_H0=h0 is not None, STORE_HT=need_ht,
-        STORE_ST=store_states, DOT=_dot_mode(q.dtype), LIMIT=FAST_LIMIT, **extra)
+        STORE_ST=store_states, DOT=_dot_mode(q.dtype), LIMIT=FAST_LIMIT, **_launch_opts(warps))
     return o, ht, st, vn
-
-
-def _launch_opts(warps: int) -> dict:
-    return {} if interpreting() else dict(num_warps=warps, num_stages=NUM_STAGES)
 
 
 def _dh_walk(q, b, do, dht, dh0, scale, C, gate, NT):
@@ -552,6 +548,11 @@ def _dh_walk(q, b, do, dht, dh0, scale, C, gate, NT):
     return dh
 
 
+def split_blocks(K: int, V: int) -> tuple[int, int]:
+    """The split backward's (K block, V block) for these head sizes."""
+    return min(SPLIT_BK, max(16, triton.next_power_of_2(K))), min(SPLIT_BV, max(16, triton.next_power_of_2(V)))
+
+
 def _split_bwd(q, k, v, b, st, do, dht, scale, C, gate, need_dh0):
     """The split backward: dS walk, then dv (+ gate end terms) per (V-block, chunk) and dq, dk per
     (K-block, chunk), each looping over the other dimension in blocks."""
@@ -561,8 +562,7 @@ def _split_bwd(q, k, v, b, st, do, dht, scale, C, gate, need_dh0):
     f32 = dict(device=q.device, dtype=torch.float32)
     dh0 = torch.empty(B, H, K, V, **f32) if need_dh0 else None
     dh = _dh_walk(q, b, do, dht, dh0, scale, C, gate, NT)
-    BKS = min(SPLIT_BK, max(16, triton.next_power_of_2(K)))
-    BVS = min(SPLIT_BV, max(16, triton.next_power_of_2(V)))
+    BKS, BVS = split_blocks(K, V)
     NV = triton.cdiv(V, BVS)
     dq = torch.empty(B, T, H, K, **f32)
     dk = torch.empty(B, T, H, K, **f32)

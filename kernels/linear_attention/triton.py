@@ -149,8 +149,7 @@ def _bwd_q_kernel(q_ptr, do_ptr, o_ptr, kv_ptr, z_ptr, dq_ptr, dkv_ptr, dz_ptr,
         x = _load_tile(q_base, t, mt, od, md, sqt, sqd)
         q = _features(x, mt, md, FEAT)
         do = _load_tile(do_base, t, mt, ov, mv, sot, sod)
-        o = tl.load(o_base + t[:, None] * (H * DV) + ov[None, :], mask=mt[:, None] & mv[None, :],
-                    other=0.0).to(tl.float32)
+        o = _load_tile(o_base, t, mt, ov, mv, H * DV, 1)
         den = tl.sum(q * z[None, :], axis=1) + eps
         dnum = do / den[:, None]
         dden = -tl.sum(do * o, axis=1) / den

@@ -110,7 +110,7 @@ def gla_rows(K: int, V: int) -> list[dict[str, Any]]:
                 add("_bwd_dh_kernel", f"{tag} BV {BV}", g._bwd_dh_kernel,
                     dict(BK=BK, BV=BV, GATE=gate, HAS_DHT=True, STORE_DH0=True), bf16, warps)
             if not delta:
-                BKS, BVS = (min(blk, max(16, 1 << (n - 1).bit_length())) for blk, n in ((g.SPLIT_BK, K), (g.SPLIT_BV, V)))
+                BKS, BVS = g.split_blocks(K, V)
                 add("_split_dv_kernel", f"{tag} BK {BKS} BV {BVS}", g._split_dv_kernel,
                     dict(BKS=BKS, BV=BVS, GATE=gate), bf16, g.SPLIT_WARPS)
                 add("_split_dqk_kernel", f"{tag} BK {BKS} BV {BVS}", g._split_dqk_kernel,

@@ -333,11 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     from zoo.bench.results import write_results
 
     name = args.name or "linear_attention" + ("_quick" if args.quick else "") + ("_cpu" if device == "cpu" else "")
+    command = "python -m zoo.bench.linear_attention " + " ".join(argv or sys.argv[1:])
+    meta = {"fla": fla_note, "device": device, "gate_fp32": True, "floor": "inputs+outputs once"}
 
     def write(rows):
-        return write_results(name, rows, command="python -m zoo.bench.linear_attention " + " ".join(argv or sys.argv[1:]),
-                             out_dir=args.out_dir, extra_meta={"fla": fla_note, "device": device, "gate_fp32": True,
-                                                               "floor": "inputs+outputs once"})
+        return write_results(name, rows, command=command, out_dir=args.out_dir, extra_meta=meta)
 
     rows = bench(shapes, ops, args.quick, fla if device == "cuda" else None, not args.no_check, device,
                  bwd_variants=variants, on_row=write)

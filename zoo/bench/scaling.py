@@ -7,10 +7,10 @@ Each cell is one ``zoo fit`` process (Lightning starts one more per extra device
 batch size is fixed, so the global batch grows with the GPU count and the recipe's ``lr_base_batch_size``
 scales the learning rate with it (weak scaling: fewer, larger steps). ``--global-batch`` fixes the global
 batch instead (per device = global / n): the same steps at the same learning rate at every n, so final
-accuracy compares like for like (strong scaling). Throughput is the run's ``fit_summary.json`` figure: training images/s over all
-devices with each epoch's first batch and validation left out. Efficiency = img/s at n GPUs / (n × img/s at
-one GPU, same strategy). Final accuracy is the last validation top-1 (a fixed epoch budget: the same number
-of images seen at every n, in fewer, larger steps). Rows go to ``benchmarks/results/scaling.{json,md}``.
+accuracy compares like for like (strong scaling). Throughput is the run's ``fit_summary.json`` figure:
+training images/s over all devices with each epoch's first batch and validation left out. Efficiency =
+img/s at n GPUs / (n × img/s at one GPU, same strategy). Final accuracy is the last validation top-1 (a
+fixed epoch budget: the same number of images seen at every n). Rows go to ``benchmarks/results/scaling.{json,md}``.
 ``--accelerator cpu --gpus 2`` runs the same code with gloo processes (a check of the script, not a figure).
 """
 from __future__ import annotations
