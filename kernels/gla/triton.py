@@ -16,14 +16,14 @@ Design: one kernel per direction, state kept on chip.
   take the dot path; extreme gates (< -0.6 per token on average) take the slow exact one.
 - ``DELTA``: the gated delta rule in WY form reuses the same walk with v replaced per chunk by
   v_new = U - W S (U, W from the wrapper's UT transform), see kernels/delta_rule.
-- Backward (default ``fused``) walks chunks in reverse with dS [K, BV] on chip; chunk-start states come from
+- Backward ``fused`` walks chunks in reverse with dS [K, BV] on chip; chunk-start states come from
   the forward (stored only when a gradient is needed, fp32). It writes dq, dk partial per V-block (summed by
   the wrapper), dv, dh0, and for gates the chunk-end term sum(dS * S_next); the gate gradient is then
   d b_t = q_t*dq_t - k_t*dk_t (+ that term at the chunk's last row), which the cumsum's autograd turns
   into dg (the reverse-cumsum identity of fla, derived in kernels/gla/__init__.py).
   ``SPEEDZOO_GLA_BWD=chunked``: a dS-only walk (``_bwd_dh_kernel``) stores dS per chunk, then the same gradient
-  code runs for all chunks at once; ``=split``: the same walk, then fla's layout (``_split_dv_kernel``,
-  ``_split_dqk_kernel``). See bwd_variant.
+  code runs for all chunks at once; ``=split`` (the default): the same walk, then fla's layout
+  (``_split_dv_kernel``, ``_split_dqk_kernel``). See bwd_variant.
 - fp32 inputs use IEEE fp32 dots; bf16/fp16 inputs cast dot operands to that dtype (fp32 accumulate).
   Base offsets are int64.
 """
@@ -40,7 +40,7 @@ from kernels.common import interpreting
 __all__ = ["chunk_scan_fwd", "chunk_scan_bwd", "ChunkScanFn", "FAST_LIMIT", "bwd_variant"]
 
 NUM_STAGES = 2  # software pipelining of the chunk loop on the GPU
-BWD_ENV = "SPEEDZOO_GLA_BWD"  # fused (default) | chunked | split: the backward's layout, see bwd_variant()
+BWD_ENV = "SPEEDZOO_GLA_BWD"  # split (default) | fused | chunked: the backward's layout, see bwd_variant()
 # the split backward's K block, V block and warps: the largest tiles that compile for sm_90 without spills
 # at K = V = 128 (zoo.bench.kernel_resources; 64 x 64 on 4 warps spilled 0.9-2.1 KB per thread)
 SPLIT_BK, SPLIT_BV, SPLIT_WARPS = 32, 64, 8
@@ -463,17 +463,18 @@ def _split_dqk_kernel(
 
 
 def bwd_variant() -> str:
-    """``fused``: one program per (V-block, batch·head) walks every chunk in reverse (few programs, each a
-    long dependent chain: 7.5 ms against a 0.61 ms forward for simple GLA at B 8, T 4096, H 16, D 128 on the
-    H200). ``chunked``: only dS walks the chunks (_bwd_dh_kernel, one dot per chunk), then one program per
-    (V-block, batch·head, chunk) forms the gradients (its [C, K] tiles spill at K = 128 when compiled for
-    sm_90, and each V-block recomputes q k^T). ``split`` (fla's layout): the same dS walk, then dv per
-    (V-block, chunk) and dq, dk per (K-block, chunk), each looping over the other dimension in blocks;
-    per-channel gates past the fast path's limit fall back to ``chunked``. The delta rule keeps ``fused``
-    (its dv feeds dS)."""
-    choice = os.environ.get(BWD_ENV, "fused").lower()
-    if choice not in ("fused", "chunked", "split"):
-        raise ValueError(f"{BWD_ENV} must be 'fused', 'chunked' or 'split', got {choice!r}")
+    """The backward's layout. ``split`` (default; fla's layout): a dS-only walk over the chunks
+    (_bwd_dh_kernel), then dv per (V-block, chunk) and dq, dk per (K-block, chunk), each looping over the
+    other dimension in blocks; per-channel gates past the fast path's limit fall back to ``chunked``.
+    ``fused``: one program per (V-block, batch·head) walks every chunk in reverse (few programs, each a long
+    dependent chain). ``chunked``: the same dS walk, then one program per (V-block, batch·head, chunk) forms
+    all gradients (its [C, K] tiles spill at K = 128 on sm_90; each V-block recomputes q k^T). On the H200
+    at B 8, T 4096, H 16, D 128, forward + backward took 4.1 / 6.1 / 7.4 ms (simple GLA) and 7.6 / 14.1 /
+    16.8 ms (GLA) for split / chunked / fused (benchmarks/results/linear_attention.md). The delta rule keeps
+    ``fused`` (its dv feeds dS)."""
+    choice = os.environ.get(BWD_ENV, "split").lower()
+    if choice not in ("split", "fused", "chunked"):
+        raise ValueError(f"{BWD_ENV} must be 'split', 'fused' or 'chunked', got {choice!r}")
     return choice
 
 

@@ -87,16 +87,16 @@ def test_causal_values_and_grads(gate, dtype, T, K, V, C):
     _check(1, T, 2, K, V, gate, dtype, C=C)
 
 
-@pytest.mark.parametrize("variant", ["chunked", "split"])
+@pytest.mark.parametrize("variant", ["fused", "chunked", "split"])
 @pytest.mark.parametrize("gate", ["none", "scalar", "vector"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_chunk_parallel_backward(gate, dtype, variant, monkeypatch):
-    """SPEEDZOO_GLA_BWD=chunked / split (dS walk, then every chunk at once) give the same gradients: several
-    chunks, a ragged last one, with and without h0 and dh_T, causal and bidirectional, extreme gates
+def test_backward_layouts(gate, dtype, variant, monkeypatch):
+    """Every SPEEDZOO_GLA_BWD layout (split is also the default the other tests run) gives the same gradients:
+    several chunks, a ragged last one, with and without h0 and dh_T, causal and bidirectional, extreme gates
     (split hands those to chunked)."""
     monkeypatch.setenv("SPEEDZOO_GLA_BWD", variant)
     _check(1, 70, 2, 32, 48, gate, dtype, C=16)
-    if variant == "chunked":
+    if variant != "split":
         monkeypatch.setenv("SPEEDZOO_GLA_BWD_BV", "16")  # three V blocks: dq, dk summed over them
         _check(1, 70, 2, 32, 48, gate, dtype, C=16)
         monkeypatch.delenv("SPEEDZOO_GLA_BWD_BV")
@@ -112,8 +112,10 @@ def test_chunk_parallel_backward(gate, dtype, variant, monkeypatch):
 def test_backward_variant_is_checked(monkeypatch):
     from kernels.gla.triton import bwd_variant
 
+    monkeypatch.delenv("SPEEDZOO_GLA_BWD", raising=False)
+    assert bwd_variant() == "split"
     monkeypatch.setenv("SPEEDZOO_GLA_BWD", "parallel")
-    with pytest.raises(ValueError, match="fused', 'chunked' or 'split"):
+    with pytest.raises(ValueError, match="'split', 'fused' or 'chunked'"):
         bwd_variant()
     monkeypatch.setenv("SPEEDZOO_GLA_BWD", "fused")
     monkeypatch.setenv("SPEEDZOO_GLA_BWD_BV", "24")

@@ -198,7 +198,7 @@ def bench(shapes: dict, ops, quick: bool, fla, check: bool, device, bwd_variants
           on_row=None) -> list[dict]:
     """Rows of every (shape, op, impl, mode); ``on_row(rows)`` after each (so a cut-off run keeps its rows).
     Each extra backward variant of ours adds an ``ours-<variant>-bwd`` fwdbwd row (not for the delta rule):
-    ``fused`` / ``chunked`` / ``split`` (SPEEDZOO_GLA_BWD), optionally ``@BV`` for the V block of the first two
+    ``split`` / ``fused`` / ``chunked`` (SPEEDZOO_GLA_BWD), optionally ``@BV`` for the V block of the first two
     (SPEEDZOO_GLA_BWD_BV)."""
     from contextlib import ExitStack
 
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-check", action="store_true", help="skip the ours-vs-fla forward check")
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of " + ",".join(OPS))
     p.add_argument("--shapes", default=None, help="comma-separated subset of " + ",".join(SHAPES))
-    p.add_argument("--bwd", default="fused,chunked,split",
+    p.add_argument("--bwd", default="split,fused,chunked",
                    help="backward variants of ours, the first is the 'ours' row: fused | chunked | split, with an "
                         "optional @BV for fused / chunked (e.g. chunked@64)")
     p.add_argument("--name", default=None, help="results name (default linear_attention[_quick][_cpu])")
