@@ -181,11 +181,6 @@ def runner(fn, a: dict, mode: str):
     return run
 
 
-def rel_rms(x, y) -> float:
-    x, y = x.double(), y.double()
-    return float((x - y).norm() / y.norm().clamp_min(1e-30))
-
-
 def _log_row(row: dict) -> None:
     log.info("%-12s %-28s %-7s %-11s %s", row["op"], row["shape"], row["mode"], row["impl"],
              f"{row['ms']:.3f} ms  {row['gbps']:.0f} GB/s  floor {row['floor_ms']:.3f} ms"
@@ -194,16 +189,20 @@ def _log_row(row: dict) -> None:
 
 # ---- main -----------------------------------------------------------------------------------------------
 
-def bench(shapes: dict, ops, quick: bool, fla, check: bool, device, bwd_variants=("fused",),
+def bench(shapes: dict, ops, quick: bool, fla, check: bool, device, bwd_variants=None,
           on_row=None) -> list[dict]:
     """Rows of every (shape, op, impl, mode); ``on_row(rows)`` after each (so a cut-off run keeps its rows).
+    The first backward variant is the ``ours`` row's (default: the layout the kernels would pick).
     Each extra backward variant of ours adds an ``ours-<variant>-bwd`` fwdbwd row (not for the delta rule):
     ``split`` / ``fused`` / ``chunked`` (SPEEDZOO_GLA_BWD), optionally ``@BV`` for the V block of the first two
     (SPEEDZOO_GLA_BWD_BV)."""
     from contextlib import ExitStack
 
-    from kernels.gla.triton import BWD_BV_ENV, BWD_ENV
+    from kernels.common import rel_rms
+    from kernels.gla.triton import BWD_BV_ENV, BWD_ENV, bwd_variant
     from zoo.bench.options import forced_env
+
+    bwd_variants = bwd_variants or (bwd_variant(),)
 
     def variant_env(variant):
         stack = ExitStack()
@@ -306,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of " + ",".join(OPS))
     p.add_argument("--shapes", default=None, help="comma-separated subset of " + ",".join(SHAPES))
     p.add_argument("--bwd", default="split,fused,chunked",
-                   help="backward variants of ours, the first is the 'ours' row: fused | chunked | split, with an "
+                   help="backward variants of ours, the first is the 'ours' row: split | fused | chunked, with an "
                         "optional @BV for fused / chunked (e.g. chunked@64)")
     p.add_argument("--name", default=None, help="results name (default linear_attention[_quick][_cpu])")
     args = p.parse_args(argv)
@@ -330,10 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     variants = tuple(v for v in args.bwd.split(",") if v)
     fla, fla_note = (None, "skipped (--no-fla)") if args.no_fla else load_fla(Path(args.fla_wheel_dir))
     log.info("peer: %s", fla_note)
+    from zoo.bench.options import bench_command
     from zoo.bench.results import write_results
 
     name = args.name or "linear_attention" + ("_quick" if args.quick else "") + ("_cpu" if device == "cpu" else "")
-    command = "python -m zoo.bench.linear_attention " + " ".join(argv or sys.argv[1:])
+    command = bench_command("zoo.bench.linear_attention", argv)
     meta = {"fla": fla_note, "device": device, "gate_fp32": True, "floor": "inputs+outputs once"}
 
     def write(rows):
