@@ -109,7 +109,6 @@ def gla_rows(K: int, V: int) -> list[dict[str, Any]]:
             if not delta:
                 add("_bwd_dh_kernel", f"{tag} BV {BV}", g._bwd_dh_kernel,
                     dict(BK=BK, BV=BV, GATE=gate, HAS_DHT=True, STORE_DH0=True), bf16, warps)
-            if not delta:
                 BKS, BVS = g.split_blocks(K, V)
                 add("_split_dv_kernel", f"{tag} BK {BKS} BV {BVS}", g._split_dv_kernel,
                     dict(BKS=BKS, BV=BVS, GATE=gate), bf16, g.SPLIT_WARPS)
