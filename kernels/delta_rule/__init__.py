@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from kernels.common import use_triton
+from kernels.gla.options import check_bwd_options
 from kernels.delta_rule.reference import (
     delta_rule_chunked_ref,
     delta_rule_recurrent_ref,
@@ -58,13 +59,16 @@ def _validate(q, k, v, g, beta, initial_state, chunk_size):
 
 
 def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
-                           use_qk_l2norm=False, chunk_size=64):
+                           use_qk_l2norm=False, chunk_size=64, *, bwd_layout=None, bwd_block_v=None):
     """Gated delta rule in chunks; returns (o [B, T, H, V] in q's dtype, final_state fp32 or None).
 
     g: log decay [B, T, H] (None: plain DeltaNet); beta: [B, T, H] in (0, 1) (or (0, 2) for negative
     eigenvalues); use_qk_l2norm: L2-normalise q and k first (fla's use_qk_l2norm_in_kernel).
+    bwd_layout: "fused" only (its dv feeds dS); bwd_block_v: the backward's V block (power of two >= 16).
     """
     _validate(q, k, v, g, beta, initial_state, chunk_size)
+    layout = check_bwd_options("chunk_gated_delta_rule", bwd_layout, bwd_block_v, layouts=("fused",),
+                               default="fused")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     C = chunk_size
     if q.shape[1] == 0:
@@ -83,7 +87,8 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
     b = local_cumsum(g, C) if g is not None else None
     U, W = wy_prepare(k, v, beta, b, C)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
-    return ChunkScanFn.apply(q, k, U, b, W, h0, scale, C, 1 if g is not None else 0, True, output_final_state)
+    return ChunkScanFn.apply(q, k, U, b, W, h0, scale, C, 1 if g is not None else 0, True, output_final_state,
+                             layout, bwd_block_v)
 
 
 def delta_rule_step(q, k, v, beta, state, g=None, scale=None):

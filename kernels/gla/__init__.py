@@ -22,13 +22,16 @@ P_t = q_t*dq_t + P_{t+1} - k_{t+1}*dk_{t+1}, and dL/dg_t = sum_v dS_t * (S_t - k
 The kernel applies it per chunk (chunk-end term sum_v dS * S_end) so the same code serves the delta rule.
 
 Dispatch: Triton on CUDA tensors (or TRITON_INTERPRET=1), the chunked PyTorch form elsewhere
-(``SPEEDZOO_KERNELS`` overrides, see kernels.common).
+(``SPEEDZOO_KERNELS`` overrides, see kernels.common). The Triton backward's layout is a keyword argument of
+every op: ``bwd_layout`` "split" (default) | "fused" | "chunked", ``bwd_block_v`` the V block of the last two
+(see kernels.gla.triton.chunk_scan_bwd); the reference path ignores them.
 """
 from __future__ import annotations
 
 import torch
 
 from kernels.common import use_triton
+from kernels.gla.options import check_bwd_options
 from kernels.gla.reference import (
     gla_chunked_ref,
     gla_parallel_ref,
@@ -75,8 +78,8 @@ def _validate(q, k, v, g, g_scalar, initial_state, causal, normalize, chunk_size
         raise ValueError(f"chunk_gla: chunk_size must be a power of two >= 16, got {chunk_size}")
 
 
-def _causal(q, k, v, g, g_scalar, scale, h0, need_ht, C):
-    """The causal op on the chosen path; returns (o, ht or None)."""
+def _causal(q, k, v, g, g_scalar, scale, h0, need_ht, C, bwd):
+    """The causal op on the chosen path; returns (o, ht or None). ``bwd``: (layout, V block) of the backward."""
     if not use_triton(q, k, v, g, g_scalar, h0):
         return gla_chunked_ref(q, k, v, g, g_scalar, scale, h0, need_ht, C)
     from kernels.gla.triton import ChunkScanFn
@@ -85,7 +88,7 @@ def _causal(q, k, v, g, g_scalar, scale, h0, need_ht, C):
     b = local_cumsum(g if g is not None else g_scalar, C) if gate else None
     h0c = h0.float().contiguous() if h0 is not None else None
     return ChunkScanFn.apply(q.contiguous(), k.contiguous(), v.contiguous(), b, None, h0c, scale, C, gate,
-                             False, need_ht)
+                             False, need_ht, *bwd)
 
 
 def _shift_flip(x):
@@ -97,13 +100,15 @@ def _shift_flip(x):
 
 
 def chunk_gla(q, k, v, g=None, g_scalar=None, scale=None, initial_state=None, output_final_state=False,
-              causal=True, normalize=False, chunk_size=64):
+              causal=True, normalize=False, chunk_size=64, *, bwd_layout=None, bwd_block_v=None):
     """Gated linear attention in chunks; returns (o [B, T, H, V] in q's dtype, final_state [B, H, K, V] fp32 or None).
 
     g: per-key log gates [B, T, H, K]; g_scalar: per-head log gates [B, T, H]; neither: linear attention.
     causal=False: bidirectional (no state in or out). normalize: fla's linear-attention normaliser.
+    bwd_layout / bwd_block_v: the Triton backward's layout (None: split, the fastest on the H200).
     """
     _validate(q, k, v, g, g_scalar, initial_state, causal, normalize, chunk_size)
+    bwd = (check_bwd_options("chunk_gla", bwd_layout, bwd_block_v), bwd_block_v)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if q.shape[1] == 0:
         o = v.new_zeros(v.shape, dtype=q.dtype)
@@ -113,13 +118,13 @@ def chunk_gla(q, k, v, g=None, g_scalar=None, scale=None, initial_state=None, ou
                   else q.new_zeros(q.shape[0], q.shape[2], q.shape[3], v.shape[-1], dtype=torch.float32))
         return o, ht
     if causal:
-        o, ht = _causal(q, k, v, g, g_scalar, scale, initial_state, output_final_state, chunk_size)
+        o, ht = _causal(q, k, v, g, g_scalar, scale, initial_state, output_final_state, chunk_size, bwd)
     else:
         if output_final_state:
             raise ValueError("chunk_gla: output_final_state needs causal=True")
-        of, _ = _causal(q, k, v, g, g_scalar, scale, None, False, chunk_size)
+        of, _ = _causal(q, k, v, g, g_scalar, scale, None, False, chunk_size, bwd)
         ob, _ = _causal(q.flip(1), k.flip(1), v.flip(1), _shift_flip(g), _shift_flip(g_scalar), scale, None,
-                        False, chunk_size)
+                        False, chunk_size, bwd)
         diag = scale * (q.float() * k.float()).sum(-1, keepdim=True) * v.float()
         o = (of.float() + ob.flip(1).float() - diag).to(q.dtype)
         ht = None
@@ -129,19 +134,24 @@ def chunk_gla(q, k, v, g=None, g_scalar=None, scale=None, initial_state=None, ou
 
 
 def linear_attention(q, k, v, scale=None, initial_state=None, output_final_state=False, causal=True,
-                     normalize=False, chunk_size=64):
+                     normalize=False, chunk_size=64, *, bwd_layout=None, bwd_block_v=None):
     """Ungated linear attention (fla's chunk_linear_attn, whose chunk op defaults to normalize=True)."""
-    return chunk_gla(q, k, v, None, None, scale, initial_state, output_final_state, causal, normalize, chunk_size)
+    return chunk_gla(q, k, v, None, None, scale, initial_state, output_final_state, causal, normalize, chunk_size,
+                     bwd_layout=bwd_layout, bwd_block_v=bwd_block_v)
 
 
-def simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, causal=True, chunk_size=64):
+def simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, causal=True, chunk_size=64, *,
+               bwd_layout=None, bwd_block_v=None):
     """Scalar decay per head, g [B, T, H] log space (simple GLA, RetNet with g = log(gamma), Mamba-2 SSD)."""
-    return chunk_gla(q, k, v, None, g, scale, initial_state, output_final_state, causal, False, chunk_size)
+    return chunk_gla(q, k, v, None, g, scale, initial_state, output_final_state, causal, False, chunk_size,
+                     bwd_layout=bwd_layout, bwd_block_v=bwd_block_v)
 
 
-def gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, causal=True, chunk_size=64):
+def gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, causal=True, chunk_size=64, *,
+        bwd_layout=None, bwd_block_v=None):
     """Per-key-channel gates g [B, T, H, K] in log space (GLA)."""
-    return chunk_gla(q, k, v, g, None, scale, initial_state, output_final_state, causal, False, chunk_size)
+    return chunk_gla(q, k, v, g, None, scale, initial_state, output_final_state, causal, False, chunk_size,
+                     bwd_layout=bwd_layout, bwd_block_v=bwd_block_v)
 
 
 def gla_step(q, k, v, state, g=None, scale=None):

@@ -21,15 +21,13 @@ Design: one kernel per direction, state kept on chip.
   the wrapper), dv, dh0, and for gates the chunk-end term sum(dS * S_next); the gate gradient is then
   d b_t = q_t*dq_t - k_t*dk_t (+ that term at the chunk's last row), which the cumsum's autograd turns
   into dg (the reverse-cumsum identity of fla, derived in kernels/gla/__init__.py).
-  ``SPEEDZOO_GLA_BWD=chunked``: a dS-only walk (``_bwd_dh_kernel``) stores dS per chunk, then the same gradient
-  code runs for all chunks at once; ``=split`` (the default): the same walk, then fla's layout
-  (``_split_dv_kernel``, ``_split_dqk_kernel``). See bwd_variant.
+  ``bwd_layout="chunked"``: a dS-only walk (``_bwd_dh_kernel``) stores dS per chunk, then the same gradient
+  code runs for all chunks at once; ``"split"`` (the default): the same walk, then fla's layout
+  (``_split_dv_kernel``, ``_split_dqk_kernel``). See chunk_scan_bwd.
 - fp32 inputs use IEEE fp32 dots; bf16/fp16 inputs cast dot operands to that dtype (fp32 accumulate).
   Base offsets are int64.
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
@@ -37,14 +35,12 @@ import triton.language as tl
 
 from kernels.common import interpreting
 
-__all__ = ["chunk_scan_fwd", "chunk_scan_bwd", "ChunkScanFn", "FAST_LIMIT", "bwd_variant"]
+__all__ = ["chunk_scan_fwd", "chunk_scan_bwd", "ChunkScanFn", "FAST_LIMIT"]
 
 NUM_STAGES = 2  # software pipelining of the chunk loop on the GPU
-BWD_ENV = "SPEEDZOO_GLA_BWD"  # split (default) | fused | chunked: the backward's layout, see bwd_variant()
 # the split backward's K block, V block and warps: the largest tiles that compile for sm_90 without spills
-# at K = V = 128 (zoo.bench.kernel_resources; 64 x 64 on 4 warps spilled 0.9-2.1 KB per thread)
+# at K = V = 128 (benchmarks/kernel_resources.py; 64 x 64 on 4 warps spilled 0.9-2.1 KB per thread)
 SPLIT_BK, SPLIT_BV, SPLIT_WARPS = 32, 64, 8
-BWD_BV_ENV = "SPEEDZOO_GLA_BWD_BV"  # the backward's V block (power of two >= 16), for benchmark sweeps
 FAST_LIMIT = 40.0  # max |b| inside a chunk for the factored per-channel path (e^40 ~ 2e17, safe in fp32)
 
 
@@ -462,32 +458,6 @@ def _split_dqk_kernel(
     tl.store(dk_base + t[:, None] * (H * K) + okb[None, :], dk, mask=mqk)
 
 
-def bwd_variant() -> str:
-    """The backward's layout. ``split`` (default; fla's layout): a dS-only walk over the chunks
-    (_bwd_dh_kernel), then dv per (V-block, chunk) and dq, dk per (K-block, chunk), each looping over the
-    other dimension in blocks; per-channel gates past the fast path's limit fall back to ``chunked``.
-    ``fused``: one program per (V-block, batch·head) walks every chunk in reverse (few programs, each a long
-    dependent chain). ``chunked``: the same dS walk, then one program per (V-block, batch·head, chunk) forms
-    all gradients (its [C, K] tiles spill at K = 128 on sm_90; each V-block recomputes q k^T). On the H200
-    at B 8, T 4096, H 16, D 128, forward + backward took 4.1 / 6.1 / 7.4 ms (simple GLA) and 7.6 / 14.1 /
-    16.8 ms (GLA) for split / chunked / fused (benchmarks/results/linear_attention.md). The delta rule keeps
-    ``fused`` (its dv feeds dS)."""
-    choice = os.environ.get(BWD_ENV, "split").lower()
-    if choice not in ("split", "fused", "chunked"):
-        raise ValueError(f"{BWD_ENV} must be 'split', 'fused' or 'chunked', got {choice!r}")
-    return choice
-
-
-def _bwd_block_v(default: int, V: int) -> int:
-    """SPEEDZOO_GLA_BWD_BV, if set (and not empty), replaces the backward's V block."""
-    raw = os.environ.get(BWD_BV_ENV, "")
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) < 16 or int(raw) & (int(raw) - 1):
-        raise ValueError(f"{BWD_BV_ENV} must be a power of two >= 16, got {raw!r}")
-    return min(int(raw), max(16, triton.next_power_of_2(V)))
-
-
 def _dot_mode(dtype: torch.dtype) -> int:
     mode = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}[dtype]
     return mode + 2 if mode and interpreting() else mode
@@ -579,10 +549,20 @@ def _split_bwd(q, k, v, b, st, do, dht, scale, C, gate, need_dh0):
     return dq, dk, dv, None, dh0, dgl.sum(0) if dgl is not None else None
 
 
-def chunk_scan_bwd(q, k, v, b, w, st, do, dht, scale, C, gate, delta, need_dh0):
+def chunk_scan_bwd(q, k, v, b, w, st, do, dht, scale, C, gate, delta, need_dh0, layout="split", block_v=None):
     """Launch the backward (with delta, v is the forward's v_new); returns (dq, dk, dv, dw, dh0, dgl) in fp32
-    (dq, dk summed over V-blocks)."""
-    variant = "fused" if delta else bwd_variant()
+    (dq, dk summed over V-blocks).
+
+    ``layout`` (checked by kernels.gla.options): ``split`` (GLA's default; fla's layout): a dS-only walk over
+    the chunks (_bwd_dh_kernel), then dv per (V-block, chunk) and dq, dk per (K-block, chunk), each looping
+    over the other dimension in blocks; per-channel gates past the fast path's limit fall back to ``chunked``.
+    ``fused`` (the delta rule's only one: its dv feeds dS): one program per (V-block, batch·head) walks every
+    chunk in reverse (few programs, each a long dependent chain). ``chunked``: the same dS walk, then one
+    program per (V-block, batch·head, chunk) forms all gradients (its [C, K] tiles spill at K = 128 on sm_90;
+    each V-block recomputes q k^T). On the H200 at B 8, T 4096, H 16, D 128, forward + backward took
+    4.1 / 6.1 / 7.4 ms (simple GLA) and 7.6 / 14.1 / 16.8 ms (GLA) for split / chunked / fused
+    (benchmarks/results/linear_attention.md). ``block_v`` replaces the V block of fused and chunked."""
+    variant = layout
     if variant == "split" and gate == 2 and float(b.abs().amax()) >= FAST_LIMIT:
         variant = "chunked"  # the exact path for extreme per-channel gates lives in _bwd_kernel
     if variant == "split":
@@ -592,7 +572,8 @@ def chunk_scan_bwd(q, k, v, b, w, st, do, dht, scale, C, gate, delta, need_dh0):
     NT = max(1, triton.cdiv(T, C))
     TP = NT * C
     BK, BV, warps = _blocks(K, V, bwd=True)
-    BV = _bwd_block_v(BV, V)
+    if block_v is not None:
+        BV = min(block_v, max(16, triton.next_power_of_2(V)))
     NV = triton.cdiv(V, BV)
     f32 = dict(device=q.device, dtype=torch.float32)
     dq = torch.empty(NV, B, T, H, K, **f32)
@@ -627,17 +608,17 @@ class ChunkScanFn(torch.autograd.Function):
 
     Inputs: q, k [B,T,H,K]; v [B,T,H,V] (GLA) or U [B,Tp,H,V] fp32 (delta); b: chunk-local cumsum of the log
     gates, fp32 [B,Tp,H] (gate 1) or [B,Tp,H,K] (gate 2) or None; w: W [B,Tp,H,K] fp32 (delta) or None;
-    h0 [B,H,K,V] or None. Outputs (o, ht). The gradient for b is d b_t = sum(q_t dq_t - k_t dk_t) plus, at
+    h0 [B,H,K,V] or None; ``bwd_layout`` / ``bwd_block_v``: see chunk_scan_bwd. Outputs (o, ht). The gradient for b is d b_t = sum(q_t dq_t - k_t dk_t) plus, at
     each chunk's last row, sum(dS_end * S_end); torch's cumsum backward turns it into dg.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, b, w, h0, scale, C, gate, delta, need_ht):
+    def forward(ctx, q, k, v, b, w, h0, scale, C, gate, delta, need_ht, bwd_layout="split", bwd_block_v=None):
         need_grad = any(ctx.needs_input_grad[:6])
         o, ht, st, vn = chunk_scan_fwd(q, k, v, b, w, h0, scale, C, gate, delta, need_ht, store_states=need_grad)
         if need_grad:
             ctx.save_for_backward(q, k, vn if delta else v, b, w, h0, st)
-        ctx.cfg = (scale, C, gate, delta)
+        ctx.cfg = (scale, C, gate, delta, bwd_layout, bwd_block_v)
         if ht is None:
             return o, None
         return o, ht
@@ -645,10 +626,10 @@ class ChunkScanFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do, dht):
         q, k, v, b, w, h0, st = ctx.saved_tensors
-        scale, C, gate, delta = ctx.cfg
+        scale, C, gate, delta, layout, block_v = ctx.cfg
         dq, dk, dv, dw, dh0, dgl = chunk_scan_bwd(
             q, k, v, b, w, st, do.contiguous(), dht.contiguous() if dht is not None else None,
-            scale, C, gate, delta, need_dh0=h0 is not None)
+            scale, C, gate, delta, need_dh0=h0 is not None, layout=layout, block_v=block_v)
         db = None
         if b is not None and ctx.needs_input_grad[3]:
             B, T, H, K = q.shape
@@ -663,4 +644,4 @@ class ChunkScanFn(torch.autograd.Function):
             tail = dgl.permute(0, 2, 1, 3)  # [B, NT, H, K or 1]
             ends += tail if gate == 2 else tail[..., 0]
         return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), db, dw, dh0.to(h0.dtype) if h0 is not None else None,
-                None, None, None, None, None)
+                None, None, None, None, None, None, None)

@@ -4,14 +4,15 @@
 vectorised PyTorch path (``selective_scan_torch``) elsewhere; ``SPEEDZOO_KERNELS`` overrides the choice (see
 ``kernels.common``). Both paths compute the same math as mamba_ssm's ``selective_scan_ref``, plus ``reverse``
 (scan from the last token to the first without flipped copies) for bidirectional blocks. On the GPU the
-Triton path picks a sequential or a chunk-parallel (along L) kernel set by occupancy;
-``SPEEDZOO_SCAN_VARIANT`` / ``SPEEDZOO_SCAN_SEG`` force one (see ``kernels.selective_scan.triton.scan_plan``).
+Triton path picks a sequential or a chunk-parallel (along L) kernel set by occupancy; the keyword arguments
+``variant=`` / ``seg=`` / ``chunk=`` / ``autotune=`` force a choice (see ``kernels.selective_scan.triton.scan_plan``).
 """
 from __future__ import annotations
 
 import torch
 
 from kernels.common import use_triton
+from kernels.selective_scan.options import check_plan_args, chunk_size_for
 from kernels.selective_scan.reference import (
     selective_scan_torch,
     selective_scan_ref,
@@ -81,14 +82,27 @@ def _validate(u, delta, A, B, C, D, z, delta_bias, L_dim: bool = True) -> None:
         raise ValueError(f"selective_scan: all tensors must be on one device, got {sorted(map(str, devices))}")
 
 
+def _check_choices(n_state, variant, seg, chunk) -> None:
+    """The Triton-path keywords are checked on every path, so a typo fails on the CPU as on the GPU."""
+    check_plan_args(variant, seg)
+    chunk_size_for(n_state, chunk)
+
+
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False,
-                   return_last_state=False):
+                   return_last_state=False, *, variant=None, seg=None, chunk=None, autotune=None):
     """y = selective scan of u (mamba_ssm semantics); returns y, or (y, last_state) when asked.
 
     u, delta, z: [B, D, L]; A: [D, N] fp32; B, C: [B, N, L] or [B, G, N, L]; D, delta_bias: [D] fp32.
     Output in u's dtype; last_state [B, D, N] fp32 carries no gradient.
+
+    Triton-path choices (the reference path ignores them; None lets the heuristic decide): ``variant``
+    "sequential" | "chunked" | "auto" (chunk-parallel along L when batch x channel blocks cannot fill the
+    GPU), ``seg`` tokens per segment of the chunked variant, ``chunk`` tokens per stored state = backward
+    tile (4..64, default 16, or 8 above 16 states), ``autotune`` (default True on the GPU) the launch
+    configuration per shape.
     """
     _validate(u, delta, A, B, C, D, z, delta_bias)
+    _check_choices(A.shape[1], variant, seg, chunk)
     if not use_triton(u, delta, A, B, C, D, z, delta_bias):
         return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
                                     return_last_state)
@@ -99,7 +113,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     y, last = selective_scan_triton(
         u.contiguous(), delta.contiguous(), A.contiguous(), B4.contiguous(), C4.contiguous(),
         D.contiguous() if D is not None else None, z.contiguous() if z is not None else None,
-        delta_bias.contiguous() if delta_bias is not None else None, delta_softplus, reverse)
+        delta_bias.contiguous() if delta_bias is not None else None, delta_softplus, reverse, variant, seg, chunk,
+        autotune)
     return (y, last) if return_last_state else y
 
 

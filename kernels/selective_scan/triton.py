@@ -58,7 +58,6 @@ Importing this module compiles nothing; kernels are jit-compiled on first call.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
 
 import torch
@@ -66,8 +65,10 @@ import triton
 import triton.language as tl
 
 from kernels.common import interpreting
+from kernels.selective_scan.options import CHUNKS, VARIANTS, check_plan_args, chunk_size_for
 
-__all__ = ["selective_scan_triton", "SelectiveScanFn", "chunk_size_for", "scan_plan", "sm_count"]
+__all__ = ["selective_scan_triton", "SelectiveScanFn", "chunk_size_for", "scan_plan", "sm_count", "CHUNKS",
+           "VARIANTS"]
 
 LOG2E = 1.4426950408889634
 
@@ -396,24 +397,6 @@ def _combine_kernel(
 # --------------------------------------------------------------------------------------------------------
 # launch configuration
 
-CHUNK_ENV = "SPEEDZOO_SCAN_CHUNK"          # tokens per stored state = backward tile (power of two, 4..64)
-
-
-def chunk_size_for(n_state: int) -> int:
-    """Tokens per stored state in forward = backward's tile, which lives in each thread's registers (about ten
-    [CHUNK] rows per channel): 16, or 8 for more than 16 states (the carry tiles grow with N).
-
-    SPEEDZOO_SCAN_CHUNK overrides it, for benchmarking the trade-off (longer tiles store fewer states but
-    hold more registers) on a GPU."""
-    forced = os.environ.get(CHUNK_ENV)
-    if forced:
-        chunk = int(forced)
-        if chunk < 4 or chunk > 64 or chunk & (chunk - 1):
-            raise ValueError(f"{CHUNK_ENV} must be a power of two in 4..64, got {forced!r}")
-        return chunk
-    return 16 if n_state <= 16 else 8
-
-
 def _block_d_cap(cpg: int, grouped: bool) -> int:
     """Largest power of two a channel block may have so that it stays inside one B/C group."""
     if not grouped:
@@ -461,7 +444,7 @@ _bwd_tuned = triton.autotune(_BWD_CONFIGS, key=_BWD_KEY, prune_configs_by={"earl
 
 def _fixed_config(cap: int, chunk: int, fwd: bool) -> dict:
     """One config without autotuning: small for the CPU interpreter, a sane default on the GPU
-    (``SPEEDZOO_AUTOTUNE=0`` skips autotuning, e.g. for quick test runs)."""
+    (``autotune=False`` skips autotuning, e.g. for quick test runs)."""
     if interpreting():
         cfg = {"BLOCK_D": max(1, min(cap, 4))}
         if fwd:
@@ -473,10 +456,6 @@ def _fixed_config(cap: int, chunk: int, fwd: bool) -> dict:
     return {"BLOCK_D": max(1, min(cap, 32)), "num_warps": 1}
 
 
-def _autotune() -> bool:
-    return not interpreting() and os.environ.get("SPEEDZOO_AUTOTUNE", "1") != "0"
-
-
 def _bucket(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
@@ -484,8 +463,6 @@ def _bucket(x: int) -> int:
 # --------------------------------------------------------------------------------------------------------
 # sequential vs chunk-parallel: the plan
 
-VARIANT_ENV = "SPEEDZOO_SCAN_VARIANT"      # auto | sequential | chunked
-SEG_ENV = "SPEEDZOO_SCAN_SEG"              # tokens per segment of the chunk-parallel variant (rounded up)
 FILL_PROGRAMS_PER_SM = 3                   # fewer (batch x 32-channel blocks) per SM than this: go chunked
                                            # (H200: 512 programs = 3.9/SM ran faster sequential, fwd and fwd+bwd)
 TARGET_PROGRAMS_PER_SM = 16                # the chunk-parallel grid aims at this many programs per SM
@@ -506,22 +483,18 @@ def sm_count(device: torch.device) -> int:
 
 
 def scan_plan(batch: int, dim: int, L: int, n_state: int, sms: int, variant: str | None = None,
-              seg: int | None = None) -> tuple[str, int]:
+              seg: int | None = None, chunk: int | None = None) -> tuple[str, int]:
     """(variant, segment length) for a scan shape on a GPU with ``sms`` SMs.
 
     The sequential kernels run one program per (32-channel block, sequence) down all L tokens; when there
     are fewer than FILL_PROGRAMS_PER_SM of those per SM (small batch, few channels, long L: Vim at high
     resolution) most SMs idle, so L is cut into segments until the grid reaches TARGET_PROGRAMS_PER_SM.
-    ``variant`` / ``seg`` (or SPEEDZOO_SCAN_VARIANT / SPEEDZOO_SCAN_SEG) force a choice (the CPU interpreter
-    has no SMs: there the caller asks for "sequential" unless forced). Segments are a multiple of the
-    backward's chunk, whose start states the forward stores.
+    ``variant`` / ``seg`` (tokens per segment, rounded up) force a choice (the CPU interpreter has no SMs:
+    there the caller asks for "sequential" unless forced). Segments are a multiple of the backward's
+    ``chunk``, whose start states the forward stores.
     """
-    chunk = chunk_size_for(n_state)
-    variant = (variant or os.environ.get(VARIANT_ENV, "auto")).lower()
-    if variant not in ("auto", "sequential", "chunked"):
-        raise ValueError(f"{VARIANT_ENV} must be auto, sequential or chunked, got {variant!r}")
-    if seg is None and os.environ.get(SEG_ENV):
-        seg = int(os.environ[SEG_ENV])
+    chunk = chunk_size_for(n_state, chunk)
+    variant = check_plan_args(variant, seg)
     programs = batch * triton.cdiv(dim, 32)
     if variant == "auto":
         chunked = programs < FILL_PROGRAMS_PER_SM * sms and L >= 2 * SEG_MIN
@@ -551,9 +524,9 @@ def _dummy(ref: torch.Tensor) -> torch.Tensor:
     return torch.zeros(1, device=ref.device, dtype=torch.float32)
 
 
-def _launch(fixed, tuned, args, n_seg, batch, dim, cap, chunk, fwd, **kw):
+def _launch(fixed, tuned, args, n_seg, batch, dim, cap, chunk, fwd, autotune, **kw):
     """One scan kernel over grid (channel blocks, segments, batch), autotuned or with the fixed config."""
-    if not _autotune():
+    if not autotune or interpreting():
         cfg = _fixed_config(cap, chunk, fwd=fwd)
         fixed[(triton.cdiv(dim, cfg["BLOCK_D"]), n_seg, batch)](*args, **kw, **cfg)
     else:
@@ -575,7 +548,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, s
 
     B, C are 4-D ``[B, G, N, L]``; all contiguous. Returns (y, last, states).
     """
-    variant, seg, chunk = plan
+    variant, seg, chunk, autotune = plan
     batch, dim, L = u.shape
     n = A.shape[1]
     y = torch.empty_like(u)
@@ -590,7 +563,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, s
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=bool(softplus), REVERSE=bool(reverse))
     run = functools.partial(_launch, _fwd_kernel, _fwd_tuned, batch=batch, dim=dim, cap=cap, chunk=chunk,
-                            fwd=True)
+                            fwd=True, autotune=autotune)
     if variant == "sequential":
         args = (u, delta, A, B, C, *opt, y, last, states, dummy, dummy, *scalars)
         run(args, 1, **meta, **flags, STORE_STATES=bool(store_states), EMIT_Y=True, STORE_END=True,
@@ -613,7 +586,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, s
 
 def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, states, plan):
     """Launch the backward (sequential, or passes A-C); returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)."""
-    variant, seg, chunk = plan
+    variant, seg, chunk, autotune = plan
     batch, dim, L = u.shape
     n = A.shape[1]
     du = torch.empty_like(u)
@@ -632,7 +605,7 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reve
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=bool(softplus), REVERSE=bool(reverse))
     run = functools.partial(_launch, _bwd_kernel, _bwd_tuned, batch=batch, dim=dim, cap=cap, chunk=chunk,
-                            fwd=False)
+                            fwd=False, autotune=autotune)
     if variant == "sequential":
         run((u, delta, A, B, C, *opt, dout, states, dummy, dummy, *grads, *scalars), 1, **meta, **flags,
             CARRY_ONLY=False, HAS_CARRY=False)
@@ -658,14 +631,14 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reve
 @torch.library.custom_op("speedzoo::selective_scan_fwd", mutates_args=())
 def _fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
             D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], softplus: bool,
-            reverse: bool, store_states: bool, variant: str, seg: int,
-            chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            reverse: bool, store_states: bool, variant: str, seg: int, chunk: int,
+            autotune: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, store_states,
-                              (variant, seg, chunk))
+                              (variant, seg, chunk, autotune))
 
 
 @_fwd_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, store_states, variant, seg, chunk):
+def _(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, store_states, variant, seg, chunk, autotune):
     batch, dim, L = u.shape
     n = A.shape[1]
     f32 = dict(dtype=torch.float32, device=u.device)
@@ -676,17 +649,17 @@ def _(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, store_states, vari
 @torch.library.custom_op("speedzoo::selective_scan_bwd", mutates_args=())
 def _bwd_op(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
             C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-            states: torch.Tensor, softplus: bool, reverse: bool, variant: str, seg: int,
-            chunk: int) -> list[torch.Tensor]:
+            states: torch.Tensor, softplus: bool, reverse: bool, variant: str, seg: int, chunk: int,
+            autotune: bool) -> list[torch.Tensor]:
     """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) in fp32 except du, ddelta, dz; an absent input's
     gradient is an empty tensor (custom ops return tensors only)."""
     grads = selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, states,
-                               (variant, seg, chunk))
+                               (variant, seg, chunk, autotune))
     return [g if g is not None else u.new_empty(0, dtype=torch.float32) for g in grads]
 
 
 @_bwd_op.register_fake
-def _(dout, u, delta, A, B, C, D, z, delta_bias, states, softplus, reverse, variant, seg, chunk):
+def _(dout, u, delta, A, B, C, D, z, delta_bias, states, softplus, reverse, variant, seg, chunk, autotune):
     f32 = dict(dtype=torch.float32, device=u.device)
 
     def like(t, dtype=None):
@@ -700,8 +673,8 @@ def _(dout, u, delta, A, B, C, D, z, delta_bias, states, softplus, reverse, vari
 class SelectiveScanFn(torch.autograd.Function):
     """Triton forward; backward recomputes states per chunk from the chunk-start states saved by forward.
 
-    ``plan`` = (variant, segment, chunk) from :func:`scan_plan` and :func:`chunk_size_for`, kept so the backward
-    splits L and reads the stored states as the forward wrote them.
+    ``plan`` = (variant, segment, chunk, autotune) from :func:`scan_plan` and :func:`chunk_size_for`, kept so the
+    backward splits L and reads the stored states as the forward wrote them.
     """
 
     @staticmethod
@@ -727,13 +700,17 @@ class SelectiveScanFn(torch.autograd.Function):
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          reverse=False, variant=None, seg=None):
+                          reverse=False, variant=None, seg=None, chunk=None, autotune=None):
     """Triton selective scan on validated, contiguous inputs with 4-D B/C; returns (y, last_state).
 
-    ``variant`` ("auto", "sequential", "chunked") and ``seg`` override :func:`scan_plan`'s choice.
+    ``variant`` ("auto", "sequential", "chunked"), ``seg`` and ``chunk`` override :func:`scan_plan`'s and
+    :func:`chunk_size_for`'s choice; ``autotune`` (default: on, except in the interpreter) picks the launch
+    configuration per shape. The interpreter has no SMs to fill, so "auto" means sequential there.
     """
     batch, dim, L = u.shape
-    if variant is None and interpreting() and os.environ.get(VARIANT_ENV, "auto").lower() == "auto":
+    if interpreting() and check_plan_args(variant, seg) == "auto":
         variant = "sequential"
-    plan = (*scan_plan(batch, dim, L, A.shape[1], sm_count(u.device), variant, seg), chunk_size_for(A.shape[1]))
+    n = A.shape[1]
+    plan = (*scan_plan(batch, dim, L, n, sm_count(u.device), variant, seg, chunk), chunk_size_for(n, chunk),
+            bool(autotune is None or autotune) and not interpreting())
     return SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, plan)

@@ -38,11 +38,12 @@ def _inputs(B, T, H, K, V, dtype, gate=True, h0=True, device="cpu", seed=0):
     return [x.to(device).requires_grad_() if x is not None else None for x in (q, k, v, g, beta, s0)]
 
 
-def _check(B, T, H, K, V, dtype, *, C=16, gate=True, h0=True, l2=True, device="cpu", fn=None, slack=1.0):
+def _check(B, T, H, K, V, dtype, *, C=16, gate=True, h0=True, l2=True, device="cpu", fn=None, slack=1.0, **bwd):
+    """``bwd``: the backward keywords (bwd_block_v) for the op under test."""
     ins = _inputs(B, T, H, K, V, dtype, gate, h0, device)
     q, k, v, g, beta, s0 = ins
     fn = chunk_gated_delta_rule if fn is None else fn
-    o, ht = fn(q, k, v, g, beta, None, s0, True, l2, C)
+    o, ht = fn(q, k, v, g, beta, None, s0, True, l2, C, **bwd)
     assert o.dtype == dtype and o.shape == v.shape and ht.dtype == torch.float32
     rins = [x.detach().float().requires_grad_() if x is not None else None for x in ins]
     orf, hr = delta_rule_recurrent_ref(*rins[:5], None, rins[5], True, l2)
@@ -96,8 +97,17 @@ def test_step_reproduces_scan():
     assert rel_rms(torch.stack(outs, 1), o) < 1e-5 and rel_rms(state, ht) < 1e-5
 
 
+def test_backward_v_blocks():
+    """bwd_block_v=16 at V = 40: three V blocks of the fused backward, whose dq, dk, dW are summed over them."""
+    _check(1, 37, 1, 16, 40, torch.float32, bwd_block_v=16)
+
+
 def test_validation_errors():
     q = torch.randn(1, 4, 1, 16)
+    with pytest.raises(ValueError, match=r"bwd_layout must be one of \('fused',\)"):
+        chunk_gated_delta_rule(q, q, q, None, q[..., 0], bwd_layout="split")
+    with pytest.raises(ValueError, match="power of two"):
+        chunk_gated_delta_rule(q, q, q, None, q[..., 0], bwd_block_v=20)
     with pytest.raises(ValueError, match="beta"):
         chunk_gated_delta_rule(q, q, q, None, None)
     with pytest.raises(ValueError, match="g must be"):

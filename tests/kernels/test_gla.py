@@ -45,9 +45,10 @@ def _inputs(B, T, H, K, V, gate, dtype, h0, strength=1.0, positive=False, device
 
 
 def _check(B, T, H, K, V, gate, dtype, *, h0=True, causal=True, C=16, strength=1.0, normalize=False,
-           device="cpu", tol=None, tol_g=None):
+           device="cpu", tol=None, tol_g=None, **bwd):
+    """``bwd``: the backward-layout keywords (bwd_layout, bwd_block_v) for chunk_gla."""
     q, k, v, g, gs, s0 = _inputs(B, T, H, K, V, gate, dtype, h0, strength, positive=normalize, device=device)
-    o, ht = chunk_gla(q, k, v, g, gs, None, s0, causal, causal, normalize, C)
+    o, ht = chunk_gla(q, k, v, g, gs, None, s0, causal, causal, normalize, C, **bwd)
     assert o.dtype == dtype and o.shape == v.shape
     f32 = [x.detach().float().requires_grad_() if x is not None else None for x in (q, k, v, g, gs, s0)]
     rq, rk, rv, rg, rgs, rs0 = f32
@@ -90,38 +91,47 @@ def test_causal_values_and_grads(gate, dtype, T, K, V, C):
 @pytest.mark.parametrize("variant", ["fused", "chunked", "split"])
 @pytest.mark.parametrize("gate", ["none", "scalar", "vector"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_backward_layouts(gate, dtype, variant, monkeypatch):
-    """Every SPEEDZOO_GLA_BWD layout (split is also the default the other tests run) gives the same gradients:
-    several chunks, a ragged last one, with and without h0 and dh_T, causal and bidirectional, extreme gates
-    (split hands those to chunked)."""
-    monkeypatch.setenv("SPEEDZOO_GLA_BWD", variant)
-    _check(1, 70, 2, 32, 48, gate, dtype, C=16)
-    if variant != "split":
-        monkeypatch.setenv("SPEEDZOO_GLA_BWD_BV", "16")  # three V blocks: dq, dk summed over them
-        _check(1, 70, 2, 32, 48, gate, dtype, C=16)
-        monkeypatch.delenv("SPEEDZOO_GLA_BWD_BV")
+def test_backward_layouts(gate, dtype, variant):
+    """Every bwd_layout (split is also the default the other tests run) gives the same gradients: several
+    chunks, a ragged last one, with and without h0 and dh_T, causal and bidirectional, extreme gates (split
+    hands those to chunked)."""
+    _check(1, 70, 2, 32, 48, gate, dtype, C=16, bwd_layout=variant)
+    if variant != "split":  # three V blocks: dq, dk summed over them
+        _check(1, 70, 2, 32, 48, gate, dtype, C=16, bwd_layout=variant, bwd_block_v=16)
     else:  # K and V past one block: the loops over blocks and their masks
         _check(1, 40, 1, 80, 72, gate, dtype, C=16)  # 3 K-blocks of 32, 2 V-blocks of 64
     if dtype == torch.float32:
-        _check(2, 20, 1, 16, 16, gate, dtype, h0=False)
-        _check(1, 40, 2, 16, 16, gate, dtype, h0=False, causal=False)
+        _check(2, 20, 1, 16, 16, gate, dtype, h0=False, bwd_layout=variant)
+        _check(1, 40, 2, 16, 16, gate, dtype, h0=False, causal=False, bwd_layout=variant)
         if gate == "vector":
-            _check(1, 37, 1, 16, 16, gate, dtype, strength=20.0)
+            _check(1, 37, 1, 16, 16, gate, dtype, strength=20.0, bwd_layout=variant)
 
 
-def test_backward_variant_is_checked(monkeypatch):
-    from kernels.gla.triton import bwd_variant
+def test_backward_layout_reaches_the_launcher(monkeypatch):
+    """bwd_layout / bwd_block_v pass through the autograd Function into chunk_scan_bwd."""
+    import kernels.gla.triton as gla_triton
 
-    monkeypatch.delenv("SPEEDZOO_GLA_BWD", raising=False)
-    assert bwd_variant() == "split"
-    monkeypatch.setenv("SPEEDZOO_GLA_BWD", "parallel")
-    with pytest.raises(ValueError, match="'split', 'fused' or 'chunked'"):
-        bwd_variant()
-    monkeypatch.setenv("SPEEDZOO_GLA_BWD", "fused")
-    monkeypatch.setenv("SPEEDZOO_GLA_BWD_BV", "24")
-    q = torch.randn(1, 4, 1, 16, requires_grad=True)
+    seen = []
+    real = gla_triton.chunk_scan_bwd
+    monkeypatch.setattr(gla_triton, "chunk_scan_bwd",
+                        lambda *a, **kw: seen.append((kw["layout"], kw["block_v"])) or real(*a, **kw))
+    q = torch.randn(1, 20, 1, 16, requires_grad=True)
+    g = torch.zeros(1, 20, 1, requires_grad=True)
+    chunk_gla(q, q, q, g_scalar=g, chunk_size=16, bwd_layout="Fused", bwd_block_v=32)[0].sum().backward()
+    chunk_gla(q, q, q, g_scalar=g, chunk_size=16)[0].sum().backward()
+    assert seen == [("fused", 32), ("split", None)]
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_backward_layout_is_checked_on_every_path(backend, monkeypatch):
+    monkeypatch.setenv("SPEEDZOO_KERNELS", backend)
+    q = torch.randn(1, 4, 1, 16)
+    with pytest.raises(ValueError, match="bwd_layout must be one of"):
+        chunk_gla(q, q, q, bwd_layout="parallel")
     with pytest.raises(ValueError, match="power of two"):
-        chunk_gla(q, q, q, g_scalar=torch.zeros(1, 4, 1, requires_grad=True))[0].sum().backward()
+        chunk_gla(q, q, q, bwd_layout="fused", bwd_block_v=24)
+    with pytest.raises(ValueError, match="pass bwd_layout='fused' or 'chunked'"):
+        chunk_gla(q, q, q, bwd_block_v=32)
 
 
 def test_vector_gates_extreme_take_exact_path():
@@ -194,24 +204,24 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("bwd", ["fused", "chunked", "split"])
 @pytest.mark.parametrize("gate", ["none", "scalar", "vector"])
 @pytest.mark.parametrize("shape", [(2, 500, 4, 64), (2, 1024, 8, 128)])
-def test_gpu_bf16_vs_fp32_reference(gate, shape, bwd, monkeypatch):
+def test_gpu_bf16_vs_fp32_reference(gate, shape, bwd):
     """Compiled kernels on the GPU (Hopper: fla's gated backward miscompiles under Triton 3.6; ours must not)."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("GPU tests need compiled Triton: run with TRITON_INTERPRET=0")
-    monkeypatch.setenv("SPEEDZOO_GLA_BWD", bwd)
     B, T, H, D = shape
-    _check(B, T, H, D, D, gate, torch.bfloat16, C=64, device="cuda", strength=0.1 if gate == "vector" else 1.0)
+    _check(B, T, H, D, D, gate, torch.bfloat16, C=64, device="cuda", strength=0.1 if gate == "vector" else 1.0,
+           bwd_layout=bwd)
 
 
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("bwd", ["fused", "chunked", "split"])
 @pytest.mark.parametrize("gate", ["scalar", "vector"])
-def test_gpu_fp32_and_bidirectional(gate, bwd, monkeypatch):
+def test_gpu_fp32_and_bidirectional(gate, bwd):
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("GPU tests need compiled Triton: run with TRITON_INTERPRET=0")
-    monkeypatch.setenv("SPEEDZOO_GLA_BWD", bwd)
-    _check(2, 500, 4, 64, 64, gate, torch.float32, C=64, device="cuda", tol=1e-4, tol_g=1e-3)
+    _check(2, 500, 4, 64, 64, gate, torch.float32, C=64, device="cuda", tol=1e-4, tol_g=1e-3, bwd_layout=bwd)
     _check(2, 300, 2, 64, 64, gate, torch.float32, C=64, h0=False, causal=False, device="cuda", tol=1e-4,
-           tol_g=1e-3)
-    _check(1, 200, 2, 64, 64, gate, torch.float32, C=64, strength=20.0, device="cuda", tol=1e-4, tol_g=1e-3)
+           tol_g=1e-3, bwd_layout=bwd)
+    _check(1, 200, 2, 64, 64, gate, torch.float32, C=64, strength=20.0, device="cuda", tol=1e-4, tol_g=1e-3,
+           bwd_layout=bwd)

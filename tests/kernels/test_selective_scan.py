@@ -2,8 +2,8 @@
 
 The Triton path has two variants (kernels.selective_scan.triton.scan_plan): sequential (one program walks all
 L tokens) and chunk-parallel along L (segments scanned from zero, combined, rescanned; backward likewise).
-The chunk-parallel tests force it with SPEEDZOO_SCAN_VARIANT=chunked and the shortest segment (one backward
-chunk, 32 tokens) so the interpreter sees several segments, partial last segments, and L below one segment.
+The chunk-parallel tests force it with the keywords ``variant="chunked", seg=16`` (rounded up to one
+backward chunk) so the interpreter sees several segments, partial last segments, and L below one segment.
 
 Metric: relative RMS error (kernels.common.rel_rms) of the output and of every input gradient.
 Tolerances: fp32 inputs 1e-5 (CPU interpreter) / 1e-4 (GPU); bf16 inputs 1e-2 (outputs and gradients are
@@ -56,11 +56,13 @@ def run_with_grads(fn, inputs, dy, **kw):
     return y, [next(it) if x is not None else None for x in leaves]
 
 
-def compare(inputs, tol, ref_fn=selective_scan_ref, **kw):
-    """Triton (or dispatched) path on `inputs` vs `ref_fn` on fp32 copies; asserts value and all gradients."""
+def compare(inputs, tol, ref_fn=selective_scan_ref, scan_kw=None, **kw):
+    """Triton (or dispatched) path on `inputs` vs `ref_fn` on fp32 copies; asserts value and all gradients.
+
+    ``scan_kw``: the Triton-path keywords (variant, seg, chunk, autotune), given to the op under test only."""
     ref_inputs = [x.detach().float() if x is not None else None for x in inputs]
     dy = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(1)).to(inputs[0].device)
-    y, grads = run_with_grads(selective_scan, inputs, dy, **kw)
+    y, grads = run_with_grads(selective_scan, inputs, dy, **kw, **(scan_kw or {}))
     y_ref, grads_ref = run_with_grads(ref_fn, ref_inputs, dy, **kw)
     assert y.dtype == inputs[0].dtype
     errs = {"y": rel_rms(y, y_ref)}
@@ -211,29 +213,25 @@ CHUNKED_CASES = [
 ]
 
 
-@pytest.fixture
-def chunked(monkeypatch):
-    """Force the chunk-parallel variant with 32-token segments."""
-    monkeypatch.setenv("SPEEDZOO_SCAN_VARIANT", "chunked")
-    monkeypatch.setenv("SPEEDZOO_SCAN_SEG", "16")          # rounded up to the backward chunk (32)
+CHUNKED = dict(variant="chunked", seg=16)  # the chunk-parallel variant, segments rounded up to one chunk (16)
 
 
 @pytest.mark.parametrize("case", CHUNKED_CASES)
-def test_chunk_parallel_fp32_matches_ref(case, chunked):
+def test_chunk_parallel_fp32_matches_ref(case):
     batch, dim, L, n, groups, has_D, has_z, has_bias, softplus, reverse = case
     inputs = make_inputs(batch, dim, L, n, groups, torch.float32, has_D, has_z, has_bias)
-    compare(inputs, TOL[torch.float32], delta_softplus=softplus, reverse=reverse)
+    compare(inputs, TOL[torch.float32], scan_kw=CHUNKED, delta_softplus=softplus, reverse=reverse)
 
 
-def test_chunk_parallel_bf16_matches_ref(chunked):
+def test_chunk_parallel_bf16_matches_ref():
     inputs = make_inputs(1, 8, 40, 16, 2, torch.bfloat16)
-    compare(inputs, TOL[torch.bfloat16], delta_softplus=True, reverse=True)
+    compare(inputs, TOL[torch.bfloat16], scan_kw=CHUNKED, delta_softplus=True, reverse=True)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_chunk_parallel_last_state(reverse, chunked):
+def test_chunk_parallel_last_state(reverse):
     inputs = make_inputs(1, 4, 75, 16)
-    y, last = selective_scan(*inputs, delta_softplus=True, reverse=reverse, return_last_state=True)
+    y, last = selective_scan(*inputs, delta_softplus=True, reverse=reverse, return_last_state=True, **CHUNKED)
     y_ref, last_ref = selective_scan_ref(*inputs, delta_softplus=True, reverse=reverse, return_last_state=True)
     assert last.shape == (1, 4, 16) and last.dtype == torch.float32
     assert rel_rms(last, last_ref) < 1e-5 and rel_rms(y, y_ref) < 1e-5
@@ -241,13 +239,30 @@ def test_chunk_parallel_last_state(reverse, chunked):
 
 @pytest.mark.parametrize("chunk", [4, 8])
 @pytest.mark.parametrize("variant", ["sequential", "chunked"])
-def test_shorter_backward_tile_matches_ref(chunk, variant, monkeypatch):
-    """SPEEDZOO_SCAN_CHUNK: states stored every 4 / 8 tokens, the backward tiled to match (both variants)."""
-    monkeypatch.setenv("SPEEDZOO_SCAN_CHUNK", str(chunk))
-    monkeypatch.setenv("SPEEDZOO_SCAN_VARIANT", variant)
-    monkeypatch.setenv("SPEEDZOO_SCAN_SEG", "8")                # chunked: segments of max(8, chunk) tokens
+def test_shorter_backward_tile_matches_ref(chunk, variant):
+    """chunk=: states stored every 4 / 8 tokens, the backward tiled to match (both variants; chunked: segments
+    of max(8, chunk) tokens)."""
     inputs = make_inputs(1, 8, 37, 16, 2, torch.float32, True, True, True)
-    compare(inputs, TOL[torch.float32], delta_softplus=True, reverse=True)
+    compare(inputs, TOL[torch.float32], scan_kw=dict(chunk=chunk, variant=variant, seg=8), delta_softplus=True,
+            reverse=True)
+
+
+def test_keywords_reach_the_launchers(monkeypatch):
+    """variant / seg / chunk / autotune pass through the custom op into the launch plan of forward and backward."""
+    import kernels.selective_scan.triton as scan_triton
+
+    plans = []
+    for name in ("selective_scan_fwd", "selective_scan_bwd"):
+        real = getattr(scan_triton, name)
+        monkeypatch.setattr(scan_triton, name, lambda *a, _real=real: plans.append(a[-1]) or _real(*a))
+    inputs = make_inputs(1, 4, 40, 16)
+    compare(inputs, TOL[torch.float32], scan_kw=dict(variant="chunked", seg=9, chunk=8, autotune=True),
+            delta_softplus=True)
+    # seg rounded up to the chunk; autotune stays off in the interpreter, which has no configs to time
+    assert plans == [("chunked", 16, 8, False)] * 2
+    plans.clear()
+    selective_scan(*inputs, delta_softplus=True)
+    assert plans == [("sequential", 40, 16, False)]
 
 
 @pytest.mark.parametrize("has_D_z_bias", [True, False])
@@ -277,7 +292,7 @@ def test_custom_ops_pass_opcheck():
 
     u, delta, A, B, C, D, z, bias = make_inputs(1, 4, 9, 2)
     B4, C4 = B.unsqueeze(1), C.unsqueeze(1)
-    plan = ("sequential", 9, chunk_size_for(2))
+    plan = ("sequential", 9, chunk_size_for(2), False)
     fwd_args = (u, delta, A, B4, C4, D, z, bias, True, False, True, *plan)
     torch.library.opcheck(torch.ops.speedzoo.selective_scan_fwd.default, fwd_args,
                           test_utils=("test_schema", "test_faketensor"))
@@ -287,12 +302,17 @@ def test_custom_ops_pass_opcheck():
                           test_utils=("test_schema", "test_faketensor"))
 
 
-def test_backward_tile_env_is_checked(monkeypatch):
-    from kernels.selective_scan.triton import chunk_size_for
-
-    monkeypatch.setenv("SPEEDZOO_SCAN_CHUNK", "12")
-    with pytest.raises(ValueError, match="power of two"):
-        chunk_size_for(16)
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_keywords_are_checked_on_every_path(backend, monkeypatch):
+    """A bad variant, segment or chunk fails the same way on the reference path as on the Triton path."""
+    monkeypatch.setenv("SPEEDZOO_KERNELS", backend)
+    inputs = make_inputs(1, 3, 9, 4)
+    with pytest.raises(ValueError, match="chunk must be one of"):
+        selective_scan(*inputs, chunk=12)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        selective_scan(*inputs, variant="parallel")
+    with pytest.raises(ValueError, match="seg must be a positive"):
+        selective_scan(*inputs, variant="chunked", seg=0)
 
 
 def test_backward_configs_put_one_channel_on_each_lane():
@@ -321,7 +341,7 @@ def test_scan_plan_heuristic():
     assert scan_plan(8, 384, 300, 16, 132, "auto")[0] == "sequential"      # too short to split
     assert scan_plan(8, 384, 6085, 16, 132, "sequential") == ("sequential", 6085)
     assert scan_plan(1, 4, 100, 16, 132, "chunked", 20) == ("chunked", 32)   # rounded up to the chunk (16)
-    with pytest.raises(ValueError, match="SCAN_VARIANT"):
+    with pytest.raises(ValueError, match="variant must be one of"):
         scan_plan(1, 4, 100, 16, 132, "parallel")
 
 
@@ -369,16 +389,16 @@ def test_gpu_grouped_bf16_and_last_state():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_int64_offsets(monkeypatch):
-    """B·D·L above 2^31 elements: offsets must be 64-bit (checks the last channel of the last batch)."""
-    monkeypatch.setenv("SPEEDZOO_AUTOTUNE", "0")  # about offsets, not configs: autotuning at 2.4G elements takes minutes
+def test_gpu_int64_offsets():
+    """B·D·L above 2^31 elements: offsets must be 64-bit (checks the last channel of the last batch).
+    autotune=False: the test is about offsets, not configs, and autotuning at 2.4G elements takes minutes."""
     batch, dim, L, n = 2, 2048, 600_000, 1
     try:
         inputs = make_inputs(batch, dim, L, n, dtype=torch.bfloat16, device="cuda", has_z=False)
     except torch.OutOfMemoryError:
         pytest.skip("not enough GPU memory")
     u, delta, A, B, C, D, _, bias = inputs
-    y = selective_scan(*inputs, delta_softplus=True)
+    y = selective_scan(*inputs, delta_softplus=True, autotune=False)
     y_ref = selective_scan_torch(u[-1:, -2:], delta[-1:, -2:], A[-2:], B[-1:], C[-1:], D[-2:], None, bias[-2:],
                                    delta_softplus=True)
     assert rel_rms(y[-1:, -2:], y_ref) < 1e-2
@@ -392,14 +412,15 @@ LONG_SHAPES = [(1, 384, 6085, 16), (2, 384, 4097, 16), (1, 2048, 4096, 16)]
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_long_l_both_variants(shape, variant, reverse, monkeypatch):
+def test_gpu_long_l_both_variants(shape, variant, reverse):
     """Vim at high resolution / LM-like L: both variants (the heuristic's segment length) vs fp32 chunked."""
-    monkeypatch.setenv("SPEEDZOO_SCAN_VARIANT", variant)
     batch, dim, L, n = shape
     inputs = make_inputs(batch, dim, L, n, groups=2 if reverse else None, dtype=torch.bfloat16, device="cuda")
-    errs = compare(inputs, 1e-2, ref_fn=_gpu_ref, delta_softplus=True, reverse=reverse)
+    errs = compare(inputs, 1e-2, ref_fn=_gpu_ref, scan_kw=dict(variant=variant), delta_softplus=True,
+                   reverse=reverse)
     print(shape, variant, reverse, {k: f"{v:.1e}" for k, v in errs.items()})
-    y, last = selective_scan(*inputs, delta_softplus=True, reverse=reverse, return_last_state=True)
+    y, last = selective_scan(*inputs, delta_softplus=True, reverse=reverse, return_last_state=True,
+                             variant=variant)
     _, last_ref = _gpu_ref(*[x.float() if x is not None else None for x in inputs], delta_softplus=True,
                            reverse=reverse, return_last_state=True)
     assert rel_rms(last, last_ref) < 1e-2
@@ -408,7 +429,7 @@ def test_gpu_long_l_both_variants(shape, variant, reverse, monkeypatch):
 @pytest.mark.parametrize("case", CHUNKED_CASES)
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_chunk_parallel_fp32_odd_shapes(case, chunked):
+def test_gpu_chunk_parallel_fp32_odd_shapes(case):
     batch, dim, L, n, groups, has_D, has_z, has_bias, softplus, reverse = case
     inputs = make_inputs(batch, dim, L, n, groups, torch.float32, has_D, has_z, has_bias, device="cuda")
-    compare(inputs, 1e-4, delta_softplus=softplus, reverse=reverse)
+    compare(inputs, 1e-4, scan_kw=CHUNKED, delta_softplus=softplus, reverse=reverse)
