@@ -25,10 +25,13 @@ class PretrainedNotAvailableError(ZooError):
 
 
 class ChecksumError(ZooError):
-    def __init__(self, path: str, expected: str, actual: str):
+    def __init__(self, path: str, expected: str, actual: str, recorded_in: str | None = None):
+        self.path = path
+        origin = f"recorded in {recorded_in} when it was downloaded" if recorded_in else "registered for this tag"
         super().__init__(
-            f"Checksum mismatch for {path}: expected sha256 {expected}, got {actual}. The file is corrupt or "
-            f"not the one registered; delete it so it is downloaded again, or pass the right file as checkpoint_path=."
+            f"Checksum mismatch for {path}: expected sha256 {expected} ({origin}), got {actual}. The file is "
+            f"corrupt or not the one registered; delete it (rm {path}) so it is downloaded again, or pass the right "
+            f"file as checkpoint_path=."
         )
 
 
@@ -54,5 +57,24 @@ class DataError(ZooError):
     """A data set is missing, empty, or in a layout the zoo does not recognise."""
 
 
-class AudioDecodeError(DataError):
-    """An audio file cannot be decoded or holds no samples."""
+class CacheError(ZooError):
+    """The weight cache folder cannot be created or written: read-only, full, or a file stands in its way."""
+
+    def __init__(self, folder: str, reason: str):
+        self.folder = folder
+        super().__init__(
+            f"Cannot write to the weight cache folder {folder}: {reason}. Free space or fix permissions there, or "
+            f"choose another cache folder with the ZOO_CACHE environment variable (e.g. export ZOO_CACHE=/data/speedzoo).")
+
+
+class MediaDecodeError(DataError):
+    """One image or audio file cannot be decoded (corrupt, truncated, empty or not media); data sets skip and
+    count these (zoo.data.sources.SkipUnreadable) instead of stopping."""
+
+
+class ImageDecodeError(MediaDecodeError):
+    """An image file cannot be decoded or is empty."""
+
+
+class AudioDecodeError(MediaDecodeError):
+    """An audio file cannot be decoded, holds no samples or is shorter than one analysis frame."""

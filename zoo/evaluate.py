@@ -169,7 +169,7 @@ def export_info(path: str | os.PathLike) -> dict[str, Any]:
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state dict, build info) of a zoo export (.safetensors with metadata), a recipe's Lightning .ckpt or
     any weight file. Build info may hold model, num_classes, in_chans, img_size, model_args, preprocess."""
-    from zoo.hub import read_state_dict
+    from zoo.hub import check_finite, load_torch_file, read_state_dict
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -179,10 +179,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, export_info(p)
     info: dict[str, Any] = {}
     if p.suffix == ".ckpt":
-        try:
-            ckpt = torch.load(str(p), map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise WeightLoadError(f"cannot read Lightning checkpoint {p}: {type(e).__name__}: {e}") from None
+        ckpt = load_torch_file(p)
+        if not isinstance(ckpt, dict):
+            raise WeightLoadError(f"{p} is not a Lightning checkpoint (it holds a {type(ckpt).__name__}); pass a "
+                                  f"recipe's .ckpt, a zoo fit export or a weight file.")
         hp = ckpt.get("hyper_parameters", {}) or {}
         info = {k: hp.get(k) for k in ("model", "num_classes", "in_chans", "img_size", "model_args")}
         ema = ckpt.get("zoo_ema")
@@ -190,6 +190,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
                                              if k.startswith("model.")}
         if not state:
             raise WeightLoadError(f"{p} holds no 'model.*' weights; is it a zoo recipe checkpoint?")
+        check_finite(p, state)
         return state, info
     return read_state_dict(p), info
 
