@@ -1,0 +1,374 @@
+"""Triton path of the fused bidirectional Mamba mixer (Vim's v2 block after ``in_proj``), forward and backward.
+
+Unfused, each direction runs conv+SiLU, x_proj, dt_proj, two B/C ``.contiguous()`` copies and a scan, then a
+lerp merges the two [B, E, L] outputs before out_proj: per layer 11 launches and ~14 E-wide activation
+passes over HBM. Fused:
+
+1. ``_biconv_fwd_kernel``: ONE pass over x [B, E, L] writes both directions' SiLU(conv) into xc [2, B, E, L]
+   (the backward direction's causal-on-reversed conv is the anti-causal conv by index, so the 2W-1 shifted
+   loads of x serve both: x is read once instead of twice).
+2. x_proj of both directions as one batched GEMM over the stacked weights [2, R+2N, E] (x_dbl [2, B, R+2N, L]),
+   dt_proj likewise ([2, E, R] on the dt rows, a strided view of x_dbl: no copy).
+   Why dt stays a GEMM, not a dot inside the scan: at Vim-Ti (E = 384, R = 12, N = 16) the [2, B, E, L] delta
+   costs 2 B write + 2 B read per (direction, channel, token) in bf16; computing it in the scan instead
+   reads R = 12 dt rows per token (shared by the program's channels: 24 B per token per channel block, i.e.
+   < 1 B per channel) but adds 2R = 24 FLOP per element to a kernel already bound by its N exps, and its
+   backward needs d(dt_low) = W_dt^T d(delta) and dW_dt reductions over B x L inside the scan backward.
+   The GEMM keeps the backward on the existing scan machinery; fusing it saves ~4 B/element (~13% of the
+   layer's traffic at 1024 px): the next step once the fused path is measured.
+3. ``_biscan_fwd_kernel``: ONE scan launch for both directions (grid axis 2 = direction x sequence; the
+   backward direction walks token ``L-1-p`` at step ``p``: reverse by index, no flips). Each program reads
+   u = xc, delta, and B, C straight out of x_dbl with strides (no copies), applies D skip and the SiLU(z) gate
+   (z is shared by both directions) and writes its direction's y into y2 [B, L, 2, E] (channels contiguous).
+4. The merge is folded into out_proj: out = [W/2 | W/2] @ [y_fwd; y_bwd], one GEMM with K = 2E over y2
+   viewed as [B, L, 2E]. The lerp pass (read 2, write 1) and out_proj's read of its result (4 E-wide passes)
+   become out_proj reading 2; the GEMM's extra 2 x B L E dim FLOPs cost ~16 us at 1024 px batch 8.
+
+Backward by recomputation and reuse: the scan backward is the selective-scan family's own backward
+(``speedzoo::selective_scan_bwd``, sequential or chunk-parallel along L) run once per direction on views of
+the stacked tensors and the chunk states this forward stored in its layout; the conv backward is the conv
+family's (``speedzoo::depthwise_conv1d_bwd``, which recomputes the pre-activation from x) per direction. Only
+B and C are copied contiguous in the backward (the scan backward's dB/dC buffers follow B/C's layout), each
+[B, N, L]: 1/24 of an [B, E, L] tensor at Vim-Ti.
+
+The launchers are custom ops (``speedzoo::bimamba_conv_fwd``, ``speedzoo::bimamba_scan_fwd``), so
+torch.compile / CUDA graphs capture the whole mixer. Math in fp32, states fp32, int64 base offsets.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from kernels.causal_conv1d.triton import _blocks as _conv_blocks
+from kernels.common import interpreting
+from kernels.selective_scan.triton import (
+    _FWD_CONFIGS,
+    _affine_combine,
+    _bucket,
+    _combine,
+    _delta,
+    _dummy,
+    _launch,
+    _prune,
+    chunk_size_for,
+    scan_plan,
+    sm_count,
+)
+
+__all__ = ["bimamba_inner_triton", "BiConvFn", "BiScanFn", "mixer_plans"]
+
+
+@triton.jit
+def _biconv_fwd_kernel(
+    X, Wt, Bias, Y,
+    D, L,
+    sxb, sxd, sxl,
+    sy_dir, syb, syd,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """Both directions of SiLU(depthwise conv) from one read of x: causal taps x[t-(W-1)+k] with weight[0],
+    anti-causal taps x[t+(W-1)-k] with weight[1]; shift s = tap offset serves tap k = s+W-1 (s <= 0, causal)
+    and k = W-1-s (s >= 0, anti-causal)."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    pid_l = tl.program_id(2)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_d = offs_d < D
+    x_rows = X + pid_b * sxb + offs_d.to(tl.int64)[:, None] * sxd
+    acc_f = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
+    if HAS_BIAS:
+        acc_f += tl.load(Bias + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+        acc_b += tl.load(Bias + D + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    for j in tl.static_range(2 * W - 1):
+        src = offs_l + (j - (W - 1))
+        m = mask_d[:, None] & ((src >= 0) & (src < L))[None, :]
+        xv = tl.load(x_rows + src.to(tl.int64)[None, :] * sxl, mask=m, other=0.0).to(tl.float32)
+        if j <= W - 1:
+            wk = tl.load(Wt + offs_d * W + j, mask=mask_d, other=0.0).to(tl.float32)
+            acc_f += wk[:, None] * xv
+        if j >= W - 1:
+            wk = tl.load(Wt + (D + offs_d) * W + (2 * (W - 1) - j), mask=mask_d, other=0.0).to(tl.float32)
+            acc_b += wk[:, None] * xv
+    acc_f = acc_f * tl.sigmoid(acc_f)
+    acc_b = acc_b * tl.sigmoid(acc_b)
+    y_ptrs = Y + pid_b * syb + offs_d.to(tl.int64)[:, None] * syd + offs_l.to(tl.int64)[None, :]
+    mask = mask_d[:, None] & (offs_l < L)[None, :]
+    tl.store(y_ptrs, acc_f.to(Y.dtype.element_ty), mask=mask)
+    tl.store(y_ptrs + sy_dir, acc_b.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _biscan_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, x_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, end_ptr, states_ptr, h0_ptr, dsum_ptr,
+    batch, Dch, L, SEG, R, sx_row, sx_n, sy_b, sy_l, sy_dir,
+    L_BUCKET, BATCH_BUCKET, BD_CAP,
+    N: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr,
+    STORE_STATES: tl.constexpr, EMIT_Y: tl.constexpr, STORE_END: tl.constexpr, HAS_H0: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """BLOCK_D channels of one (direction, sequence) row over segment ``program_id(1)``; row r = dir * batch + b.
+
+    The selective-scan forward (``kernels.selective_scan.triton._fwd_kernel``: token-major [BLOCK_L, NP,
+    BLOCK_D] tiles, one associative scan per tile, the same pass-1 / pass-3 switches of the chunk-parallel
+    variant) with the mixer's addressing: u, delta [2, B, E, L]; z [B, E, L] shared by both directions;
+    A [2, E, N], D and delta_bias [2, E]; B and C the rows R..R+N and R+N..R+2N of x_dbl[r]; y at
+    y2[b, t, dir, e]. Chunk states go to [2, B, E, n_chunks, N], so states[dir] is what the scan backward
+    reads. Softplus on delta and the z gate always apply (the Vim block has both).
+    """
+    pid_d = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n_seg = tl.num_programs(1)
+    pid_r = tl.program_id(2).to(tl.int64)
+    rev = pid_r // batch
+    pid_b = pid_r % batch
+    d0 = pid_d * BLOCK_D
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, NP)
+    offs_l = tl.arange(0, BLOCK_L)
+    mask_d = offs_d < Dch
+    mask_n = offs_n < N
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+
+    pdir = rev * Dch + offs_d                                                      # [BD] in [2, E] params
+    A2 = tl.load(A_ptr + pdir[None, :] * N + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32) * 1.4426950408889634
+    Dv = tl.load(D_ptr + pdir, mask=mask_d, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + pdir, mask=mask_d, other=0.0).to(tl.float32)
+
+    col = pid_r * Dch * L + offs_d.to(tl.int64)[None, :] * L                       # [1, BD] in u, delta
+    colz = pid_b * Dch * L + offs_d.to(tl.int64)[None, :] * L
+    colB = pid_r * sx_row + (R + offs_n.to(tl.int64))[None, :] * sx_n             # [1, NP] in x_dbl
+    colC = colB + N * sx_n
+    rowy = y_ptr + pid_b * sy_b + rev * sy_dir + offs_d.to(tl.int64)[None, :]
+    n_chunks = tl.cdiv(L, CHUNK)
+    st_off = (pid_r * Dch + offs_d.to(tl.int64)[None, :]) * n_chunks * N + offs_n[:, None]   # [NP, BD]
+    seg_row = pid_r * n_seg + pid_s
+    seg_off = (seg_row * Dch + offs_d.to(tl.int64)[None, :]) * N + offs_n[:, None]
+    p0 = pid_s * SEG
+    p_end = tl.minimum(L, p0 + SEG)
+
+    if HAS_H0:
+        h = tl.load(h0_ptr + seg_off, mask=mask_nd, other=0.0)
+    else:
+        h = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
+    dsum = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if STORE_STATES:
+        tl.store(states_ptr + st_off + (p0 // CHUNK) * N, h, mask=mask_nd)
+    for i in range(0, tl.cdiv(p_end - p0, BLOCK_L)):
+        p = p0 + i * BLOCK_L + offs_l
+        mask_l = p < p_end
+        t = tl.where(rev == 1, L - 1 - p, p)
+        mask = mask_l[:, None] & mask_d[None, :]
+        mask_ln = mask_l[:, None] & mask_n[None, :]
+        u = tl.load(u_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)        # [BL, BD]
+        _, dt = _delta(dt_ptr, col, t, mask, bias, True, True)
+        Bt = tl.load(x_ptr + colB + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)   # [BL, NP]
+
+        a = tl.exp2(dt[:, None, :] * A2[None, :, :])                               # [BL, NP, BD]
+        b = (dt * u)[:, None, :] * Bt[:, :, None]
+        a_s, b_s = tl.associative_scan((a, b), axis=0, combine_fn=_affine_combine)
+        hs = a_s * h[None, :, :] + b_s
+        h = tl.sum(tl.where(offs_l[:, None, None] == BLOCK_L - 1, hs, 0.0), axis=0)
+
+        if EMIT_Y:
+            Ct = tl.load(x_ptr + colC + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)
+            y = tl.sum(hs * Ct[:, :, None], axis=1) + Dv[None, :] * u                # [BL, BD]
+            zz = tl.load(z_ptr + colz + t[:, None], mask=mask, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+            tl.store(rowy + t.to(tl.int64)[:, None] * sy_l, y.to(y_ptr.dtype.element_ty), mask=mask)
+        else:
+            dsum += tl.sum(dt, axis=0)
+        if STORE_STATES:
+            end = p0 + (i + 1) * BLOCK_L
+            if (end % CHUNK == 0) & (end < p_end):
+                tl.store(states_ptr + st_off + (end // CHUNK) * N, h, mask=mask_nd)
+
+    if STORE_END:
+        tl.store(end_ptr + seg_off, h, mask=mask_nd)
+    if not EMIT_Y:
+        tl.store(dsum_ptr + seg_row * Dch + offs_d, dsum, mask=mask_d)
+
+
+_SCAN_KEY = ["Dch", "L_BUCKET", "BATCH_BUCKET", "N", "EMIT_Y", "HAS_H0", "STORE_STATES"]
+_biscan_tuned = triton.autotune(_FWD_CONFIGS, key=_SCAN_KEY,
+                                prune_configs_by={"early_config_prune": _prune})(_biscan_fwd_kernel)
+
+
+def mixer_plans(batch: int, dim: int, L: int, n_state: int, device: torch.device, variant: str | None = None,
+                seg: int | None = None, chunk: int | None = None, autotune: bool | None = None):
+    """(forward plan, backward plan), each (variant, seg, chunk, autotune) as the selective-scan ops take it.
+
+    The forward runs both directions in one grid (2 x batch rows), the backward one direction at a time, so
+    each gets the selective scan's own occupancy rule (``scan_plan``) for its row count; both share the
+    chunk (tokens per stored state) since the backward reads the states the forward wrote."""
+    if interpreting() and (variant or "auto").lower() == "auto":
+        variant = "sequential"                    # the interpreter has no SMs to fill
+    sms = sm_count(device)
+    c = chunk_size_for(n_state, chunk)
+    tune = bool(autotune is None or autotune) and not interpreting()
+    fwd = (*scan_plan(2 * batch, dim, L, n_state, sms, variant, seg, c), c, tune)
+    bwd = (*scan_plan(batch, dim, L, n_state, sms, variant, seg, c), c, tune)
+    return fwd, bwd
+
+
+def biscan_fwd(xc, delta, A, x_dbl, D, z, bias, rank, store_states, plan):
+    """Launch the two-direction scan (one sequential pass, or passes 1-3 of the chunk-parallel variant).
+
+    xc, delta [2, B, E, L], x_dbl [2, B, R+2N, L], z [B, E, L] contiguous; A [2, E, N], D, bias [2, E] fp32.
+    Returns (y2 [B, L, 2, E] in xc's dtype, chunk states [2, B, E, n_chunks, N] fp32 or a dummy)."""
+    variant, seg, chunk, autotune = plan
+    _, batch, dim, L = xc.shape
+    n = A.shape[-1]
+    rows = 2 * batch
+    y = torch.empty(batch, L, 2, dim, device=xc.device, dtype=xc.dtype)
+    states = (torch.empty(2, batch, dim, triton.cdiv(L, chunk), n, device=xc.device, dtype=torch.float32)
+              if store_states else _dummy(xc))
+    dummy = _dummy(xc)
+    scalars = (batch, dim, L, seg, rank, x_dbl.stride(1), x_dbl.stride(2), y.stride(0), y.stride(1), y.stride(2),
+               _bucket(L), _bucket(rows), 1 << 30)
+    meta = dict(N=n, NP=triton.next_power_of_2(n), CHUNK=chunk)
+    run = functools.partial(_launch, _biscan_fwd_kernel, _biscan_tuned, batch=rows, dim=dim, cap=1 << 30,
+                            chunk=chunk, fwd=True, autotune=autotune)
+    head = (xc, delta, A, x_dbl, D, z, bias, y)
+    if variant == "sequential":
+        run((*head, dummy, states, dummy, dummy, *scalars), 1, **meta, STORE_STATES=bool(store_states),
+            EMIT_Y=True, STORE_END=False, HAS_H0=False)
+        return y, states
+    n_seg = triton.cdiv(L, seg)
+    h_end = torch.empty(2, batch, n_seg, dim, n, device=xc.device, dtype=torch.float32)
+    dsum = torch.empty(2, batch, n_seg, dim, device=xc.device, dtype=torch.float32)
+    start = torch.empty_like(h_end)
+    # pass 1: every segment from a zero state -> its end state and sum of delta
+    run((*head, h_end, states, dummy, dsum, *scalars), n_seg, **meta, STORE_STATES=False, EMIT_Y=False,
+        STORE_END=True, HAS_H0=False)
+    # pass 2: the selective scan's combine over segments, per direction (A differs)
+    for d in range(2):
+        _combine(A[d], dsum[d], h_end[d], start[d], None, backward=False)
+    # pass 3: rescan every segment from its true start state -> y (and the backward's chunk states)
+    run((*head, dummy, states, start, dummy, *scalars), n_seg, **meta, STORE_STATES=bool(store_states),
+        EMIT_Y=True, STORE_END=False, HAS_H0=True)
+    return y, states
+
+
+# The launchers as opaque custom ops, so torch.compile traces the autograd Functions around them.
+@torch.library.custom_op("speedzoo::bimamba_conv_fwd", mutates_args=())
+def _conv_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """SiLU(conv) of both directions: x [B, E, L], weight [2, E, W], bias [2, E] -> xc [2, B, E, L]."""
+    bsz, d, length = x.shape
+    width = weight.shape[-1]
+    y = torch.empty(2, bsz, d, length, device=x.device, dtype=x.dtype)
+    block_d, block_l, warps = _conv_blocks(d, length)
+    grid = (bsz, triton.cdiv(d, block_d), triton.cdiv(length, block_l))
+    _biconv_fwd_kernel[grid](
+        x, weight, bias if bias is not None else weight, y, d, length, *x.stride(), y.stride(0), y.stride(1),
+        y.stride(2), W=width, HAS_BIAS=bias is not None, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps,
+    )
+    return y
+
+
+@_conv_fwd_op.register_fake
+def _(x, weight, bias):
+    return x.new_empty((2, *x.shape))
+
+
+@torch.library.custom_op("speedzoo::bimamba_scan_fwd", mutates_args=())
+def _scan_fwd_op(xc: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, x_dbl: torch.Tensor, D: torch.Tensor,
+                 z: torch.Tensor, bias: torch.Tensor, rank: int, store_states: bool, variant: str, seg: int,
+                 chunk: int, autotune: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return biscan_fwd(xc, delta, A, x_dbl, D, z, bias, rank, store_states, (variant, seg, chunk, autotune))
+
+
+@_scan_fwd_op.register_fake
+def _(xc, delta, A, x_dbl, D, z, bias, rank, store_states, variant, seg, chunk, autotune):
+    _, batch, dim, L = xc.shape
+    f32 = dict(dtype=torch.float32, device=xc.device)
+    states = (torch.empty(2, batch, dim, (L + chunk - 1) // chunk, A.shape[-1], **f32) if store_states
+              else torch.empty(1, **f32))
+    return xc.new_empty((batch, L, 2, dim)), states
+
+
+_CONV_MODES = ("causal", "reverse")
+
+
+class BiConvFn(torch.autograd.Function):
+    """x [B, E, L] -> xc [2, B, E, L]; backward: the conv family's backward once per direction (dx summed)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        w = weight.contiguous()
+        b = bias.contiguous() if bias is not None else None
+        ctx.save_for_backward(x, w, b)
+        ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
+        return torch.ops.speedzoo.bimamba_conv_fwd(x, w, b)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w, b = ctx.saved_tensors
+        parts = [torch.ops.speedzoo.depthwise_conv1d_bwd(x, w[d], b[d] if b is not None else None, dy[d],
+                                                         _CONV_MODES[d], True) for d in range(2)]
+        dx = parts[0][0] + parts[1][0]
+        dw = torch.stack([parts[0][1], parts[1][1]]).to(ctx.dtypes[0])
+        db = torch.stack([parts[0][2], parts[1][2]]).to(ctx.dtypes[1]) if b is not None else None
+        return dx, dw, db
+
+
+class BiScanFn(torch.autograd.Function):
+    """Both directions' gated scans -> y2 [B, L, 2, E]; backward: the selective-scan backward per direction."""
+
+    @staticmethod
+    def forward(ctx, xc, delta, A, x_dbl, D, z, bias, rank, plan, bwd_plan):
+        need_grad = any(ctx.needs_input_grad[:7])
+        y, states = torch.ops.speedzoo.bimamba_scan_fwd(xc, delta, A, x_dbl, D, z, bias, rank, need_grad, *plan)
+        if need_grad:
+            ctx.save_for_backward(xc, delta, A, x_dbl, D, z, bias, states)
+        ctx.rank, ctx.bwd_plan = rank, bwd_plan
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        xc, delta, A, x_dbl, D, z, bias, states = ctx.saved_tensors
+        r, n = ctx.rank, A.shape[-1]
+        dy_t = dy.permute(2, 0, 3, 1).contiguous()                     # [B, L, 2, E] -> [2, B, E, L]
+        d_xdbl = torch.zeros_like(x_dbl)
+        grads = []
+        for d in range(2):
+            Bd = x_dbl[d, :, r:r + n].unsqueeze(1).contiguous()
+            Cd = x_dbl[d, :, r + n:].unsqueeze(1).contiguous()
+            g = torch.ops.speedzoo.selective_scan_bwd(dy_t[d], xc[d], delta[d], A[d], Bd, Cd, D[d], z, bias[d],
+                                                      states[d], True, bool(d), *ctx.bwd_plan)
+            d_xdbl[d, :, r:r + n] = g[3][:, 0]
+            d_xdbl[d, :, r + n:] = g[4][:, 0]
+            grads.append(g)
+        du, ddelta, dA, _, _, dD, dz, dbias = ([g0, g1] for g0, g1 in zip(*grads))
+        return (torch.stack(du), torch.stack(ddelta), torch.stack(dA).to(A.dtype), d_xdbl,
+                torch.stack(dD).to(D.dtype), dz[0] + dz[1], torch.stack(dbias).to(bias.dtype), None, None, None)
+
+
+def bimamba_inner_triton(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
+                         out_proj_weight, out_proj_bias=None, divide_out=True, variant=None, seg=None, chunk=None,
+                         autotune=None):
+    """The fused mixer on validated inputs (shapes as in ``kernels.mamba_mixer.reference``); out [B, L, dim].
+
+    GEMMs run in the activations' dtype (autocast picks it in a bf16 model); A, D and the dt bias in fp32.
+    ``variant`` / ``seg`` / ``chunk`` / ``autotune`` are the selective scan's launch choices."""
+    batch, dim, L = x.shape
+    n, rank = A_log.shape[-1], dt_proj_weight.shape[-1]
+    plan, bwd_plan = mixer_plans(batch, dim, L, n, x.device, variant, seg, chunk, autotune)
+    xc = BiConvFn.apply(x, conv_weight, conv_bias)                                  # [2, B, E, L]
+    act = xc.dtype
+    x_dbl = torch.matmul(x_proj_weight.to(act).unsqueeze(1), xc)                   # [2, B, R+2N, L]
+    delta = torch.matmul(dt_proj_weight.to(act).unsqueeze(1), x_dbl[:, :, :rank])  # [2, B, E, L]
+    y2 = BiScanFn.apply(xc, delta, -torch.exp(A_log.float()), x_dbl.contiguous(), D.float(), z.contiguous(),
+                        dt_proj_bias.float(), rank, plan, bwd_plan)                 # [B, L, 2, E]
+    w = torch.cat([out_proj_weight, out_proj_weight], dim=1)                       # merge folded into out_proj
+    if divide_out:
+        w = w * 0.5
+    b = out_proj_bias.to(y2.dtype) if out_proj_bias is not None else None
+    return F.linear(y2.view(batch, L, 2 * dim), w.to(y2.dtype), b)
