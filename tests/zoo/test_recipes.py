@@ -228,7 +228,7 @@ def test_freeze_modes():
 
 
 def test_warmup_cosine_follows_steps_or_time_budget():
-    from zoo.recipes.classification import warmup_cosine
+    from zoo.recipes.task import warmup_cosine
     assert warmup_cosine(0, 4, 100, 0.01) == pytest.approx(1 / 5)
     assert warmup_cosine(4, 4, 100, 0.01) == pytest.approx(1.0)
     assert warmup_cosine(52, 4, 100, 0.01) == pytest.approx(0.01 + 0.99 * 0.5)
@@ -237,3 +237,94 @@ def test_warmup_cosine_follows_steps_or_time_budget():
     assert warmup_cosine(10, 4, 100, 0.01, time_fraction=1.0) == pytest.approx(0.01)
     assert warmup_cosine(52, 4, 100, 0.01, time_fraction=0.1) == pytest.approx(0.01 + 0.99 * 0.5)
     assert warmup_cosine(2, 4, 100, 0.01, time_fraction=0.9) == pytest.approx(3 / 5)  # warmup stays step-based
+
+
+class _Router(torch.nn.Module):
+    """A toy MoE-router stand-in: a balance loss on a parameter no task loss touches, and a load statistic."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        from backbones.layers.aux_loss import record_aux_loss, record_aux_stat
+        record_aux_loss(self, "balance", 0.5 * (self.w ** 2).sum())
+        record_aux_stat(self, "load", torch.tensor([1.0, 3.0]))
+        return x
+
+
+class _ToyNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 1)
+        self.routers = torch.nn.ModuleList([_Router(), _Router()])
+
+    def forward(self, x):
+        for r in self.routers:
+            x = r(x)
+        return self.fc(x).squeeze(-1)
+
+
+def test_aux_losses_are_summed_over_modules_and_cleared():
+    from backbones.layers.aux_loss import clear_aux, collect_aux_losses, collect_aux_stats
+
+    net = _ToyNet()
+    net(torch.randn(2, 3))
+    net(torch.randn(2, 3))           # a second forward replaces, never accumulates: nothing held grows
+    losses = collect_aux_losses(net)
+    assert list(losses) == ["balance"] and losses["balance"].item() == pytest.approx(2 * 0.5 * 4)
+    assert collect_aux_losses(net) == {}
+    torch.testing.assert_close(collect_aux_stats(net)["load"], torch.tensor([1.0, 3.0]))  # mean over modules
+    net(torch.randn(2, 3))
+    clear_aux(net)
+    assert collect_aux_losses(net) == {} and collect_aux_stats(net) == {}
+    with pytest.raises(ValueError, match="scalar"):
+        from backbones.layers.aux_loss import record_aux_loss
+        record_aux_loss(net, "bad", torch.ones(3))
+
+
+def test_task_adds_aux_losses_to_the_loss_logs_them_and_backpropagates(tmp_path):
+    """A Task whose model records an aux loss: total = task loss + aux, logged as train/aux/<name>, and the
+    router parameter (used by the aux loss alone) gets its gradient."""
+    import lightning.pytorch as pl
+    import torch.nn.functional as F
+    from lightning.pytorch.callbacks import Callback
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from zoo.recipes.task import Task
+
+    class Regression(Task):
+        def build_model(self):
+            return _ToyNet()
+
+        def shared_step(self, batch, stage):
+            x, y = batch
+            out = self.net(stage)(x)
+            self.last_task_loss = F.mse_loss(out, y)
+            return self.last_task_loss, {"mae": (out - y).abs().mean()}
+
+    seen = {}
+
+    class Probe(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen["aux"] = sum(0.5 * (r.w.detach() ** 2).sum().item() for r in pl_module.model.routers)
+            seen["w"] = pl_module.model.routers[0].w.detach().clone()
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            seen["grad"] = pl_module.model.routers[0].w.grad.clone()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen["loss"] = outputs["loss"].item()
+            seen["task"] = pl_module.last_task_loss.item()
+            seen["logged"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    data = DataLoader(TensorDataset(torch.randn(8, 3), torch.randn(8)), batch_size=4)
+    task = Regression(model="toy", lr=1e-2, weight_decay=0.0)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, callbacks=[Probe()],
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(task, train_dataloaders=data, val_dataloaders=data)
+    assert seen["loss"] == pytest.approx(seen["task"] + seen["aux"], rel=1e-5)
+    assert seen["logged"]["train/aux/balance_step"] == pytest.approx(seen["aux"], rel=1e-5)
+    assert seen["logged"]["train/stat/load_max_step"] == pytest.approx(1.5)    # max / mean of [1, 3]
+    assert "val/mae" in trainer.callback_metrics and "val/loss" in trainer.callback_metrics
+    torch.testing.assert_close(seen["grad"], seen["w"])   # d/dw of 0.5 * sum(w^2), through the Task's total loss

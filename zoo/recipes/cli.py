@@ -100,18 +100,27 @@ def _deep_merge(a: dict, b: dict) -> dict:
 
 
 def _params(obj) -> tuple[list[str], bool]:
-    """Init parameter names of a class and whether it takes **kwargs (then any key may be valid)."""
-    try:
-        sig = inspect.signature(obj.__init__)
-    except (TypeError, ValueError):
-        return [], True
-    names, var_kw = [], False
-    for p in sig.parameters.values():
-        if p.kind is p.VAR_KEYWORD:
-            var_kw = True
-        elif p.name != "self" and p.kind is not p.VAR_POSITIONAL:
-            names.append(p.name)
-    return names, var_kw
+    """Init parameter names of a class and whether it takes **kwargs (then any key may be valid). A class
+    whose ``__init__`` passes **kwargs on to its base (Task subclasses) has its bases' names too."""
+    names: list[str] = []
+    for cls in (obj.__mro__ if isinstance(obj, type) else [obj]):
+        if "__init__" not in vars(cls) and cls is not obj:
+            continue
+        try:
+            sig = inspect.signature(cls.__init__)
+        except (TypeError, ValueError):
+            return names, True
+        var_kw = False
+        for p in sig.parameters.values():
+            if p.kind is p.VAR_KEYWORD:
+                var_kw = True
+            elif p.name != "self" and p.kind is not p.VAR_POSITIONAL and p.name not in names:
+                names.append(p.name)
+        if not var_kw or not isinstance(obj, type):
+            return names, var_kw
+        if cls.__module__.startswith(("lightning", "torch")):
+            return names, True
+    return names, True
 
 
 def _import_class(path: str):
