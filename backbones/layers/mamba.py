@@ -18,28 +18,36 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.causal_conv1d import causal_conv1d
-from kernels.selective_scan import selective_scan
+from kernels.common import use_triton
+from kernels.mamba_mixer import VARIANTS, bimamba_inner, mamba_direction
 
-__all__ = ["BiMambaMixer"]
+__all__ = ["BiMambaMixer", "set_mixer_variant"]
 
 
 class BiMambaMixer(nn.Module):
     """Mamba-1 mixer scanning the sequence both ways: ``[B, L, dim] -> [B, L, dim]``.
 
     ``divide_out=True`` averages the two directions (the released Vim models); ``False`` sums them.
+    ``variant`` (constructor, or per call in ``forward``) picks the path after in_proj: "fused" (one Triton
+    conv pass and one scan launch for both directions, kernels.mamba_mixer), "unfused" (each direction's
+    conv and scan ops, ``_direction``), "reference" (fp32 PyTorch), "auto" (fused where the Triton path runs:
+    CUDA, or TRITON_INTERPRET=1; unfused elsewhere).
+    ``scan_options``: keyword arguments for both scans (``variant``, ``seg``, ``chunk``, ``autotune`` of
+    kernels.selective_scan), empty by default so the kernel's heuristic decides; benchmarks set it per run.
     """
 
     def __init__(self, dim: int, d_state: int = 16, d_conv: int = 4, expand: float = 2, dt_rank: int | str = "auto",
                  dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4, dt_scale: float = 1.0,
-                 conv_bias: bool = True, bias: bool = False, divide_out: bool = True):
+                 conv_bias: bool = True, bias: bool = False, divide_out: bool = True, variant: str = "auto"):
         super().__init__()
+        self.variant = _check_variant(variant)
         self.dim = dim
         self.d_state = d_state
         self.d_conv = d_conv
         self.d_inner = int(expand * dim)
         self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
         self.divide_out = divide_out
+        self.scan_options: dict = {}
         self.dt_min, self.dt_max, self.dt_init_floor, self.dt_scale = dt_min, dt_max, dt_init_floor, dt_scale
         E, N, R = self.d_inner, d_state, self.dt_rank
 
@@ -88,17 +96,18 @@ class BiMambaMixer(nn.Module):
     def _direction(self, x: torch.Tensor, z: torch.Tensor, conv: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
                    A_log: torch.Tensor, D: torch.Tensor, reverse: bool) -> torch.Tensor:
         """conv -> SiLU -> selective scan gated by SiLU(z), on [B, E, L]; the backward one via reverse=True."""
-        R, N = self.dt_rank, self.d_state
-        x = causal_conv1d(x, conv.weight, conv.bias, activation="silu", reverse=reverse)
-        x_dbl = torch.matmul(x_proj.weight, x)                        # [B, R + 2N, L]
-        dt = torch.matmul(dt_proj.weight, x_dbl[:, :R])               # [B, E, L]; bias goes to the scan, once
-        B = x_dbl[:, R:R + N].contiguous()
-        C = x_dbl[:, R + N:].contiguous()
-        A = -torch.exp(A_log.float())
-        return selective_scan(x, dt, A, B, C, D.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True,
-                              reverse=reverse)
+        return mamba_direction(x, z, conv.weight, conv.bias, x_proj.weight, dt_proj.weight, dt_proj.bias, A_log, D,
+                               reverse=reverse, **self.scan_options)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _stacked(self) -> tuple:
+        """Both directions' parameters stacked direction first, as kernels.mamba_mixer takes them."""
+        def two(a, b):
+            return torch.stack([a, b]) if a is not None else None
+        return (two(self.conv1d.weight, self.conv1d_b.weight).flatten(2), two(self.conv1d.bias, self.conv1d_b.bias),
+                two(self.x_proj.weight, self.x_proj_b.weight), two(self.dt_proj.weight, self.dt_proj_b.weight),
+                two(self.dt_proj.bias, self.dt_proj_b.bias), two(self.A_log, self.A_b_log), two(self.D, self.D_b))
+
+    def forward(self, hidden: torch.Tensor, variant: str | None = None) -> torch.Tensor:
         if hidden.dim() != 3 or hidden.shape[-1] != self.dim:
             raise ValueError(f"expected tokens [B, L, {self.dim}], got shape {tuple(hidden.shape)}")
         # in_proj as two GEMMs straight into [B, E, L]: x and z come out contiguous, so the kernels copy nothing.
@@ -108,11 +117,40 @@ class BiMambaMixer(nn.Module):
         if self.in_proj.bias is not None:
             b_x, b_z = self.in_proj.bias.chunk(2)
             x, z = x + b_x.to(x.dtype)[:, None], z + b_z.to(z.dtype)[:, None]
+        choice = _check_variant(variant) if variant is not None else self.variant
+        if choice == "auto":
+            choice = "fused" if use_triton(x, z) else "unfused"
+        if choice != "unfused":
+            return bimamba_inner(x, z, *self._stacked(), self.out_proj.weight, self.out_proj.bias,
+                                 divide_out=self.divide_out, variant=choice, **self._fused_scan_options())
         y = self._direction(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, reverse=False)
         y_b = self._direction(x, z, self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, reverse=True)
         y = torch.lerp(y, y_b, 0.5) if self.divide_out else y + y_b  # lerp: the mean in one kernel
         return F.linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
 
+    def _fused_scan_options(self) -> dict:
+        """The scan keywords under the fused op's names (its own ``variant`` picks the mixer path)."""
+        opts = dict(self.scan_options)
+        if "variant" in opts:
+            opts["variant_scan"] = opts.pop("variant")
+        return opts
+
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "
-                f"dt_rank={self.dt_rank}, divide_out={self.divide_out}")
+                f"dt_rank={self.dt_rank}, divide_out={self.divide_out}, variant={self.variant!r}")
+
+
+def _check_variant(variant: str) -> str:
+    choice = str(variant).lower()
+    if choice not in VARIANTS:
+        raise ValueError(f"BiMambaMixer: variant must be one of {VARIANTS}, got {variant!r}")
+    return choice
+
+
+def set_mixer_variant(module: nn.Module, variant: str) -> nn.Module:
+    """Set the path of every BiMambaMixer inside ``module`` (e.g. a whole Vim, for comparisons); returns it."""
+    choice = _check_variant(variant)
+    for m in module.modules():
+        if isinstance(m, BiMambaMixer):
+            m.variant = choice
+    return module
