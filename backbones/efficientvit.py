@@ -15,7 +15,7 @@ in the number of pixels, hence usable at high resolution. Layout (timm's ``effic
 
 Module and parameter names are timm's (``stem.in_conv.conv``, ``stages.2.blocks.1.context_module.main.qkv``...)
 except the pre-logits, renamed ``pre_logits.{in_conv, fc, norm}`` from timm's ``head.{in_conv, classifier.0,
-classifier.1}`` (the converter in zoo/models/efficientvit.py maps them). BN eps 1e-5 (B series), LayerNorm eps
+classifier.1}`` (the converter in zoo/families/efficientvit.py maps them). BN eps 1e-5 (B series), LayerNorm eps
 1e-5, attention eps 1e-5 (timm; the official 1e-15 fails in fp16/bf16). Fully convolutional: any input size.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from backbones.layers import to_2tuple
+from backbones.layers import check_pool, resolve_indices, to_2tuple
 from kernels.linear_attention import relu_linear_attention
 
 __all__ = ["EfficientViTConfig", "EfficientViT", "LiteMLA", "EFFICIENTVIT_CONFIGS", "build_efficientvit"]
@@ -49,6 +49,7 @@ class EfficientViTConfig:
 
 
 POOLS = ("avg", "max", "avgmax")
+"""timm's EfficientViT pools (its ``SelectAdaptivePool2d`` types); pooling cannot be switched off, as in timm."""
 
 
 class ConvNormAct(nn.Module):
@@ -228,8 +229,7 @@ class EfficientViT(nn.Module):
         cfg = cfg or EfficientViTConfig(**kwargs)
         if len(cfg.widths) != 5 or len(cfg.depths) != 5:
             raise ValueError(f"widths and depths need 5 entries (stem + 4 stages), got {cfg.widths}, {cfg.depths}")
-        if cfg.global_pool not in POOLS:
-            raise ValueError(f"global_pool must be one of {POOLS}, got {cfg.global_pool!r}")
+        self._check_pool(cfg.global_pool)
         for w in cfg.widths[3:]:
             if w % cfg.head_dim:
                 raise ValueError(f"attention stage width {w} is not divisible by head_dim {cfg.head_dim}")
@@ -278,6 +278,16 @@ class EfficientViT(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
+    @staticmethod
+    def _check_pool(pool: str) -> str:
+        if pool == "":
+            raise ValueError(f"EfficientViT cannot disable pooling (as timm); choose one of {POOLS}")
+        return check_pool(pool, POOLS, "EfficientViT")
+
+    def set_global_pool(self, pool: str) -> None:
+        """Switch the pooling after build (the pre-logits layers take any of them)."""
+        self.global_pool = self._check_pool(pool)
+
     def reset_pre_logits(self) -> None:
         """Drop the pre-logits conv and MLP (pooling stays): timm's ``reset_classifier(reset_other=True)``."""
         self.pre_logits.reset(self.stage_channels)
@@ -309,14 +319,7 @@ class EfficientViT(nn.Module):
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW' for EfficientViT, got {output_fmt!r}")
         n = len(self.stages)
-        if indices is None:
-            take = list(range(n))
-        elif isinstance(indices, int):
-            if not 0 < indices <= n:
-                raise ValueError(f"indices={indices} must be in 1..{n}")
-            take = list(range(n - indices, n))
-        else:
-            take = sorted(i % n for i in indices)
+        take = resolve_indices(indices, n)
         self.check_input(x)
         x = self.stem(x)
         feats = []

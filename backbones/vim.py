@@ -6,8 +6,10 @@ after the insertion, then ``depth`` blocks in residual-stream form (Add -> RMSNo
 residual kept in fp32 and the add fused into the norm), and a final RMSNorm ``norm_f`` of residual + hidden.
 Key names are the official ones (``layers.{i}.mixer.*``, ``layers.{i}.norm``, ``norm_f``).
 
-``forward_features`` returns the final-normed tokens ``[B, M + 1, D]`` and ``forward_pool`` the middle class
-token, so a linear head on top gives the official logits. Heads live in ``heads/``.
+``forward_features`` returns the final-normed tokens ``[B, M + 1, D]`` and ``forward_pool`` the pooling of
+``global_pool``: the middle class token (``'token'``, the official one, so a linear head on top gives the
+official logits), a reduction of the patch tokens (``'avg'``, ``'max'``, ``'avgmax'``) or the tokens
+themselves (``''``). Heads live in ``heads/``.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
-from backbones.layers import DropPath, PatchEmbed, PatchInputMixin, resample_pos_embed, to_2tuple
+from backbones.layers import (TOKEN_POOLS, DropPath, PatchEmbed, PatchInputMixin, check_pool, pool_tokens,
+                              resample_pos_embed, resolve_indices, to_2tuple)
 from backbones.layers.mamba import BiMambaMixer
 from kernels.norm import rms_norm
 
@@ -36,7 +39,7 @@ class VimConfig:
     expand: float = 2
     dt_rank: int | str = "auto"  # ceil(embed_dim / 16)
     norm_eps: float = 1e-5
-    global_pool: str = "token"  # 'token' (middle class token) | 'avg' (mean of patch tokens)
+    global_pool: str = "token"  # 'token' (middle class token) | 'avg' | 'max' | 'avgmax' (patch tokens) | 
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -77,13 +80,12 @@ class VisionMamba(PatchInputMixin, nn.Module):
     """Vim backbone with the official key layout (``cls_token``, ``pos_embed``, ``patch_embed``, ``layers``,
     ``norm_f``); any ``img_size`` (also non-square) and ``in_chans``."""
 
-    supported_pools = ("token", "avg")
+    supported_pools = TOKEN_POOLS
 
     def __init__(self, cfg: VimConfig | None = None, **kwargs):
         super().__init__()
         cfg = cfg or VimConfig(**kwargs)
-        if cfg.global_pool not in self.supported_pools:
-            raise ValueError(f"global_pool must be one of {self.supported_pools}, got {cfg.global_pool!r}")
+        check_pool(cfg.global_pool, self.supported_pools, "Vim")
         self.cfg = cfg
         self.num_features = self.embed_dim = cfg.embed_dim
         self.global_pool = cfg.global_pool
@@ -136,6 +138,10 @@ class VisionMamba(PatchInputMixin, nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
+    def set_global_pool(self, pool: str) -> None:
+        """Switch the pooling after build (no parameter depends on it)."""
+        self.global_pool = check_pool(pool, self.supported_pools, "Vim")
+
     # -- forward ------------------------------------------------------------------------------------------
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
@@ -161,10 +167,9 @@ class VisionMamba(PatchInputMixin, nn.Module):
         return self._final_norm(hidden, residual)
 
     def forward_pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens [B, M + 1, C] -> [B, C]: the middle class token, or the mean of the patch tokens."""
-        if self.global_pool == "avg":
-            return self._patch_tokens(x).mean(dim=1)
-        return x[:, self.cls_index]
+        """Tokens [B, M + 1, C] -> [B, C]: the middle class token or a reduction of the patch tokens
+        (the tokens unchanged for ``global_pool=''``)."""
+        return pool_tokens(x, self.global_pool, self.cls_index, self._patch_tokens)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_pool(self.forward_features(x))
@@ -183,7 +188,7 @@ class VisionMamba(PatchInputMixin, nn.Module):
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         depth = len(self.layers)
-        take = _resolve_indices(indices, depth)
+        take = resolve_indices(indices, depth)
         last = max(take) if stop_early else depth - 1
         feats = []
         hidden, residual = self._embed(x), None
@@ -199,20 +204,6 @@ class VisionMamba(PatchInputMixin, nn.Module):
         if intermediates_only:
             return feats
         return self._final_norm(hidden, residual), feats
-
-
-def _resolve_indices(indices, depth: int) -> list[int]:
-    if indices is None:
-        return list(range(depth))
-    if isinstance(indices, int):
-        if not 0 < indices <= depth:
-            raise ValueError(f"indices={indices} must be in 1..{depth}")
-        return list(range(depth - indices, depth))
-    out = sorted({int(i) % depth for i in indices})
-    for i in indices:
-        if not -depth <= int(i) < depth:
-            raise ValueError(f"block index {i} out of range for depth {depth}")
-    return out
 
 
 VIM_CONFIGS: dict[str, dict] = {

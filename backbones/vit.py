@@ -7,8 +7,10 @@ depth unchanged, so mixers compare on equal terms. Every mixer sits at ``blocks.
 timm's attention and keeps its keys.
 
 The backbone ends at its features: ``forward_features`` returns the final-normed tokens ``[B, 1 + M, C]``
-and ``forward_pool`` the family's pooling (class token, or the mean of patch tokens followed by
-``fc_norm`` as in timm). Heads live in ``heads/``.
+and ``forward_pool`` the pooling chosen by ``global_pool`` (timm's choices: ``'token'``, ``'avg'``,
+``'max'``, ``'avgmax'`` over the patch tokens, or ``''`` for the tokens themselves), followed by ``fc_norm``
+as in timm (a LayerNorm in place of the final norm when built for a reducing pool). ``set_global_pool``
+switches it after build. Heads live in ``heads/``.
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from backbones.layers import DropPath, Mlp, PatchEmbed, PatchInputMixin, resample_pos_embed, to_2tuple
-from backbones.layers.mixers import MIXERS, Attention, build_mixer
+from backbones.layers import (TOKEN_POOLS, DropPath, Mlp, PatchEmbed, PatchInputMixin, check_pool, pool_tokens,
+                              resample_pos_embed, resolve_indices, to_2tuple)
+from backbones.layers.mixers import MIXERS, build_mixer
 
 
 @dataclass
@@ -32,7 +35,8 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     class_token: bool = True
-    global_pool: str = "token"  # 'token' | 'avg'
+    global_pool: str = "token"  # '' | 'token' | 'avg' | 'max' | 'avgmax' (timm's)
+    fc_norm: bool | None = None  # None: a LayerNorm after pooling for 'avg' / 'max' / 'avgmax' (timm's rule)
     norm_eps: float = 1e-6
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
@@ -68,10 +72,10 @@ class VisionTransformer(PatchInputMixin, nn.Module):
     def __init__(self, cfg: ViTConfig | None = None, **kwargs):
         super().__init__()
         cfg = cfg or ViTConfig(**kwargs)
-        if cfg.global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {cfg.global_pool!r}")
+        self.supported_pools = TOKEN_POOLS if cfg.class_token else tuple(p for p in TOKEN_POOLS if p != "token")
         if cfg.global_pool == "token" and not cfg.class_token:
             raise ValueError("global_pool='token' needs class_token=True")
+        check_pool(cfg.global_pool, self.supported_pools, "ViT")
         if cfg.mixer not in MIXERS:
             raise ValueError(f"mixer must be one of {MIXERS}, got {cfg.mixer!r}")
         self.cfg = cfg
@@ -87,7 +91,7 @@ class VisionTransformer(PatchInputMixin, nn.Module):
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.norm_eps, cfg.drop_rate,
                   cfg.attn_drop_rate, dpr[i], cfg.mixer, cfg.mixer_cfg, self.patch_embed.grid_size,
                   self.num_prefix_tokens) for i in range(cfg.depth))
-        use_fc_norm = cfg.global_pool == "avg"
+        use_fc_norm = cfg.global_pool in ("avg", "max", "avgmax") if cfg.fc_norm is None else cfg.fc_norm
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if use_fc_norm else nn.Identity()
         self.grad_checkpointing = False
@@ -117,6 +121,10 @@ class VisionTransformer(PatchInputMixin, nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
+    def set_global_pool(self, pool: str) -> None:
+        """Switch the pooling after build (norms stay as built, as timm's ``reset_classifier`` does)."""
+        self.global_pool = check_pool(pool, self.supported_pools, "ViT")
+
     # -- forward ------------------------------------------------------------------------------------------
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
@@ -136,10 +144,9 @@ class VisionTransformer(PatchInputMixin, nn.Module):
         return self.norm(x)
 
     def forward_pool(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens [B, T, C] -> pooled [B, C] as the family defines (class token, or normed patch mean)."""
-        if self.global_pool == "avg":
-            return self.fc_norm(x[:, self.num_prefix_tokens:].mean(dim=1))
-        return x[:, 0]
+        """Tokens [B, T, C] -> ``fc_norm`` of the ``global_pool`` pooling ([B, C]; [B, T, C] for '')."""
+        cls = 0 if self.cls_token is not None else None
+        return self.fc_norm(pool_tokens(x, self.global_pool, cls, lambda t: t[:, self.num_prefix_tokens:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_pool(self.forward_features(x))
@@ -151,7 +158,7 @@ class VisionTransformer(PatchInputMixin, nn.Module):
         ``indices`` is a count of last blocks (int) or a list of block indices (negative allowed).
         """
         depth = len(self.blocks)
-        take = _resolve_indices(indices, depth)
+        take = resolve_indices(indices, depth)
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         feats = []
@@ -169,17 +176,6 @@ class VisionTransformer(PatchInputMixin, nn.Module):
         if intermediates_only:
             return feats
         return self.norm(x), feats
-
-
-def _resolve_indices(indices, depth: int) -> list[int]:
-    if indices is None:
-        return list(range(depth))
-    if isinstance(indices, int):
-        if not 0 < indices <= depth:
-            raise ValueError(f"indices={indices} must be in 1..{depth}")
-        return list(range(depth - indices, depth))
-    out = sorted(i % depth for i in indices)
-    return out
 
 
 VIT_CONFIGS: dict[str, dict] = {

@@ -1,8 +1,10 @@
-"""``create_model``: build a registered model by name and load weights into it.
+"""``create_model``: build a registered model of any kind by name and load weights into it.
 
-Loading adapts a checkpoint to the model asked for, as timm does: a new ``num_classes`` re-initialises the
-head, a different ``in_chans`` folds or repeats the first convolution (1 channel for spectrograms), and a
-new ``img_size`` resamples the position embeddings. Anything else that does not fit is reported, key by key.
+Loading adapts a checkpoint to the model asked for, as timm does, where the family allows it
+(``ModelEntry.adapt``, a :class:`~zoo.registry.WeightAdapt`): a head that does not fit (another
+``num_classes`` or head type) is re-initialised, a different ``in_chans`` folds or repeats the first
+convolution (1 channel for spectrograms), and a new ``img_size`` resamples the position embeddings.
+Anything else that does not fit is reported, key by key.
 """
 from __future__ import annotations
 
@@ -16,13 +18,12 @@ import torch.nn as nn
 
 from zoo import hub
 from zoo.errors import ConfigError, WeightLoadError
-from zoo.registry import ModelEntry, PretrainedTag, builder_params, get_entry, get_tag, split_name
+from zoo.registry import ModelEntry, PretrainedTag, WeightAdapt, builder_params, get_entry, get_tag, split_name
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FIRST_CONV = "backbone.patch_embed.proj"  # a family with another stem names its own in default_cfg
-HEAD_KEYS = ("head.fc.weight", "head.fc.bias")
-POS_EMBED = "backbone.pos_embed"
+PREPROCESS_KEYS = ("input_size", "mean", "std", "crop_pct", "crop_mode", "interpolation", "label_names")
+"""Entry defaults a tag of another kind replaces rather than inherits (an audio tag keeps no image stats)."""
 
 
 def create_model(model_name: str, pretrained: bool = False, num_classes: int | None = None, in_chans: int | None = None,
@@ -32,6 +33,8 @@ def create_model(model_name: str, pretrained: bool = False, num_classes: int | N
 
     ``pretrained=True`` loads the tag's (or the default tag's) weights, from the cache or by download;
     ``checkpoint_path`` loads a local file instead (any layout the family's converter understands).
+    ``num_classes``, ``in_chans`` and ``img_size`` reach the builder where given (or set by the tag), so a
+    kind without them (a language model) is built the same way; other keywords are architecture overrides.
     """
     name, tag_name = split_name(model_name)
     entry = get_entry(name)
@@ -46,21 +49,23 @@ def create_model(model_name: str, pretrained: bool = False, num_classes: int | N
         img_size = tuple(img_size)
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     if num_classes is None:
-        num_classes = tag.num_classes if tag else entry.default_cfg.get("num_classes", 1000)
-    model = _build(entry, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+        num_classes = tag.num_classes if tag else entry.default_cfg.get("num_classes")
+    given = dict(num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+    model = _build(entry, **{k: v for k, v in given.items() if v is not None}, **kwargs)
     model.pretrained_cfg = _pretrained_cfg(entry, tag, model)
     model.default_cfg = model.pretrained_cfg
 
     if checkpoint_path is not None:
         state = hub.read_state_dict(checkpoint_path)
         converter = (tag.converter if tag and tag.converter else None) or entry.converter
-        load_weights(model, state, converter, source=str(checkpoint_path), src_img_size=_src_img_size(entry, tag))
+        load_weights(model, state, converter, source=str(checkpoint_path), src_img_size=_src_img_size(entry, tag),
+                     adapt=entry.adapt)
     elif pretrained:
         assert tag is not None
         path = hub.resolve(tag)
         state = hub.read_state_dict(path)
         load_weights(model, state, tag.converter or entry.converter, source=tag.source.describe(),
-                     src_img_size=_src_img_size(entry, tag))
+                     src_img_size=_src_img_size(entry, tag), adapt=entry.adapt)
     return model
 
 
@@ -72,27 +77,40 @@ def _build(entry: ModelEntry, **kwargs) -> nn.Module:
                           f"{', '.join(builder_params(entry))}") from None
 
 
-def _src_img_size(entry: ModelEntry, tag: PretrainedTag | None) -> tuple[int, int]:
-    size = (tag.preprocess.get("input_size") if tag else None) or entry.default_cfg["input_size"]
-    return tuple(size[-2:])
+def _src_img_size(entry: ModelEntry, tag: PretrainedTag | None) -> tuple[int, int] | None:
+    size = (tag.preprocess.get("input_size") if tag else None) or entry.default_cfg.get("input_size")
+    return tuple(size[-2:]) if size else None
 
 
 def _pretrained_cfg(entry: ModelEntry, tag: PretrainedTag | None, model: nn.Module) -> dict[str, Any]:
-    """timm-style pretrained cfg for the model as built (input size follows in_chans / img_size)."""
+    """timm-style pretrained cfg for the model as built: the tag's kind and preprocessing over the entry's
+    defaults (input size follows in_chans / img_size), plus where the first conv and classifier are."""
     cfg = dict(entry.default_cfg)
+    kind = entry.tag_kind(tag) if tag else entry.kind
     if tag:
+        if kind != entry.kind:
+            for key in PREPROCESS_KEYS:
+                cfg.pop(key, None)
         cfg.update(tag.preprocess)
         cfg.update(tag=tag.tag, source=tag.source.describe(), license=tag.license, num_classes=tag.num_classes)
         if tag.label_names:
             cfg["label_names"] = list(tag.label_names)
+    cfg["kind"] = kind
     backbone = getattr(model, "backbone", None)
     if backbone is not None and hasattr(backbone, "img_size"):
         cfg["input_size"] = (backbone.in_chans, *backbone.img_size)
         if backbone.in_chans != len(cfg.get("mean", ())) and "mean" in cfg:
             cfg["mean"] = (sum(cfg["mean"]) / len(cfg["mean"]),) * backbone.in_chans
             cfg["std"] = (sum(cfg["std"]) / len(cfg["std"]),) * backbone.in_chans
-    cfg.setdefault("first_conv", DEFAULT_FIRST_CONV)
-    cfg.update(architecture=entry.name, classifier="head.fc", num_classes=model.num_classes)
+    if entry.adapt.first_conv:
+        cfg["first_conv"] = entry.adapt.first_conv[0]
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    name = next((n for n, m in model.named_modules() if m is classifier), None)
+    if name:
+        cfg["classifier"] = name
+    cfg["architecture"] = entry.name
+    if hasattr(model, "num_classes"):
+        cfg["num_classes"] = model.num_classes
     return cfg
 
 
@@ -111,8 +129,10 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], converter=None, source: str = "state dict",
-                 src_img_size: tuple[int, int] | None = None, strict: bool = True) -> dict[str, list[str]]:
-    """Convert, adapt and strictly load ``state_dict``; returns what was re-initialised.
+                 src_img_size: tuple[int, int] | None = None, strict: bool = True,
+                 adapt: WeightAdapt | None = None) -> dict[str, list[str]]:
+    """Convert, adapt (as ``adapt`` allows; default: the registered entry's) and strictly load ``state_dict``;
+    returns what was re-initialised.
 
     Raises :class:`WeightLoadError` with every missing, unexpected or mis-shaped key otherwise.
     """
@@ -121,30 +141,36 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], converte
             state_dict = converter(state_dict)
         except KeyError as e:
             raise WeightLoadError(f"{source} is not in a layout this model's converter knows (missing key {e})") from None
+    if adapt is None:
+        adapt = _registered_adapt(model)
     own = model.state_dict()
     state_dict = dict(state_dict)
+    for conv in adapt.first_conv:
+        key = conv + ".weight"
+        if key in state_dict and key in own and state_dict[key].shape[1] != own[key].shape[1]:
+            log.info("adapted %s from %d to %d input channels", key, state_dict[key].shape[1], own[key].shape[1])
+            state_dict[key] = adapt_input_conv(state_dict[key], own[key].shape[1])
+    for key in adapt.pos_embed:
+        if key in state_dict and key in own and state_dict[key].shape != own[key].shape:
+            state_dict[key] = adapt.resize_pos_embed(model, state_dict[key], src_img_size)
     reinit: list[str] = []
-    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv", DEFAULT_FIRST_CONV) + ".weight"
-    if first_conv in state_dict and first_conv in own and state_dict[first_conv].shape[1] != own[first_conv].shape[1]:
-        log.info("adapted %s from %d to %d input channels", first_conv, state_dict[first_conv].shape[1],
-                 own[first_conv].shape[1])
-        state_dict[first_conv] = adapt_input_conv(state_dict[first_conv], own[first_conv].shape[1])
-    if POS_EMBED in state_dict and POS_EMBED in own and state_dict[POS_EMBED].shape != own[POS_EMBED].shape:
-        backbone = model.backbone
-        old_grid = _old_grid(backbone, src_img_size)
-        state_dict[POS_EMBED] = backbone.resize_pos_embed_state(state_dict[POS_EMBED], old_grid)
-    for key in HEAD_KEYS:
-        if key in state_dict and (key not in own or state_dict[key].shape != own[key].shape):
-            del state_dict[key]
-            reinit.append(key)
-    if reinit:
-        log.info("classifier re-initialised for %d classes (checkpoint head dropped)", model.num_classes)
+    if adapt.head:  # a head that does not fit as a whole (classes, type, absent) starts afresh as a whole
+        prefix = adapt.head + "."
+        own_head = [k for k in own if k.startswith(prefix)]
+        ckpt_head = [k for k in state_dict if k.startswith(prefix)]
+        if set(own_head) != set(ckpt_head) or any(state_dict[k].shape != own[k].shape for k in own_head):
+            for key in ckpt_head:
+                del state_dict[key]
+            reinit = own_head
+            log.info("head re-initialised (%s classes): the checkpoint's head does not fit",
+                     getattr(model, "num_classes", "?"))
     missing = [k for k in own if k not in state_dict and k not in reinit]
     unexpected = [k for k in state_dict if k not in own]
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
     if strict and (missing or unexpected or mismatched):
-        lines = [f"weights from {source} do not fit {model.pretrained_cfg.get('architecture', type(model).__name__)}:"]
+        arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+        lines = [f"weights from {source} do not fit {arch}:"]
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
             if keys:
                 shown = ", ".join(keys[:12]) + (f", … ({len(keys) - 12} more)" if len(keys) > 12 else "")
@@ -156,8 +182,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], converte
     return {"reinitialised": reinit, "missing": missing, "unexpected": unexpected}
 
 
-def _old_grid(backbone: nn.Module, src_img_size: tuple[int, int] | None):
-    if src_img_size is None:
-        return None
-    pe = backbone.patch_embed
-    return tuple((i - p) // s + 1 for i, p, s in zip(src_img_size, pe.patch_size, pe.stride))
+def _registered_adapt(model: nn.Module) -> WeightAdapt:
+    """The adaptation the model's registry entry declares (nothing adapts for an unregistered model)."""
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    return get_entry(arch).adapt if arch else WeightAdapt()

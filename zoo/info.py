@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from zoo.registry import get_entry
+from zoo.registry import get_entry, split_name
 
 
 def count_flops(model: torch.nn.Module, input_size: tuple[int, ...]) -> float:
@@ -18,14 +18,19 @@ def count_flops(model: torch.nn.Module, input_size: tuple[int, ...]) -> float:
 
 
 def model_info(name: str, flops: bool = True) -> dict[str, Any]:
+    """Facts of ``'name'`` (the architecture's defaults) or ``'name.tag'`` (built as that tag's weights
+    need: its kind, input and preprocessing; no weights are loaded)."""
     from zoo.factory import create_model
 
     entry = get_entry(name)
-    model = create_model(entry.name).eval()
-    input_size = tuple(model.pretrained_cfg["input_size"])
+    tag = split_name(name)[1]
+    model = create_model(f"{entry.name}.{tag}" if tag else entry.name).eval()
+    cfg = model.pretrained_cfg
+    input_size = tuple(cfg["input_size"])
     info: dict[str, Any] = {
-        "name": entry.name,
-        "kind": entry.kind,
+        "name": f"{entry.name}.{cfg['tag']}" if tag else entry.name,
+        "kind": cfg["kind"],
+        "kinds": list(entry.kinds),
         "family": entry.family,
         "description": entry.description,
         "paper": entry.paper,
@@ -33,18 +38,20 @@ def model_info(name: str, flops: bool = True) -> dict[str, Any]:
         "input_size": input_size,
         "num_classes": model.num_classes,
         "default_cfg": dict(entry.default_cfg),
+        "input": {k: cfg[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "audio") if k in cfg},
         "pretrained": {},
     }
     if flops:
         info["gflops"] = count_flops(model, input_size)
-    for tag_name, tag in entry.tags.items():
+    for tag_name, record in entry.tags.items():
         info["pretrained"][f"{entry.name}.{tag_name}"] = {
-            "source": tag.source.describe(),
-            "sha256": tag.sha256 or None,
-            "license": tag.license,
-            "num_classes": tag.num_classes,
-            "preprocess": dict(tag.preprocess),
-            "metrics": dict(tag.metrics),
-            "notes": tag.notes,
+            "kind": entry.tag_kind(record),
+            "source": record.source.describe(),
+            "sha256": record.sha256 or None,
+            "license": record.license,
+            "num_classes": record.num_classes,
+            "preprocess": dict(record.preprocess),
+            "metrics": dict(record.metrics),
+            "notes": record.notes,
         }
     return info

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import os
 import shutil
@@ -21,29 +20,11 @@ from typing import Any
 
 import zoo.weights
 from zoo.errors import ConfigError, ZooError
+from zoo.weights.manifest import read_manifest, tags_from_manifest, write_record  # noqa: F401  (the manifest's home)
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 MAX_FILE_BYTES = 4 * 1024 * 1024  # every tracked file travels to the GPU machine with each run
-
-
-def read_manifest(folder: Path | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-    path = (folder or zoo.weights.weights_dir()) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def tags_from_manifest(folder: Path | None = None):
-    """(model name, PretrainedTag) for every published weight set."""
-    from zoo.registry import PretrainedTag, WeightSource
-
-    for model, tags in read_manifest(folder).items():
-        for tag, t in tags.items():
-            yield model, PretrainedTag(
-                tag=tag, source=WeightSource(package_file=t["file"]), sha256=t["sha256"], license=t.get("license", ""),
-                num_classes=t["num_classes"], label_names=tuple(t["label_names"]) if t.get("label_names") else None,
-                preprocess=t.get("preprocess", {}), metrics=t.get("metrics", {}), notes=t.get("notes", ""),
-                arch_overrides=t.get("arch_overrides", {}))
 
 
 def publish(export: str | os.PathLike, tag: str, data: str, split: str = "test", license: str = "apache-2.0",
@@ -88,24 +69,22 @@ def publish(export: str | os.PathLike, tag: str, data: str, split: str = "test",
     for key in ("in_chans", "img_size"):
         if info.get(key) is not None:
             arch[key] = list(info[key]) if isinstance(info[key], tuple) else info[key]
+    audio = pre.get("type") == "kaldi_fbank"
     record = {
         "file": file,
+        "kind": "audio" if audio else "image",
         "sha256": sha256_of(folder / file),
         "license": license,
         "num_classes": model.num_classes,
         "label_names": list(info.get("class_names") or []),
         "arch_overrides": arch,
-        "preprocess": {"audio": pre, "input_size": list(data_cfg["input_size"])} if pre.get("type") == "kaldi_fbank"
+        "preprocess": {"audio": pre, "input_size": list(data_cfg["input_size"])} if audio
                       else {k: list(v) if isinstance(v, tuple) else v for k, v in data_cfg.items()},
         "metrics": {dataset: metrics},
         "notes": f"trained with `zoo fit` ({trained}); measured by `zoo publish` on "
                  f"{datetime.date.today().isoformat()}",
     }
-    manifest = read_manifest(folder)
-    manifest.setdefault(name, {})[tag] = record
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, folder / MANIFEST)
+    write_record(name, tag, record, folder)
     return {"model": f"{name}.{tag}", **record}
 
 

@@ -1,7 +1,12 @@
-"""The registry: every model kind by name, with its builder, default config and pretrained tags.
+"""The registry: every model by name, with its kind, builder, default config, weight adaptation and tags.
 
 Names follow timm: ``family_size_patchN_res`` for architectures and ``name.tag`` for pretrained weights.
-The registry is the zoo's one piece of global state; family modules in ``zoo.models`` fill it at import.
+The registry is the zoo's one piece of global state; family modules in ``zoo.families`` fill it at import.
+
+Kinds (``zoo.kinds``): an entry has the kind its builder returns, and each tag the kind its weights were
+trained for (``None``: the entry's). An architecture thus serves several kinds through its tags:
+``list_models(kind=k)`` lists architectures whose own kind or any tag's kind is ``k``, and with
+``pretrained=True`` the ``name.tag`` whose tag is of kind ``k``.
 """
 from __future__ import annotations
 
@@ -11,14 +16,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
 import torch.nn as nn
 
 from zoo.errors import ConfigError, PretrainedNotAvailableError, UnknownModelError
+from zoo.kinds import KINDS
 
 log = logging.getLogger(__name__)
-
-KINDS = ("image", "audio", "vision-language", "diffusion-lm")
-"""Model kinds the registry knows: image backbone/classifier, audio classifier, CLIP-style, diffusion LM."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,6 +66,7 @@ class PretrainedTag:
 
     tag: str
     source: WeightSource
+    kind: str | None = None  # the kind the weights were trained for; None: the entry's kind
     sha256: str = ""  # empty until the file has been seen; loading then logs the hash it computed
     converter: Converter | None = None
     license: str = ""
@@ -73,36 +78,86 @@ class PretrainedTag:
     arch_overrides: dict[str, Any] = field(default_factory=dict)  # builder kwargs the weights need
 
 
+PosEmbedResizer = Callable[[nn.Module, torch.Tensor, "tuple[int, int] | None"], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class WeightAdapt:
+    """What a family lets the factory adapt when a checkpoint does not fit the model asked for.
+
+    - ``first_conv``: modules whose ``.weight`` [O, I, kh, kw] follows ``in_chans`` (summed to 1 channel,
+      else repeated and rescaled); the first is timm's ``pretrained_cfg['first_conv']``.
+    - ``pos_embed`` + ``resize_pos_embed``: position-embedding keys and how to resample one to the model's
+      grid, ``resize_pos_embed(model, tensor, src_img_size) -> tensor`` (``src_img_size``: the image size
+      the checkpoint was trained at).
+    - ``head``: the module prefix of the task head; its keys re-initialise when the checkpoint's do not
+      fit (another ``num_classes``, another head type) instead of failing the load.
+    """
+
+    first_conv: tuple[str, ...] = ()
+    pos_embed: tuple[str, ...] = ()
+    resize_pos_embed: PosEmbedResizer | None = None
+    head: str | None = None
+
+    def __post_init__(self):
+        if self.pos_embed and self.resize_pos_embed is None:
+            raise ValueError("WeightAdapt with pos_embed keys needs resize_pos_embed")
+
+
 @dataclass
 class ModelEntry:
     name: str
     kind: str
     family: str
-    builder: Callable[..., nn.Module]  # builder(num_classes=, in_chans=, img_size=, **overrides) -> ZooModel
+    builder: Callable[..., nn.Module]  # builder(**kwargs) -> the kind's composed module (zoo.kinds)
     default_cfg: dict[str, Any]
     converter: Converter | None = None  # the family's converter for foreign state dicts (checkpoint_path=)
     tags: dict[str, PretrainedTag] = field(default_factory=dict)
     description: str = ""
     paper: str = ""
+    adapt: WeightAdapt = field(default_factory=WeightAdapt)
 
     @property
     def default_tag(self) -> str | None:
         return next(iter(self.tags), None)
 
+    def tag_kind(self, tag: str | PretrainedTag) -> str:
+        """The kind of one of this entry's tags (the entry's own kind unless the tag says otherwise)."""
+        record = self.tags[tag] if isinstance(tag, str) else tag
+        return record.kind or self.kind
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Every kind this architecture serves: its own, then its tags' (in first-seen order)."""
+        return tuple(dict.fromkeys([self.kind, *(self.tag_kind(t) for t in self.tags.values())]))
+
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
+def check_kind(kind: str, what: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"{what}: unknown kind {kind!r}; known: {KINDS} (a new kind is a line in zoo/kinds)")
+
+
 def register(entry: ModelEntry) -> ModelEntry:
-    if entry.kind not in KINDS:
-        raise ValueError(f"unknown kind {entry.kind!r}; known: {KINDS}")
+    check_kind(entry.kind, entry.name)
     if entry.name in _REGISTRY:
         raise ValueError(f"model {entry.name!r} is registered twice")
-    for tag in entry.tags:
-        if "." in tag:
-            raise ValueError(f"tag {tag!r} of {entry.name} must not contain '.'")
+    for tag in entry.tags.values():
+        add_tag(entry, tag, replace=True)
     _REGISTRY[entry.name] = entry
     return entry
+
+
+def add_tag(entry: ModelEntry, tag: PretrainedTag, replace: bool = False) -> None:
+    """Attach ``tag`` to ``entry`` (checked); an existing tag of that name stays unless ``replace``."""
+    if "." in tag.tag or not tag.tag:
+        raise ValueError(f"tag {tag.tag!r} of {entry.name} must be non-empty without '.'")
+    if tag.kind is not None:
+        check_kind(tag.kind, f"{entry.name}.{tag.tag}")
+    if replace or tag.tag not in entry.tags:
+        entry.tags[tag.tag] = tag
 
 
 def split_name(name_or_tagged: str) -> tuple[str, str | None]:
@@ -133,19 +188,29 @@ def get_tag(entry: ModelEntry, tag: str | None) -> PretrainedTag:
 
 
 def list_models(pattern: str = "*", pretrained: bool = False, kind: str | None = None) -> list[str]:
-    """Registered names matching an fnmatch ``pattern``; with ``pretrained=True`` one ``name.tag`` per weight set."""
+    """Registered names matching an fnmatch ``pattern``; with ``pretrained=True`` one ``name.tag`` per weight set.
+
+    ``kind`` keeps architectures that serve that kind (their own or a tag's), or with ``pretrained=True``
+    the tags of that kind.
+    """
     if kind is not None and kind not in KINDS:
         raise ConfigError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
     out = []
     for name, entry in sorted(_REGISTRY.items()):
-        if kind is not None and entry.kind != kind:
-            continue
         if pretrained:
-            out.extend(f"{name}.{t}" for t in entry.tags
-                       if fnmatch.fnmatch(f"{name}.{t}", pattern) or fnmatch.fnmatch(name, pattern))
-        elif fnmatch.fnmatch(name, pattern):
+            out.extend(f"{name}.{t}" for t, rec in entry.tags.items()
+                       if (kind is None or entry.tag_kind(rec) == kind)
+                       and (fnmatch.fnmatch(f"{name}.{t}", pattern) or fnmatch.fnmatch(name, pattern)))
+        elif fnmatch.fnmatch(name, pattern) and (kind is None or kind in entry.kinds):
             out.append(name)
     return out
+
+
+def kind_of(name: str) -> str:
+    """The kind of ``'name'`` (the entry's) or ``'name.tag'`` (the tag's)."""
+    entry = get_entry(name)
+    tag = split_name(name)[1]
+    return entry.tag_kind(get_tag(entry, tag)) if tag else entry.kind
 
 
 def list_pretrained(pattern: str = "*") -> list[str]:

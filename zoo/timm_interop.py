@@ -1,4 +1,4 @@
-"""Expose every image model to timm's registry as ``zoo_<name>``.
+"""Expose every model of a timm-contract kind (image, audio: ``Kind.timm``) to timm's registry as ``zoo_<name>``.
 
 After ``import zoo``, ``timm.create_model('zoo_vit_tiny_patch16_224')`` builds our model, and so does
 open_clip's ``timm_model_name`` (which calls timm). Pretrained weights come from our registry.
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+from zoo.kinds import KIND_TABLE
 from zoo.registry import _REGISTRY
 
 PREFIX = "zoo_"
@@ -31,13 +32,13 @@ def _entrypoint(name: str):
 
 
 def register_with_timm() -> list[str]:
-    """Register each image model not yet known to timm; returns the timm names added."""
+    """Register each timm-contract model not yet known to timm; returns the timm names added."""
     from timm.models import is_model, register_model
 
     added = []
     module = sys.modules[__name__]
     for name, entry in _REGISTRY.items():
-        if entry.kind not in ("image", "audio"):
+        if not KIND_TABLE[entry.kind].timm:
             continue
         timm_name = PREFIX + name
         if is_model(timm_name):

@@ -35,11 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["MIXERS", "Attention", "MaskedAttention", "LinearAttentionMixer", "GLAMixer", "DeltaMixer",
+__all__ = ["MIXERS", "MIXER_BUILDERS", "Attention", "MaskedAttention", "LinearAttentionMixer", "GLAMixer", "DeltaMixer",
            "build_mixer", "window_mask_mod", "block_mask_mod"]
-
-MIXERS = ("softmax", "window", "block_sparse", "linear", "gla", "mamba", "delta")
-
 
 class Attention(nn.Module):
     """Multi-head self-attention through ``scaled_dot_product_attention`` (flash / memory-efficient)."""
@@ -262,25 +259,50 @@ class DeltaMixer(_GatedOutput):
         return self.finish(of.float() + ob.flip(1).float(), x)
 
 
+def _softmax(dim, num_heads, qkv_bias, attn_drop, proj_drop, grid_size, num_prefix_tokens, **cfg):
+    if cfg:
+        raise ValueError(f"softmax mixer takes no options, got {sorted(cfg)}")
+    return Attention(dim, num_heads, qkv_bias, attn_drop, proj_drop)
+
+
+def _masked(kind: str) -> Callable[..., nn.Module]:
+    def build(dim, num_heads, qkv_bias, attn_drop, proj_drop, grid_size, num_prefix_tokens, **cfg):
+        return MaskedAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop, kind=kind, grid_size=grid_size,
+                               num_prefix_tokens=num_prefix_tokens, **cfg)
+    return build
+
+
+def _recurrent(cls) -> Callable[..., nn.Module]:
+    def build(dim, num_heads, qkv_bias, attn_drop, proj_drop, grid_size, num_prefix_tokens, **cfg):
+        return cls(dim, num_heads, qkv_bias, proj_drop, **cfg)
+    return build
+
+
+def _mamba(dim, num_heads, qkv_bias, attn_drop, proj_drop, grid_size, num_prefix_tokens, **cfg):
+    from backbones.layers.mamba import BiMambaMixer
+
+    return BiMambaMixer(dim, **cfg)
+
+
+MIXER_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "softmax": _softmax,
+    "window": _masked("window"),
+    "block_sparse": _masked("block_sparse"),
+    "linear": _recurrent(LinearAttentionMixer),
+    "gla": _recurrent(GLAMixer),
+    "mamba": _mamba,
+    "delta": _recurrent(DeltaMixer),
+}
+"""Mixer name -> builder ``(dim, num_heads, qkv_bias, attn_drop, proj_drop, grid_size, num_prefix_tokens,
+**options)``; the one table ``build_mixer`` and ``MIXERS`` read."""
+
+MIXERS: tuple[str, ...] = tuple(MIXER_BUILDERS)
+
+
 def build_mixer(name: str, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
                 proj_drop: float = 0.0, grid_size: tuple[int, int] | None = None, num_prefix_tokens: int = 1,
                 **cfg) -> nn.Module:
     """The mixer ``name`` (one of MIXERS) with its options ``cfg`` (window_size, block_size, feature_map, ...)."""
-    if name == "softmax":
-        if cfg:
-            raise ValueError(f"softmax mixer takes no options, got {sorted(cfg)}")
-        return Attention(dim, num_heads, qkv_bias, attn_drop, proj_drop)
-    if name in ("window", "block_sparse"):
-        return MaskedAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop, kind=name, grid_size=grid_size,
-                               num_prefix_tokens=num_prefix_tokens, **cfg)
-    if name == "linear":
-        return LinearAttentionMixer(dim, num_heads, qkv_bias, proj_drop, **cfg)
-    if name == "gla":
-        return GLAMixer(dim, num_heads, qkv_bias, proj_drop, **cfg)
-    if name == "delta":
-        return DeltaMixer(dim, num_heads, qkv_bias, proj_drop, **cfg)
-    if name == "mamba":
-        from backbones.layers.mamba import BiMambaMixer
-
-        return BiMambaMixer(dim, **cfg)
-    raise ValueError(f"unknown mixer {name!r}; choose one of {MIXERS}")
+    if name not in MIXER_BUILDERS:
+        raise ValueError(f"unknown mixer {name!r}; choose one of {MIXERS}")
+    return MIXER_BUILDERS[name](dim, num_heads, qkv_bias, attn_drop, proj_drop, grid_size, num_prefix_tokens, **cfg)

@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 import zoo
 from zoo.errors import InputShapeError
 from zoo.factory import load_weights
-from zoo.models.efficientvit import convert_timm_efficientvit
+from zoo.families.efficientvit import convert_timm_efficientvit
 
 SIZE = 96  # small and not the nominal 224: both implementations take any size
 

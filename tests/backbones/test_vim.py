@@ -13,7 +13,7 @@ from backbones.layers.mamba import BiMambaMixer
 from backbones.vim import VisionMamba, VimConfig
 from kernels.causal_conv1d import causal_conv1d
 from kernels.selective_scan import selective_scan
-from zoo.models.vim import convert_official_vim
+from zoo.families.vim import convert_official_vim
 
 # ---------------------------------------------------------------------------------------------------------
 # The official layout, written out from reference/vim.md §3 (not derived from our module).

@@ -4,7 +4,7 @@ import timm
 import torch
 
 import zoo
-from zoo.models.vit import convert_timm_vit
+from zoo.families.vit import convert_timm_vit
 
 
 def test_timm_vit_tiny_converts_to_same_logits():

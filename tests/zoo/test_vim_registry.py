@@ -6,7 +6,7 @@ import torch
 import zoo
 from zoo.cli import main
 from zoo.errors import PretrainedNotAvailableError, WeightLoadError
-from zoo.models.vim import convert_official_vim
+from zoo.families.vim import convert_official_vim
 
 NAMES = ["vim_base_patch16_224", "vim_micro_patch4_32", "vim_small_patch16_224", "vim_small_patch16_stride8_224",
          "vim_tiny_patch16_224", "vim_tiny_patch16_stride8_224", "vim_tiny_patch4_32"]
@@ -20,7 +20,7 @@ def test_family_is_registered_with_tags():
         "vim_small_patch16_224.in1k", "vim_small_patch16_stride8_224.in1k",
         "vim_tiny_patch16_224.in1k", "vim_tiny_patch16_stride8_224.in1k"]
     # the rest are our own weights, shipped with the package (zoo publish)
-    from zoo.publish import read_manifest
+    from zoo.weights.manifest import read_manifest
     shipped = sorted(f"{m}.{t}" for m, tags in read_manifest().items() for t in tags if m.startswith("vim_"))
     assert [t for t in tagged if not t.endswith(".in1k")] == shipped
 

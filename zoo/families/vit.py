@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from backbones.vit import MIXER_NAMES, VIT_CONFIGS, VIT_MIXER_CONFIGS, ViTConfig, build_vit
-from zoo.models import cifar_cfg, classifier_builder, image_cfg, remap_to_zoo
+from zoo.families import PATCH_ADAPT, cifar_cfg, classifier_builder, image_cfg, remap_to_zoo
 from zoo.registry import ModelEntry, PretrainedTag, WeightSource, register
 
 def convert_timm_vit(state_dict: dict) -> dict:
@@ -43,6 +43,7 @@ for _name, _arch in VIT_CONFIGS.items():
         builder=classifier_builder(build_vit, ViTConfig, _name),
         default_cfg=cifar_cfg() if _small else image_cfg(),
         converter=convert_timm_vit,
+        adapt=PATCH_ADAPT,
         tags={t.tag: t for t in _TAGS.get(_name, [])},
         description=_DESCRIPTIONS[_name],
         paper="arXiv:2010.11929",
@@ -73,6 +74,7 @@ for _name, _arch in VIT_MIXER_CONFIGS.items():
         builder=classifier_builder(build_vit, ViTConfig, _name),
         default_cfg=cifar_cfg() if _small else image_cfg(),
         converter=convert_timm_vit,
+        adapt=PATCH_ADAPT,
         description=f"ViT-Ti (192 wide, 12 deep, 3 heads), {_where}, mixer '{_mixer}': {_MIXER_WHAT[_mixer]}",
         paper=_MIXER_PAPER[_mixer],
     ))

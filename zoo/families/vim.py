@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from backbones.vim import VIM_CONFIGS, VimConfig, build_vim
-from zoo.models import cifar_cfg, classifier_builder, image_cfg, remap_to_zoo
+from zoo.families import PATCH_ADAPT, cifar_cfg, classifier_builder, image_cfg, remap_to_zoo
 from zoo.registry import ModelEntry, PretrainedTag, WeightSource, register
 
 
@@ -64,6 +64,7 @@ for _name, _arch in VIM_CONFIGS.items():
         builder=classifier_builder(build_vim, VimConfig, _name),
         default_cfg=cifar_cfg() if _small else image_cfg(crop_pct=0.875),
         converter=convert_official_vim,
+        adapt=PATCH_ADAPT,
         tags={_tag.tag: _tag} if _tag else {},
         description=_DESCRIPTIONS[_name],
         paper="arXiv:2401.09417",

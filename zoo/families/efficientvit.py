@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 
-import torch.nn as nn
-
 from backbones.efficientvit import EFFICIENTVIT_CONFIGS, EfficientViT, EfficientViTConfig, build_efficientvit
-from heads.classification import ClassifierHead
-from zoo.errors import InputShapeError
-from zoo.model import ZooModel
-from zoo.models import classifier_builder, image_cfg, remap_to_zoo
-from zoo.registry import ModelEntry, PretrainedTag, WeightSource, register
+from zoo.families import classifier_builder, image_cfg, remap_to_zoo
+from zoo.kinds.classifier import Classifier
+from zoo.registry import ModelEntry, PretrainedTag, WeightAdapt, WeightSource, register
 
 # timm key prefix -> ours. The pre-logits part of timm's head lives in our backbone (forward_pool); only the
 # last Linear (classifier.4) is the zoo's head.fc. Everything else keeps its name under ``backbone.``.
@@ -20,49 +16,45 @@ _PREFIXES = (
     ("head.classifier.4.", "head.fc."),
 )
 
+ADAPT = WeightAdapt(first_conv=("backbone.stem.in_conv.conv",), head="head")
+"""A conv stem and no position embedding: only the first conv and the head adapt."""
+
 
 def convert_timm_efficientvit(state_dict: dict) -> dict:
     """timm ``EfficientVit`` keys -> ours (a prefix map; see ``_PREFIXES``). Our own layout passes through."""
     return remap_to_zoo(state_dict, _PREFIXES, strict_head=True)
 
 
-class EfficientViTModel(ZooModel):
-    """ZooModel with timm's EfficientViT head semantics.
+class EfficientViTModel(Classifier):
+    """The classifier kind with timm's EfficientViT head semantics.
 
     ``num_features`` is the channel count of ``forward_features`` (timm's meaning) and ``head_hidden_size``
     the pre-logits width the classifier sees; ``reset_classifier(n, reset_other=True)`` also drops the
     pre-logits conv and MLP; pooling cannot be switched off (timm: 'Cannot disable pooling').
     """
 
-    def __init__(self, backbone: EfficientViT, num_classes: int, drop_rate: float = 0.0,
-                 pretrained_cfg: dict | None = None):
-        super().__init__(backbone, num_classes, drop_rate, pretrained_cfg)
+    def __init__(self, backbone: EfficientViT, num_classes: int, drop_rate: float = 0.0, head: str = "linear",
+                 head_cfg: dict | None = None, pretrained_cfg: dict | None = None):
+        super().__init__(backbone, num_classes, drop_rate, head, head_cfg, pretrained_cfg)
         self._sync_widths()
 
     def _sync_widths(self) -> None:
         self.num_features = self.backbone.stage_channels
         self.head_hidden_size = self.backbone.num_features
 
-    def check_input(self, x) -> None:
-        if not hasattr(x, "ndim"):
-            raise InputShapeError(f"expected a torch.Tensor, got {type(x).__name__}")
-        try:
-            self.backbone.check_input(x)
-        except ValueError as e:
-            raise InputShapeError(str(e)) from None
+    def token_width(self) -> int:
+        return self.backbone.stage_channels
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None, reset_other: bool = False) -> None:
-        if global_pool == "":
-            raise ValueError("EfficientViT cannot disable pooling (as timm); choose one of "
-                             f"{self.backbone.supported_pools}")
         if reset_other:
-            self.backbone.reset_pre_logits()
-            old = self.head
-            self.head = ClassifierHead(self.backbone.num_features, num_classes, old.drop.p)
-            if isinstance(old.fc, nn.Linear):
-                self.head = self.head.to(device=old.fc.weight.device, dtype=old.fc.weight.dtype)
             if global_pool is not None:
-                super().reset_classifier(num_classes, global_pool)
+                self._set_pool(global_pool)
+            self.backbone.reset_pre_logits()
+            if not self.head.pools_tokens:  # the pre-logits width changed: a head of the new width
+                self.head = self._make_head(self.head_name, num_classes, self.head.drop.p,
+                                            self.head_cfg).to(self._ref_param())
+            else:
+                self.head.reset(num_classes)
         else:
             super().reset_classifier(num_classes, global_pool)
         self._sync_widths()
@@ -96,8 +88,9 @@ for _name in EFFICIENTVIT_CONFIGS:
     register(ModelEntry(
         name=_name, kind="image", family="efficientvit",
         builder=classifier_builder(build_efficientvit, EfficientViTConfig, _name, EfficientViTModel),
-        default_cfg=image_cfg(crop_pct=0.95, first_conv="backbone.stem.in_conv.conv"),
+        default_cfg=image_cfg(crop_pct=0.95),
         converter=convert_timm_efficientvit,
+        adapt=ADAPT,
         tags={_tag.tag: _tag},
         description=_DESCRIPTIONS[_name],
         paper="arXiv:2205.14756",
