@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Tiny Shakespeare language models on ONE H200: MDLM and its AR twin on softmax attention and on GLA, the four
+# fits side by side on the one GPU (same network per mixer, same steps / batch / context / time budget), then
+# the final validation figures (AR: exact nats/char; MDLM: NELBO over 32 antithetic t per window, all 435
+# validation windows of 256 characters), curves and fp16 exports copied into $OUT.
+#   bash benchmarks/train_lm_h200.sh                 # the recipes' budget: <= 6000 steps or 5.5 min each
+#   RECIPES="mdlm_attn ar_attn" bash benchmarks/train_lm_h200.sh --trainer.max_steps 20   # any override
+# Env: OUT (default out/), DATA (folder with tinyshakespeare.txt, default .data), RUNS (default runs/),
+# NUM_T (NELBO samples per window, default 32), EVAL_ARGS (e.g. "--max-windows 4"), PYTHON (default python3),
+# RESUME=1 continues killed runs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out}; RUNS=${RUNS:-runs}; DATA=${DATA:-.data}; PY=${PYTHON:-python3}
+mkdir -p "$OUT/lm"
+export PYTHONUNBUFFERED=1 ZOO_OFFLINE=1 ZOO_DATA="$DATA" ZOO_CACHE=${ZOO_CACHE:-/tmp/zoo-cache}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+RECIPES=${RECIPES:-mdlm_attn ar_attn mdlm_gla ar_gla}
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
+t0=$SECONDS
+pids=()
+for r in $RECIPES; do
+  $PY -m zoo.recipes.language_model --config "configs/tinyshakespeare_$r.yaml" \
+    --trainer.default_root_dir "$RUNS/tinyshakespeare_$r" ${RESUME:+--resume} "$@" > "$OUT/lm/fit_$r.log" 2>&1 &
+  pids+=($!)
+done
+i=0
+for r in $RECIPES; do
+  wait "${pids[$i]}"; echo "fit $r: rc=$? ($((SECONDS - t0)) s)"; tail -n 3 "$OUT/lm/fit_$r.log"; i=$((i + 1))
+done
+for r in $RECIPES; do
+  run="$RUNS/tinyshakespeare_$r"
+  [ -f "$run/export.safetensors" ] || { echo "no export for $r"; continue; }
+  $PY -m zoo.recipes.language_model eval "$run/export.safetensors" --num-t "${NUM_T:-32}" \
+    ${EVAL_ARGS:-} --out "$OUT/lm/eval_$r.json" > "$OUT/lm/eval_$r.log" 2>&1; echo "eval $r: rc=$?"
+  cp "$run/export.safetensors" "$OUT/lm/tinyshakespeare_$r.safetensors"
+  cp "$run/lm_summary.json" "$OUT/lm/summary_$r.json"
+  cp "$run/csv/version_0/metrics.csv" "$OUT/lm/curve_$r.csv" 2>/dev/null
+done
+$PY - "$OUT/lm" $RECIPES <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+for r in sys.argv[2:]:
+    e = out / f"eval_{r}.json"
+    s = out / f"summary_{r}.json"
+    if e.exists() and s.exists():
+        e, s = json.loads(e.read_text()), json.loads(s.read_text())
+        print(f"{r:10s} steps {s['global_step']:5d} fit {s['fit_seconds']:6.1f}s params {s['params']:,}  "
+              f"val {e['nats_per_char']:.4f} nats/char ({e['bits_per_char']:.4f} bpc, {e['estimator']})")
+PY
+echo "total $((SECONDS - t0)) s"

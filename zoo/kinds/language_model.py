@@ -1,0 +1,162 @@
+"""The language-model kinds: ``diffusion-lm`` (masked diffusion, MDLM / LLaDA) and ``causal-lm`` (its
+autoregressive twin), one composition of a ``backbones.text_decoder.TextDecoder`` and a ``heads.lm.TokenHead``.
+
+Contract: ``forward(tokens [B, T], cache=None, commit=0) -> logits [B, T, vocab]`` (raw logits; the
+diffusion loss and samplers apply SUBS), ``generate(prompt_ids, length, ...)`` (``heads.lm.sampling``), the
+attached ``tokenizer`` (``encode``/``decode``, ``mask_id``, ``end_id``) and ``pretrained_cfg``. The two kinds
+differ only in ``causal`` (the decoder's mixers) and the objective the recipe trains them with, so an MDLM
+and its twin compare with the same network.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from backbones.text_decoder import TEXT_DECODER_CONFIGS, DecoderCache, TextDecoder
+from heads.lm import TokenHead
+from zoo.errors import ConfigError
+
+__all__ = ["LanguageModel", "language_model_builder", "load_language_model", "parse_lm_name", "LM_KINDS"]
+
+LM_KINDS = ("diffusion-lm", "causal-lm")
+
+
+class LanguageModel(nn.Module):
+    """Decoder + token head (tied by default) + tokenizer; ``kind`` is 'diffusion-lm' or 'causal-lm'."""
+
+    def __init__(self, backbone: TextDecoder, tokenizer, kind: str, tie_embeddings: bool = True,
+                 pretrained_cfg: dict | None = None):
+        super().__init__()
+        if kind not in LM_KINDS:
+            raise ConfigError(f"a language model's kind is one of {LM_KINDS}, got {kind!r}")
+        if (kind == "causal-lm") != backbone.causal:
+            raise ConfigError(f"kind {kind!r} needs a {'causal' if kind == 'causal-lm' else 'bidirectional'} decoder")
+        if tokenizer.vocab_size != backbone.vocab_size:
+            raise ConfigError(f"tokenizer has {tokenizer.vocab_size} ids but the decoder {backbone.vocab_size}")
+        self.backbone = backbone
+        self.head = TokenHead(backbone.dim, backbone.vocab_size, backbone.embed if tie_embeddings else None)
+        self.tokenizer = tokenizer
+        self.kind = kind
+        self.pretrained_cfg = dict(pretrained_cfg or {})
+        self.num_features = backbone.num_features
+
+    @property
+    def causal(self) -> bool:
+        return self.backbone.causal
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backbone.vocab_size
+
+    @property
+    def max_len(self) -> int:
+        return self.backbone.max_len
+
+    def new_cache(self) -> DecoderCache:
+        return self.backbone.new_cache()
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return {k: (v.replace("^", "^backbone\\.") if isinstance(v, str)
+                    else [(p.replace("^", "^backbone\\."), i) for p, i in v])
+                for k, v in self.backbone.group_matcher(coarse).items()}
+
+    def check_tokens(self, tokens: torch.Tensor) -> None:
+        from zoo.errors import InputShapeError
+
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.is_floating_point():
+            raise InputShapeError(f"expected integer token ids [B, T], got "
+                                  f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens)}")
+
+    def forward_features(self, tokens: torch.Tensor, cache: DecoderCache | None = None, commit: int = 0):
+        self.check_tokens(tokens)
+        return self.backbone.forward_features(tokens, cache=cache, commit=commit)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+    def forward(self, tokens: torch.Tensor, cache: DecoderCache | None = None, commit: int = 0) -> torch.Tensor:
+        return self.forward_head(self.forward_features(tokens, cache=cache, commit=commit))
+
+    @torch.no_grad()
+    def likelihood(self, tokens: torch.Tensor, num_t: int = 32, generator: torch.Generator | None = None,
+                   chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """(nats [B], scored tokens [B]) of each sequence: the exact -log p of tokens 1.. given the earlier ones
+        (causal-lm), or the MDLM NELBO of all tokens over ``num_t`` antithetic times (diffusion-lm)."""
+        from heads.lm.diffusion import nelbo, next_token_loss
+
+        self.check_tokens(tokens)
+        if self.causal:
+            B, L = tokens.shape
+            nll = next_token_loss(self(tokens), tokens, reduction="none").reshape(B, L - 1).sum(1)
+            return nll, torch.full((B,), float(L - 1), device=tokens.device)
+        return nelbo(self, tokens, self.tokenizer.mask_id, num_t=num_t, generator=generator, chunk=chunk)
+
+    def generate(self, prompt_ids, length: int, **kw) -> torch.Tensor:
+        """Sample ``length`` tokens after ``prompt_ids`` (see ``heads.lm.sampling.generate``)."""
+        from heads.lm.sampling import generate
+
+        return generate(self, prompt_ids, length, **kw)
+
+
+def parse_lm_name(name: str) -> tuple[str, str]:
+    """``'mdlm_small_attn'`` -> ('diffusion-lm', 'small_attn'); ``'ar_small_gla'`` -> ('causal-lm', 'small_gla')."""
+    prefix, _, size = str(name).partition("_")
+    kinds = {"mdlm": "diffusion-lm", "ar": "causal-lm"}
+    if prefix not in kinds or size not in TEXT_DECODER_CONFIGS:
+        raise ConfigError(f"language model {name!r} is not 'mdlm_<size>' or 'ar_<size>' with a size in "
+                          f"{sorted(TEXT_DECODER_CONFIGS)}")
+    return kinds[prefix], size
+
+
+def language_model_builder(kind: str, default_size: str = "small_attn"):
+    """The builder a family registers: ``builder(size=, chars=, tie_embeddings=, **decoder overrides)``;
+    ``chars`` is the character vocabulary (default: Tiny Shakespeare's 65 symbols)."""
+
+    def builder(size: str = default_size, chars: str | None = None, tie_embeddings: bool = True,
+                **overrides: Any) -> LanguageModel:
+        from zoo.data.text import TINYSHAKESPEARE_CHARS, CharTokenizer
+
+        if size not in TEXT_DECODER_CONFIGS:
+            raise ConfigError(f"unknown text decoder size {size!r}; choose one of {sorted(TEXT_DECODER_CONFIGS)}")
+        tokenizer = CharTokenizer(chars or TINYSHAKESPEARE_CHARS)
+        cfg = dict(TEXT_DECODER_CONFIGS[size])
+        cfg.update({k: v for k, v in overrides.items() if v is not None})
+        backbone = TextDecoder(tokenizer.vocab_size, causal=kind == "causal-lm", **cfg)
+        return LanguageModel(backbone, tokenizer, kind, tie_embeddings)
+
+    return builder
+
+
+def load_language_model(path, device: str | torch.device = "cpu") -> LanguageModel:
+    """A language model from an export of ``zoo.recipes.language_model`` (its metadata names the model, the
+    decoder overrides and the tokenizer), weights in fp32."""
+    import json
+
+    from safetensors import safe_open
+
+    from zoo import hub
+    from zoo.data.text import CharTokenizer
+    from zoo.errors import WeightLoadError
+    from zoo.factory import load_weights
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for unreadable files
+        raise WeightLoadError(f"{path} is not a readable safetensors export ({e})") from None
+    if meta.get("kind") not in LM_KINDS or "tokenizer" not in meta:
+        raise WeightLoadError(f"{path} is not a language-model export (no kind/tokenizer metadata); export one "
+                              f"with python -m zoo.recipes.language_model")
+    kind, size = parse_lm_name(meta["model"])
+    tok = CharTokenizer.from_json(meta["tokenizer"])
+    model = language_model_builder(kind, size)(size=size, chars="".join(tok.chars),
+                                               **json.loads(meta.get("model_args") or "{}"))
+    load_weights(model, {k: v.float() for k, v in hub.read_state_dict(path).items()}, source=str(path))
+    model.pretrained_cfg.update(architecture=meta["model"], kind=kind, source=str(path),
+                                val_loss=meta.get("val_loss", ""))
+    return model.to(device).eval()
