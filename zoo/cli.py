@@ -26,16 +26,17 @@ BENCHMARKS = {
 
 def _cmd_list(args) -> int:
     import zoo
-    from zoo.registry import get_entry
+    from zoo.registry import get_entry, kind_of
 
     names = zoo.list_models(args.pattern, pretrained=args.pretrained, kind=args.kind)
     if not names:
         print(f"no models match {args.pattern!r}" + (f" of kind {args.kind}" if args.kind else ""))
         return 1
     width = max(len(n) for n in names)
-    for name in names:
+    for name in names:  # a name.tag shows its tag's kind, an architecture every kind it serves
         entry = get_entry(name)
-        print(f"{name:<{width}}  {entry.kind:<6} {entry.family:<6} {entry.description}")
+        kinds = kind_of(name) if "." in name else ",".join(entry.kinds)
+        print(f"{name:<{width}}  {kinds:<6} {entry.family:<6} {entry.description}")
     return 0
 
 
@@ -57,13 +58,16 @@ def _cmd_info(args) -> int:
     print(f"  parameters: {info['params']:,} ({info['params'] / 1e6:.2f} M)")
     if "gflops" in info:
         print(f"  GFLOPs at {tuple(info['input_size'])}: {info['gflops']:.3f} (batch 1, matmuls and convs)")
-    cfg = info["default_cfg"]
-    print(f"  default input: {cfg['input_size']}, mean {cfg.get('mean')}, std {cfg.get('std')}, "
-          f"{cfg.get('interpolation')}, crop_pct {cfg.get('crop_pct')}; {info['num_classes']} classes")
+    cfg = info["input"]
+    front = " (log-mel spectrogram)" if cfg.get("audio") else f", {cfg.get('interpolation')}, crop_pct {cfg.get('crop_pct')}"
+    print(f"  {'input' if '.' in info['name'] else 'default input'}: {cfg['input_size']}, mean {cfg.get('mean')}, "
+          f"std {cfg.get('std')}{front}; {info['num_classes']} classes")
     if not info["pretrained"]:
         print("  pretrained: none")
     for tagged, t in info["pretrained"].items():
-        print(f"  pretrained {tagged}")
+        pre = t["preprocess"]
+        print(f"  pretrained {tagged}  ({t['kind']}, input {pre.get('input_size')}, mean {pre.get('mean')}, "
+              f"std {pre.get('std')})")
         print(f"    source {t['source']}  sha256 {t['sha256'] or '(not recorded yet)'}  license {t['license'] or '—'}")
         print(f"    metrics: {_fmt_metrics(t['metrics'])}")
     return 0
@@ -89,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("list", help="list registered models")
     s.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'vim_*'")
     s.add_argument("--pretrained", action="store_true", help="list name.tag for every pretrained weight set")
-    s.add_argument("--kind", default=None, help="image, audio, vision-language or diffusion-lm")
+    s.add_argument("--kind", default=None, help="a model kind (zoo.KINDS: image, audio, ...)")
     s.set_defaults(func=_cmd_list)
 
     s = sub.add_parser("info", help="architecture, size, cost and pretrained weights of a model")
