@@ -12,16 +12,7 @@ import sys
 
 from zoo.errors import ZooError
 
-BENCHMARKS = {
-    "selective_scan": "zoo.bench.selective_scan",
-    "conv_norm": "zoo.bench.conv_norm",
-    "vim_vs_deit": "zoo.bench.vim_vs_deit",
-    "train_step": "zoo.bench.train_step",
-    "linear_attention": "zoo.bench.linear_attention",
-    "mixers": "zoo.bench.mixers",
-    "scaling": "zoo.bench.scaling",
-    "kernel_resources": "zoo.bench.kernel_resources",
-}
+from zoo.bench import BENCHMARKS
 
 
 def _cmd_list(args) -> int:
@@ -79,6 +70,21 @@ def _cmd_demo(args) -> int:
     return run_demo(list_only=args.list_only)
 
 
+def _cmd_bench(argv: list[str]) -> int:
+    """``zoo bench`` alone lists the installed benchmarks; ``zoo bench NAME ...`` runs one."""
+    if argv and argv[0] in BENCHMARKS:
+        return _cmd_passthrough(BENCHMARKS[argv[0]][0], argv[1:])
+    out = sys.stdout if not argv else sys.stderr
+    if argv:
+        print(f"unknown benchmark {argv[0]!r}", file=out)
+    print("usage: zoo bench NAME [args]  (zoo bench NAME --help for its options)", file=out)
+    for name, (_, what) in BENCHMARKS.items():
+        print(f"  {name:<12} {what}", file=out)
+    print("Peer comparisons (mamba_ssm, causal-conv1d, fla, kernel resources) are the lab in a checkout's "
+          "benchmarks/ folder: python -m benchmarks.<name>", file=out)
+    return 2 if argv else 0
+
+
 def _cmd_passthrough(module: str, argv: list[str]) -> int:
     import importlib
 
@@ -110,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="evaluate models: zoo eval MODEL[.tag] --data PATH", add_help=False)
     sub.add_parser("publish", help="ship a zoo fit export as a pretrained tag: zoo publish EXPORT --tag T --data D",
                    add_help=False)
-    sub.add_parser("bench", help=f"run a benchmark: zoo bench {{{','.join(BENCHMARKS)}}} [args]", add_help=False)
+    sub.add_parser("bench", help=f"measure on your device: zoo bench {{{','.join(BENCHMARKS)}}} [args]; "
+                                 "zoo bench lists them", add_help=False)
     return p
 
 
@@ -128,10 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "publish":
             return _cmd_passthrough("zoo.publish", argv[1:])
         if argv and argv[0] == "bench":
-            if len(argv) < 2 or argv[1] not in BENCHMARKS:
-                print(f"usage: zoo bench {{{','.join(BENCHMARKS)}}} [args]", file=sys.stderr)
-                return 2
-            return _cmd_passthrough(BENCHMARKS[argv[1]], argv[2:])
+            return _cmd_bench(argv[1:])
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except ZooError as e:

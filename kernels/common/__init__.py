@@ -4,6 +4,8 @@ The public op of a family calls :func:`use_triton` on its tensor arguments. The 
 tensors; ``TRITON_INTERPRET=1`` (set before triton is imported) forces it on the CPU so tests can check the
 kernels without a GPU. ``SPEEDZOO_KERNELS=reference`` or ``=triton`` overrides the choice, for comparisons
 and benchmarks. The variable is read at call time, so a benchmark can switch between the two in one process.
+It is the only ``SPEEDZOO_*`` switch, and this module the only reader (:func:`backend`); kernel variants are
+keyword arguments of the ops.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import os
 
 import torch
 
-__all__ = ["use_triton", "interpreting", "rel_rms"]
+__all__ = ["use_triton", "interpreting", "backend", "rel_rms"]
 
 _BACKEND_ENV = "SPEEDZOO_KERNELS"
 
@@ -21,13 +23,19 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def backend() -> str:
+    """The ``SPEEDZOO_KERNELS`` choice: 'auto' (the default), 'triton' or 'reference'."""
+    choice = os.environ.get(_BACKEND_ENV, "auto").lower()
+    if choice not in ("auto", "triton", "reference"):
+        raise ValueError(f"{_BACKEND_ENV} must be 'auto', 'triton' or 'reference', got {choice!r}")
+    return choice
+
+
 def use_triton(*tensors: torch.Tensor | None) -> bool:
     """Whether a kernel family should take its Triton path for these tensors."""
-    choice = os.environ.get(_BACKEND_ENV, "auto").lower()
+    choice = backend()
     if choice == "reference":
         return False
-    if choice not in ("auto", "triton"):
-        raise ValueError(f"{_BACKEND_ENV} must be 'auto', 'triton' or 'reference', got {choice!r}")
     present = [t for t in tensors if t is not None]
     if interpreting():
         return True

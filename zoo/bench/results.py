@@ -38,7 +38,7 @@ def collect_meta(command: str | None = None) -> dict[str, Any]:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": os.environ.get("SPEEDZOO_COMMIT") or _commit(),
+        "commit": _commit(),
         "gpu": gpu,
         "torch": torch.__version__,
         "triton": triton_version,

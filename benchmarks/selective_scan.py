@@ -1,6 +1,6 @@
 """Selective scan benchmark: ours (Triton) vs the official mamba_ssm CUDA kernel, same process, same inputs.
 
-    python -m zoo.bench.selective_scan [--official-dir DIR] [--shapes vim|small] [--out DIR]
+    python -m benchmarks.selective_scan [--official-dir DIR] [--shapes vim|small] [--out DIR]
 
 bf16 u/delta/z/B/C, fp32 A/D/delta_bias, z gate, softplus. Reports the median ms of fwd and fwd+bwd
 (triton.testing.do_bench), bandwidth on the *minimum* traffic (read u, delta, z, B, C; write y) against the
@@ -9,19 +9,19 @@ bf16 u/delta/z/B/C, fp32 A/D/delta_bias, z gate, softplus. Reports the median ms
 Ours is timed in both Triton variants (sequential over L, and chunk-parallel along L; see
 ``kernels.selective_scan.triton.scan_plan``): each row records ``variant``, its segment length ``seg``,
 ``chunk`` (tokens per stored state = backward tile) and ``auto`` (whether the heuristic picks it at this
-shape); official/ours ratios use the auto row. ``SPEEDZOO_SCAN_CHUNK=8`` (or 4, 16) times ours with states
-stored every 8 tokens and the backward tiled to match; ``--out`` keeps such a run apart.
+shape); official/ours ratios use the auto row. Both are chosen through the op's keyword arguments
+(``selective_scan(..., variant=, chunk=)``). ``--chunk 8`` (or 4, 16, 32) times ours with states stored every
+8 tokens and the backward tiled to match; ``--out`` keeps such a run apart.
 """
 from __future__ import annotations
 
 import argparse
-import os
+import functools
 import sys
 
 import torch
 
 from kernels.common import rel_rms
-from zoo.bench.options import forced_env
 
 COPY_TBPS = 4.27
 SHAPES = {
@@ -86,6 +86,8 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", choices=sorted(SHAPES), default="vim")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     parser.add_argument("--no-official", action="store_true", help="skip building/timing the CUDA kernel")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="tokens per stored state = backward tile of ours (default: the kernel's choice)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("selective_scan benchmark needs a CUDA GPU", file=sys.stderr)
@@ -96,12 +98,12 @@ def main(argv=None) -> int:
 
     official = None
     if not args.no_official:
-        from zoo.bench.official import load_selective_scan_cuda, official_selective_scan_fn
+        from benchmarks.official import load_selective_scan_cuda, official_selective_scan_fn
 
         print("building the official selective_scan CUDA extension (first run: minutes) ...", flush=True)
         official = official_selective_scan_fn(load_selective_scan_cuda(args.official_dir))
 
-    from kernels.selective_scan.triton import VARIANT_ENV, chunk_size_for, scan_plan, sm_count
+    from kernels.selective_scan.triton import chunk_size_for, scan_plan, sm_count
 
     peers = {"mamba_ssm": official} if official is not None else {}
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
@@ -111,8 +113,9 @@ def main(argv=None) -> int:
         inputs = make_inputs(batch, dim, L, n)
         shape_s = f"B{batch}_D{dim}_L{L}_N{n}"
         sms = sm_count(inputs[0].device)
-        auto_variant = scan_plan(batch, dim, L, n, sms)[0]
-        variants = {v: scan_plan(batch, dim, L, n, sms, v) for v in ("sequential", "chunked")}
+        auto_variant = scan_plan(batch, dim, L, n, sms, chunk=args.chunk)[0]
+        variants = {v: scan_plan(batch, dim, L, n, sms, v, chunk=args.chunk) for v in ("sequential", "chunked")}
+        ours = {v: functools.partial(selective_scan, variant=v, chunk=args.chunk) for v in variants}
         # correctness before timing: each variant of ours vs official (or vs the fp32 PyTorch path)
         dy = torch.randn_like(inputs[0])
         if official is not None:
@@ -124,8 +127,7 @@ def main(argv=None) -> int:
             peer = "fp32 torch"
         worst = {}
         for v in variants:
-            with forced_env(VARIANT_ENV, v):
-                y_ours, g_ours = _grads(selective_scan, inputs, dy)
+            y_ours, g_ours = _grads(ours[v], inputs, dy)
             errs = {"y": rel_rms(y_ours, y_off)}
             errs.update({f"d{k}": rel_rms(a, b) for k, a, b in zip(names, g_ours, g_off)})
             worst[v] = max(errs.values())
@@ -135,15 +137,14 @@ def main(argv=None) -> int:
         mb = min_traffic_bytes(batch, dim, L, n)
         for mode in ("fwd", "fwdbwd"):
             times, mode_rows = {}, []
-            runs = [("ours", v, selective_scan) for v in variants] + [(k, None, f) for k, f in peers.items()]
+            runs = [("ours", v, ours[v]) for v in variants] + [(k, None, f) for k, f in peers.items()]
             for impl, v, fn in runs:
-                with forced_env(VARIANT_ENV, v or "auto"):
-                    ms = _bench(_runner(fn, inputs, mode))
+                ms = _bench(_runner(fn, inputs, mode))
                 times[(impl, v)] = ms
                 print(f"{shape_s} {mode} {impl} {v or ''}: {ms:.4f} ms", flush=True)  # a cut-short run still reports
                 row = dict(op="selective_scan", shape=shape_s, mode=mode, impl=impl, dtype="bf16", ms=round(ms, 4))
                 if v is not None:
-                    row.update(variant=v, seg=variants[v][1], chunk=chunk_size_for(n), auto=v == auto_variant,
+                    row.update(variant=v, seg=variants[v][1], chunk=chunk_size_for(n, args.chunk), auto=v == auto_variant,
                                sms=sms, max_rel_rms_vs_peer=float(f"{worst[v]:.2e}"))
                 if mode == "fwd":
                     gbps = mb / (ms * 1e-3) / 1e9

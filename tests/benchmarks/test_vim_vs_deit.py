@@ -1,7 +1,7 @@
 """The Vim-vs-DeiT benchmark script's logic, on the CPU at a tiny size (the numbers mean nothing here)."""
 import json
 
-from zoo.bench import vim_vs_deit
+from benchmarks import vim_vs_deit
 
 
 def test_cpu_check_run_writes_rows_and_stage_profile(tmp_path, capsys):
@@ -16,7 +16,7 @@ def test_cpu_check_run_writes_rows_and_stage_profile(tmp_path, capsys):
     for r in rows:
         assert r["mode"] == "infer" and r["dtype"] == "bf16" and r["img_per_s"] > 0 and r["peak_gib"] is None
     assert rows[0]["ratio"] == round(rows[0]["img_per_s"] / rows[1]["img_per_s"], 3)
-    assert data["meta"]["command"].startswith("python -m zoo.bench.vim_vs_deit --device cpu")
+    assert data["meta"]["command"].startswith("python -m benchmarks.vim_vs_deit --device cpu")
     stages = json.loads((tmp_path / "vim_vs_deit_stages.json").read_text())["rows"]
     names = [r["stage"] for r in stages]
     assert "selective scan" in names and names[-1] == "whole forward_features"

@@ -1,12 +1,11 @@
 """The linear-attention benchmark script on the CPU (tiny shapes, no fla): a check of the script, not a figure."""
 import json
-import os
 
 import pytest
 
 
 def test_rows_variants_and_incremental_results(tmp_path):
-    from zoo.bench.linear_attention import main
+    from benchmarks.linear_attention import main
 
     assert main(["--no-fla", "--ops", "simple_gla,gated_delta", "--bwd", "fused,chunked,chunked@16", "--out-dir",
                  str(tmp_path), "--name", "la"]) == 0
@@ -20,11 +19,18 @@ def test_rows_variants_and_incremental_results(tmp_path):
     chunked = next(r for r in rows if r["impl"] == "ours-chunked-bwd")
     assert chunked["status"] == "ok" and chunked["bwd"] == "chunked" and chunked["x_own_fwd"] > 0
     assert (tmp_path / "la.md").read_text().count("ours-chunked-bwd") == 1
-    assert os.environ.get("SPEEDZOO_GLA_BWD") is None and os.environ.get("SPEEDZOO_GLA_BWD_BV") is None
 
 
 def test_unknown_shape_is_refused(tmp_path):
-    from zoo.bench.linear_attention import main
+    from benchmarks.linear_attention import main
 
     with pytest.raises(SystemExit):
         main(["--no-fla", "--shapes", "huge", "--out-dir", str(tmp_path)])
+
+
+def test_bwd_entries_become_keywords():
+    from benchmarks.linear_attention import bwd_keywords
+
+    assert bwd_keywords(None) == {}
+    assert bwd_keywords("split") == {"bwd_layout": "split", "bwd_block_v": None}
+    assert bwd_keywords("chunked@64") == {"bwd_layout": "chunked", "bwd_block_v": 64}

@@ -1,7 +1,7 @@
 """Benchmark: our chunked linear-attention kernels (kernels.gla, kernels.delta_rule) vs flash-linear-attention
 0.6.0 and SDPA causal, forward and forward+backward, side by side in one process.
 
-    python -m zoo.bench.linear_attention [--quick] [--out-dir DIR] [--fla-wheel-dir DIR] [--no-check]
+    python -m benchmarks.linear_attention [--quick] [--out-dir DIR] [--fla-wheel-dir DIR] [--no-check]
 
 Shapes (B, T, H, D): (8, 4096, 16, 128) "lm" and (64, 1024, 8, 64) "vision"; bf16 q, k, v (q, k
 L2-normalised for the delta rule), fp32 log gates logsigmoid(randn)/16 (GLA) or logsigmoid(randn) (scalar),
@@ -90,16 +90,27 @@ def fla_fn(op: str):
     raise KeyError(op)
 
 
-def ours_fn(op: str):
+def bwd_keywords(variant: str | None) -> dict:
+    """A ``--bwd`` entry (``split``, ``fused``, ``chunked``, optionally ``@BV``) as the ops' keyword arguments;
+    None: the kernels' own choice."""
+    if variant is None:
+        return {}
+    layout, _, bv = variant.partition("@")
+    return dict(bwd_layout=layout, bwd_block_v=int(bv) if bv else None)
+
+
+def ours_fn(op: str, bwd: str | None = None):
+    """Our op on the inputs dict; ``bwd`` (a ``--bwd`` entry) picks the GLA backward layout."""
     from kernels.delta_rule import chunk_gated_delta_rule
     from kernels.gla import chunk_gla
 
+    kw = bwd_keywords(bwd)
     if op == "simple_gla":
-        return lambda a: chunk_gla(a["q"], a["k"], a["v"], g_scalar=a["gs"])[0]
+        return lambda a: chunk_gla(a["q"], a["k"], a["v"], g_scalar=a["gs"], **kw)[0]
     if op == "gla":
-        return lambda a: chunk_gla(a["q"], a["k"], a["v"], g=a["g"])[0]
+        return lambda a: chunk_gla(a["q"], a["k"], a["v"], g=a["g"], **kw)[0]
     if op == "linear_attn":
-        return lambda a: chunk_gla(a["q"], a["k"], a["v"])[0]
+        return lambda a: chunk_gla(a["q"], a["k"], a["v"], **kw)[0]
     if op == "gated_delta":
         return lambda a: chunk_gated_delta_rule(a["q"], a["k"], a["v"], a["gs"], a["beta"])[0]
     raise KeyError(op)
@@ -194,23 +205,12 @@ def bench(shapes: dict, ops, quick: bool, fla, check: bool, device, bwd_variants
     """Rows of every (shape, op, impl, mode); ``on_row(rows)`` after each (so a cut-off run keeps its rows).
     The first backward variant is the ``ours`` row's (default: the layout the kernels would pick).
     Each extra backward variant of ours adds an ``ours-<variant>-bwd`` fwdbwd row (not for the delta rule):
-    ``split`` / ``fused`` / ``chunked`` (SPEEDZOO_GLA_BWD), optionally ``@BV`` for the V block of the first two
-    (SPEEDZOO_GLA_BWD_BV)."""
-    from contextlib import ExitStack
-
+    ``split`` / ``fused`` / ``chunked`` (the ops' ``bwd_layout``), optionally ``@BV`` for the V block of the
+    last two (``bwd_block_v``)."""
     from kernels.common import rel_rms
-    from kernels.gla.triton import BWD_BV_ENV, BWD_ENV, bwd_variant
-    from zoo.bench.options import forced_env
+    from kernels.gla.options import BWD_LAYOUTS
 
-    bwd_variants = bwd_variants or (bwd_variant(),)
-
-    def variant_env(variant):
-        stack = ExitStack()
-        if variant is not None:
-            layout, _, bv = variant.partition("@")
-            stack.enter_context(forced_env(BWD_ENV, layout))
-            stack.enter_context(forced_env(BWD_BV_ENV, bv))
-        return stack
+    bwd_variants = bwd_variants or (BWD_LAYOUTS[0],)  # the default layout
 
     rows: list[dict] = []
     bw = copy_bandwidth(device) if device == "cuda" else 50e9
@@ -220,9 +220,10 @@ def bench(shapes: dict, ops, quick: bool, fla, check: bool, device, bwd_variants
         tag = f"{sname}_B{B}_T{T}_H{H}_D{D}"
         for op in ops:
             a = make_inputs(op, shape, device)
-            impls = [("ours", ours_fn(op), bwd_variants[0], ("fwd", "fwdbwd"))]
+            first = None if op == "gated_delta" else bwd_variants[0]  # the delta rule has one backward
+            impls = [("ours", ours_fn(op, first), first, ("fwd", "fwdbwd"))]
             if op != "gated_delta":
-                impls += [(f"ours-{v}-bwd", ours_fn(op), v, ("fwdbwd",)) for v in bwd_variants[1:]]
+                impls += [(f"ours-{v}-bwd", ours_fn(op, v), v, ("fwdbwd",)) for v in bwd_variants[1:]]
             if fla is not None:
                 try:
                     impls.append(("fla-0.6.0", fla_fn(op), None, ("fwd", "fwdbwd")))
@@ -250,8 +251,7 @@ def bench(shapes: dict, ops, quick: bool, fla, check: bool, device, bwd_variants
                     if impl.startswith("ours") and op != "gated_delta":
                         row["bwd"] = variant
                     try:
-                        with variant_env(variant):
-                            ms = time_ms(runner(fn, a, mode), quick, device)
+                        ms = time_ms(runner(fn, a, mode), quick, device)
                         row.update(ms=ms, gbps=fb / (ms * 1e-3) / 1e9, floor_ms=fb / bw * 1e3,
                                    x_floor=ms / (fb / bw * 1e3), status="ok")
                         if impl == "ours":
@@ -296,7 +296,7 @@ def bench(shapes: dict, ops, quick: bool, fla, check: bool, device, bwd_variants
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m zoo.bench.linear_attention", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.linear_attention", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smaller shapes and shorter timing")
     p.add_argument("--out-dir", default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--fla-wheel-dir", default=str(REPO_ROOT / ".whl"), help="where fla_core-*.whl lies")
@@ -329,11 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     variants = tuple(v for v in args.bwd.split(",") if v)
     fla, fla_note = (None, "skipped (--no-fla)") if args.no_fla else load_fla(Path(args.fla_wheel_dir))
     log.info("peer: %s", fla_note)
-    from zoo.bench.options import bench_command
+    from benchmarks.options import bench_command
     from zoo.bench.results import write_results
 
     name = args.name or "linear_attention" + ("_quick" if args.quick else "") + ("_cpu" if device == "cpu" else "")
-    command = bench_command("zoo.bench.linear_attention", argv)
+    command = bench_command("benchmarks.linear_attention", argv)
     meta = {"fla": fla_note, "device": device, "gate_fp32": True, "floor": "inputs+outputs once"}
 
     def write(rows):

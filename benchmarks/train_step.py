@@ -1,11 +1,11 @@
 """Where a training step's time goes: models of one recipe shape side by side, host pace against GPU work.
 
-    python -m zoo.bench.train_step [--models vim_micro_patch4_32,vit_micro_patch4_32] [--batch 512] [--img-size 32]
+    python -m benchmarks.train_step [--models vim_micro_patch4_32,vit_micro_patch4_32] [--batch 512] [--img-size 32]
                                    [--scan-chunks 32,8] [--compile]
 
 One step is what the CIFAR recipes run per batch, without the data: bf16 autocast forward, cross-entropy,
-backward, gradient clipping at 1.0 and a foreach AdamW step. Per model (and per ``SPEEDZOO_SCAN_CHUNK`` in
-``--scan-chunks`` for models with a selective scan) it reports
+backward, gradient clipping at 1.0 and a foreach AdamW step. Per model (and per scan ``chunk=`` in
+``--scan-chunks`` for models with a selective scan, set on their mixers' ``scan_options``) it reports
 
 - ``ms_step``: wall time per step over steps issued back to back (the pace a training loop gets),
 - ``host_ms``: the time Python takes to issue one step after a synchronize (median; the GPU is idle at its start,
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import statistics
 import sys
 import time
@@ -28,15 +27,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kernels.selective_scan.triton import CHUNK_ENV
-from zoo.bench.options import add_run_options, bench_command, forced_env, start_model_bench
+from benchmarks.options import add_run_options, bench_command, set_scan_options, start_model_bench
+from kernels.common import backend
 from zoo.bench.timing import cuda_kernel_totals, dtype_name, free, sync
 
 log = logging.getLogger(__name__)
 
 
 def _has_selective_scan(model: torch.nn.Module) -> bool:
-    return any(hasattr(m, "A_log") for m in model.modules())
+    return any(hasattr(m, "scan_options") for m in model.modules())
 
 
 def _make_step(model: torch.nn.Module, device: torch.device, batch: int, img_size: int, num_classes: int,
@@ -110,9 +109,9 @@ def run(models: list[str], device: torch.device, batch: int, img_size: int, num_
                 try:
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
+                    set_scan_options(model, chunk=chunk)
                     step = _make_step(model, device, batch, img_size, num_classes, dtype, compiled)
-                    with forced_env(CHUNK_ENV, chunk):
-                        res, kernels = measure_step(step, device, warmup, iters, top)
+                    res, kernels = measure_step(step, device, warmup, iters, top)
                     res["img_per_s"] = round(batch / res["ms_step"] * 1e3, 1)
                     if device.type == "cuda":
                         res["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
@@ -132,12 +131,12 @@ def run(models: list[str], device: torch.device, batch: int, img_size: int, num_
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m zoo.bench.train_step", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="vim_micro_patch4_32,vit_micro_patch4_32")
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--img-size", type=int, default=32)
     p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--scan-chunks", default="", help="comma-separated SPEEDZOO_SCAN_CHUNK values for scan models")
+    p.add_argument("--scan-chunks", default="", help="comma-separated scan chunk= values for scan models")
     p.add_argument("--compile", action="store_true", help="also each model under torch.compile")
     add_run_options(p, "train_step")
     return p.parse_args(argv)
@@ -153,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
               args.compile, args.warmup, args.iters, args.depth)
     from zoo.bench.results import write_results
 
-    command = bench_command("zoo.bench.train_step", argv)
-    extra = {"kernels": os.environ.get("SPEEDZOO_KERNELS", "auto"),
+    command = bench_command("benchmarks.train_step", argv)
+    extra = {"kernels": backend(),
              "step": "bf16 autocast fwd + CE + bwd + clip 1.0 + foreach AdamW, synthetic batch on the device",
              "timing": f"ms_step over {args.iters} back-to-back steps after {args.warmup} warm-up"}
     path = write_results(args.name, out["rows"], command=command, out_dir=args.out_dir, extra_meta=extra)

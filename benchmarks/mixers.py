@@ -1,6 +1,6 @@
 """Token mixers of the pluggable ViT side by side: images/s and peak memory across resolutions, one run.
 
-    python -m zoo.bench.mixers [--sizes 224,512,1024] [--mixers softmax,window,...] [--train]
+    python -m benchmarks.mixers [--sizes 224,512,1024] [--mixers softmax,window,...] [--train]
 
 For each size and each mixer (softmax first, the baseline): the ViT-Ti registered for that mixer
 (``vit_tiny_patch16_224`` for softmax, ``vit_tiny_<mixer>_patch16_224`` otherwise; 192 wide, 12 deep, patch
@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from zoo.bench.options import add_model_bench_options, bench_command, parse_sizes, start_model_bench
+from kernels.common import backend
+from benchmarks.options import add_model_bench_options, bench_command, parse_sizes, start_model_bench
 from zoo.bench.timing import dtype_name, free, time_fn
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def run(sizes: list[int], mixers: list[str], device: torch.device, dtype: torch.
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m zoo.bench.mixers", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.mixers", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="224,512,1024", help="comma-separated square input sizes")
     p.add_argument("--mixers", default=",".join(MIXERS), help=f"comma-separated subset of {','.join(MIXERS)}")
     p.add_argument("--train", action="store_true", help="also time forward + backward (mode 'train')")
@@ -156,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                args.train, args.depth)
     from zoo.bench.results import write_results
 
-    command = bench_command("zoo.bench.mixers", argv)
-    extra = {"kernels": os.environ.get("SPEEDZOO_KERNELS", "auto"),
+    command = bench_command("benchmarks.mixers", argv)
+    extra = {"kernels": backend(),
              "timing": f"median of {args.iters} after {args.warmup} warm-up (+1 compile) iterations",
              "models": "ViT-Ti (192 wide, 12 deep, 3 heads, patch 16), only the token mixer differs"}
     path = write_results(args.name, rows, command=command, out_dir=args.out_dir, extra_meta=extra)

@@ -1,6 +1,6 @@
 """Data-parallel scaling of a training recipe: DDP and FSDP at 1, 2, ..., N GPUs for a fixed budget.
 
-    zoo bench scaling [--gpus N] [--strategies ddp,fsdp] [--config cifar10_vit_micro.yaml] [--epochs 3]
+    python -m benchmarks.scaling [--gpus N] [--strategies ddp,fsdp] [--config cifar10_vit_micro.yaml] [--epochs 3]
                       [--batch-size 512 | --global-batch 512] [--out-dir benchmarks/results]
 
 Each cell is one ``zoo fit`` process (Lightning starts one more per extra device). By default the per-device
@@ -58,7 +58,7 @@ def build_rows(cells: list[dict[str, Any]], model: str, img_size: Any) -> list[d
 def _recipe_model(config: str) -> tuple[str, Any]:
     import yaml
 
-    from zoo.recipes.cli import resolve_config
+    from zoo.recipes.config import resolve_config
 
     cfg = yaml.safe_load(resolve_config(config).read_text()) or {}
     model = (cfg.get("model") or {}).get("model", "?")
@@ -69,9 +69,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     import torch
 
     from zoo.bench.results import write_results
-    from zoo.recipes.distributed import set_distributed_env
+    from zoo.distributed import set_distributed_env
 
-    p = argparse.ArgumentParser(prog="zoo bench scaling", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n\n")[0])
     p.add_argument("--gpus", type=int, default=torch.cuda.device_count(), help="largest device count (N)")
     p.add_argument("--counts", default=None, help="device counts to run, e.g. 1,2,4,8 (default 1..N)")
     p.add_argument("--strategies", default="ddp,fsdp")
@@ -111,7 +111,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                           "summary": json.loads(summary_file.read_text())})
             log.info("%s x%d: %s", strategy, n, cells[-1]["summary"])
     rows = build_rows(cells, model, img_size)
-    path = write_results(args.name, rows, command="zoo bench scaling " + " ".join(argv or sys.argv[1:]),
+    path = write_results(args.name, rows, command="python -m benchmarks.scaling " + " ".join(argv or sys.argv[1:]),
                          out_dir=args.out_dir, extra_meta={"gpus": args.gpus, "config": args.config,
                                                           "epochs": args.epochs,
                                                           "batch": (f"global {args.global_batch}" if args.global_batch

@@ -1,8 +1,7 @@
-"""Command-line options and kernel switches shared by the benchmarks."""
+"""Command-line options and kernel choices shared by the benchmarks."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 
@@ -68,17 +67,11 @@ def bench_command(module: str, argv: list[str] | None) -> str:
     return (f"python -m {module} " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
 
 
-@contextlib.contextmanager
-def forced_env(name: str, value: str | int | None):
-    """Set environment switch ``name`` (e.g. SPEEDZOO_SCAN_VARIANT, read at call time) for the calls inside and
-    restore it after; ``None`` leaves it as it is."""
-    old = os.environ.get(name)
-    if value is not None:
-        os.environ[name] = str(value)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
+def set_scan_options(model: torch.nn.Module, **options) -> int:
+    """Give every selective-scan mixer of ``model`` these kernel keywords (``variant``, ``seg``, ``chunk``,
+    ``autotune``; None values dropped, so no options means the kernel's heuristic); returns how many mixers."""
+    chosen = {k: v for k, v in options.items() if v is not None}
+    mixers = [m for m in model.modules() if hasattr(m, "scan_options")]
+    for m in mixers:
+        m.scan_options = dict(chosen)
+    return len(mixers)

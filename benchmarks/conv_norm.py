@@ -1,7 +1,7 @@
 """Benchmark: our Triton causal_conv1d vs the official causal-conv1d 1.7.0 CUDA kernel, and our fused
 add + RMSNorm vs plain PyTorch and ``torch.nn.functional.rms_norm``, side by side in one process.
 
-    python -m zoo.bench.conv_norm [--official-dir DIR] [--quick] [--out-dir DIR]
+    python -m benchmarks.conv_norm [--official-dir DIR] [--quick] [--out-dir DIR]
 
 Shapes are Vim's: conv (B, D, L) = (128, 384, 197) (Vim-Ti 224, batch 128), (8, 384, 6085) (Vim-Ti 1248),
 (8, 2048, 4096) (LM-like); norm rows x width = 64*197 x 192, 8*6085 x 192, 8*4096 x 2048. All bf16 activations
@@ -48,7 +48,7 @@ def _find_csrc(official_dir: Path) -> Path | None:
     return None
 
 
-from zoo.bench.official import prepare_cuda_build  # noqa: E402
+from benchmarks.official import prepare_cuda_build  # noqa: E402
 
 
 def build_official(official_dir: Path, build_root: Path = Path("/tmp/speedzoo_ext")):
@@ -58,7 +58,7 @@ def build_official(official_dir: Path, build_root: Path = Path("/tmp/speedzoo_ex
     csrc = _find_csrc(official_dir)
     if csrc is None:
         raise FileNotFoundError(f"no causal_conv1d.cpp in {official_dir} or {official_dir / 'csrc'}; extract the "
-                                "csrc of the causal-conv1d 1.7.0 sdist there (see zoo/bench/conv_norm.py)")
+                                "csrc of the causal-conv1d 1.7.0 sdist there (see benchmarks/conv_norm.py)")
     sources = [str(csrc / "causal_conv1d.cpp")] + [str(p) for p in sorted(csrc.glob("causal_conv1d*.cu"))]
     build_dir = build_root / "causal_conv1d_1_7_0_sm90"
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -289,7 +289,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m zoo.bench.conv_norm", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.conv_norm", description=__doc__.split("\n\n")[0])
     p.add_argument("--official-dir", type=Path, default=DEFAULT_OFFICIAL_DIR,
                    help="extracted csrc of causal-conv1d 1.7.0 (default: .official/causal_conv1d)")
     p.add_argument("--quick", action="store_true", help="two shapes per op, shorter timing")
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from zoo.bench.results import write_results
 
-        path = write_results("conv_norm", rows, command="python -m zoo.bench.conv_norm " + " ".join(
+        path = write_results("conv_norm", rows, command="python -m benchmarks.conv_norm " + " ".join(
             argv if argv is not None else sys.argv[1:]), out_dir=args.out_dir, extra_meta=extra)
     except Exception as exc:
         log.warning("could not write results: %s", exc)

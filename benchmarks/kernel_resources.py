@@ -1,6 +1,6 @@
 """What a Triton kernel costs on the H200 before it ever runs there: shared memory, registers and spills.
 
-    python -m zoo.bench.kernel_resources [--family gla|linear_attention|all] [--dim 128]
+    python -m benchmarks.kernel_resources [--family gla|linear_attention|all] [--dim 128]
 
 Triton compiles for a named target without a GPU: ``triton.compile`` on an ``ASTSource`` for sm_90 gives the
 cubin and its shared-memory need (what the H200 refused at launch: "out of resource: shared memory"), and
@@ -123,7 +123,7 @@ def gla_rows(K: int, V: int) -> list[dict[str, Any]]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m zoo.bench.kernel_resources", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.kernel_resources", description=__doc__.split("\n\n")[0])
     p.add_argument("--family", choices=("gla", "linear_attention", "all"), default="all")
     p.add_argument("--dim", type=int, default=128, help="head dimension (K = V, D = Dv)")
     args = p.parse_args(argv)

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
 
 
 def test_linear_attention_fits_the_h200_at_d128():
-    from zoo.bench.kernel_resources import SM90_SHARED_LIMIT, linear_attention_rows
+    from benchmarks.kernel_resources import SM90_SHARED_LIMIT, linear_attention_rows
 
     rows = linear_attention_rows(128, 100)
     assert [r["kernel"] for r in rows] == ["_state_kernel", "_apply_kernel", "_bwd_q_kernel", "_bwd_kv_kernel"]
@@ -18,7 +18,7 @@ def test_linear_attention_fits_the_h200_at_d128():
 
 
 def test_gla_and_delta_kernels_fit_the_h200_at_k128():
-    from zoo.bench.kernel_resources import SM90_SHARED_LIMIT, gla_rows
+    from benchmarks.kernel_resources import SM90_SHARED_LIMIT, gla_rows
 
     rows = gla_rows(128, 128)
     assert {r["kernel"] for r in rows} == {"_fwd_kernel", "_bwd_dh_kernel", "_bwd_kernel fused",
@@ -32,7 +32,7 @@ def test_gla_and_delta_kernels_fit_the_h200_at_k128():
 
 def test_refuses_unknown_constexprs_and_plain_functions():
     import kernels.linear_attention.triton as la
-    from zoo.bench.kernel_resources import sm90_resources
+    from benchmarks.kernel_resources import sm90_resources
 
     with pytest.raises(ValueError, match="no argument"):
         sm90_resources(la._apply_kernel, {"NOPE": 1})

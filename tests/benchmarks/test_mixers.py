@@ -1,7 +1,7 @@
 """The mixer benchmark script's logic, on the CPU at a tiny size (the numbers mean nothing here)."""
 import json
 
-from zoo.bench import mixers
+from benchmarks import mixers
 
 
 def test_cpu_check_run_all_mixers(tmp_path, capsys):
@@ -21,7 +21,7 @@ def test_cpu_check_run_all_mixers(tmp_path, capsys):
         assert r["ratio_vs_softmax"] == round(r["img_per_s"] / soft[(r["img_size"], r["mode"])], 3)
     assert {r["mode"] for r in rows} == {"infer", "train"}
     assert rows[1]["model"] == "vit_tiny_window_patch16_224" and rows[1]["impl"] == "sdpa_dense_mask"
-    assert data["meta"]["command"].startswith("python -m zoo.bench.mixers --device cpu")
+    assert data["meta"]["command"].startswith("python -m benchmarks.mixers --device cpu")
     assert (tmp_path / "mixers.md").exists() and "vs softmax" in capsys.readouterr().out
 
 

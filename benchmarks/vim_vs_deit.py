@@ -1,6 +1,6 @@
 """Vim-Ti vs DeiT-Ti feature extraction across resolutions, side by side in one run (the paper's Fig. 1 claim).
 
-    python -m zoo.bench.vim_vs_deit [--sizes 224,512,768,1024,1248] [--profile-size 1024]
+    python -m benchmarks.vim_vs_deit [--sizes 224,512,768,1024,1248] [--profile-size 1024]
 
 For each size: our ``vim_tiny_patch16_224`` built with ``img_size=s`` and timm's ``deit_tiny_patch16_224``
 (``img_size=s``, attention through SDPA), ``forward_features`` under bf16 autocast in ``torch.inference_mode``,
@@ -26,7 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from zoo.bench.options import add_model_bench_options, bench_command, parse_sizes, start_model_bench
+from kernels.common import backend
+from benchmarks.options import add_model_bench_options, bench_command, parse_sizes, start_model_bench
 from zoo.bench.timing import cuda_kernel_totals, dtype_name, free, sync, time_fn
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ def run(sizes: list[int], device: torch.device, dtype: torch.dtype = torch.bfloa
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m zoo.bench.vim_vs_deit", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.vim_vs_deit", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="224,512,768,1024,1248", help="comma-separated square input sizes")
     p.add_argument("--profile-size", type=int, default=1024, help="size of the per-stage profile (0: none)")
     p.add_argument("--torch-profile", action="store_true", help="also a torch.profiler kernel table")
@@ -232,10 +233,10 @@ def main(argv: list[str] | None = None) -> int:
               args.profile_size or None, args.torch_profile, args.depth)
     from zoo.bench.results import write_results
 
-    extra = {"kernels": os.environ.get("SPEEDZOO_KERNELS", "auto"),
+    extra = {"kernels": backend(),
              "timing": f"median of {args.iters} after {args.warmup} warm-up (+1 compile) iterations",
              "deit_attention": _deit_attention()}
-    command = bench_command("zoo.bench.vim_vs_deit", argv)
+    command = bench_command("benchmarks.vim_vs_deit", argv)
     path = write_results(args.name, out["rows"], command=command, out_dir=args.out_dir, extra_meta=extra)
     if out["stages"] or out["kernels"]:
         write_results(f"{args.name}_stages", out["stages"] + out["kernels"], command=command, out_dir=args.out_dir,
