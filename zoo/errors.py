@@ -69,7 +69,11 @@ class CacheError(ZooError):
 
 class MediaDecodeError(DataError):
     """One image or audio file cannot be decoded (corrupt, truncated, empty or not media); data sets skip and
-    count these (zoo.data.sources.SkipUnreadable) instead of stopping."""
+    count these (zoo.data.sources.SkipUnreadable) instead of stopping. ``file`` names it within its data set."""
+
+    def __init__(self, message: str, file: str | None = None):
+        super().__init__(message)
+        self.file = file
 
 
 class ImageDecodeError(MediaDecodeError):

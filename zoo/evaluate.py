@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from zoo.data.sources import SkipUnreadable, collate_skipping
 from zoo.errors import ConfigError, DataError, WeightLoadError
 
 log = logging.getLogger(__name__)
@@ -75,13 +76,18 @@ def _sum_across_ranks(values: list[float], op=None) -> list[float]:
 # ------------------------------------------------------------------------------------------ core
 @torch.no_grad()
 def evaluate(model: nn.Module, dataloader, device: str | torch.device = "cpu", amp: bool = False,
-             num_classes: Optional[int] = None) -> dict[str, Any]:
+             num_classes: Optional[int] = None, max_bad_fraction: float = 0.01) -> dict[str, Any]:
     """Top-1/top-5 accuracy (%), mean cross-entropy, per-class accuracy (%) and samples/s of ``model``.
 
     ``dataloader`` yields (inputs, labels); the model is moved to ``device`` and put in eval mode. Inside a
     process group each rank passes its shard and all ranks get the totals (integer counts, so accuracies
     equal one process's exactly; the loss sum may differ in the last bits from the summation order).
+    A loader over :class:`~zoo.data.sources.SkipUnreadable` with ``collate_skipping`` yields (inputs, labels,
+    unreadable names): the metrics cover the readable files, ``skipped`` counts the others (one warning line),
+    and more than ``max_bad_fraction`` of them raises :class:`DataError`.
     """
+    from zoo.data.sources import UnreadableTally
+
     device = torch.device(device)
     model = model.to(device).eval()
     n_cls = num_classes or getattr(model, "num_classes", None)
@@ -92,8 +98,15 @@ def evaluate(model: nn.Module, dataloader, device: str | torch.device = "cpu", a
     per_class_total: dict[int, int] = {}
     use_amp = amp and device.type == "cuda"
     t_model = 0.0
+    ds = getattr(dataloader, "dataset", None)
+    # files dropped when the data set was opened are every rank's: rank 0 alone counts them
+    tally = (UnreadableTally.for_dataset(ds, max_bad_fraction, count_opened=world()[0] == 0) if ds is not None
+             else UnreadableTally(0, 1.0))
     for batch in dataloader:
-        x, y = batch[0], batch[1]
+        batch = tally.take(batch)
+        if batch is None:  # every sample of this batch was unreadable
+            continue
+        x, y = batch
         x = x.to(device, non_blocking=True)
         y = torch.as_tensor(y).to(device, non_blocking=True)
         if device.type == "cuda":
@@ -118,16 +131,22 @@ def evaluate(model: nn.Module, dataloader, device: str | torch.device = "cpu", a
     if world()[1] > 1:
         n = max([int(n_cls or 0)] + [c + 1 for c in per_class_total])
         n = int(_sum_across_ranks([float(n)], dist.ReduceOp.MAX)[0])
-        counts = [float(correct1), float(correct5), float(total), loss_sum]
+        counts = [float(correct1), float(correct5), float(total), loss_sum, float(len(tally.names)),
+                  float(tally.total)]
         counts += [float(per_class_total.get(c, 0)) for c in range(n)]
         counts += [float(per_class_correct.get(c, 0)) for c in range(n)]
         counts = _sum_across_ranks(counts)
         correct1, correct5, total, loss_sum = int(counts[0]), int(counts[1]), int(counts[2]), counts[3]
-        per_class_total = {c: int(counts[4 + c]) for c in range(n) if counts[4 + c] > 0}
-        per_class_correct = {c: int(counts[4 + n + c]) for c in per_class_total}
+        skipped, files = int(counts[4]), int(counts[5])
+        per_class_total = {c: int(counts[6 + c]) for c in range(n) if counts[6 + c] > 0}
+        per_class_correct = {c: int(counts[6 + n + c]) for c in per_class_total}
         t_model = _sum_across_ranks([t_model], dist.ReduceOp.MAX)[0]  # ranks run side by side
+    else:
+        skipped, files = len(tally.names), tally.total
+    if skipped and world()[0] == 0:
+        tally.summary(count=skipped, total=files)
     if total == 0:
-        raise DataError("The evaluation data is empty.")
+        raise DataError("The evaluation data is empty" + (f": all {skipped} files were unreadable." if skipped else "."))
     per_class = {c: 100.0 * per_class_correct[c] / per_class_total[c] for c in sorted(per_class_total)}
     out = {
         "top1": 100.0 * correct1 / total,
@@ -137,6 +156,8 @@ def evaluate(model: nn.Module, dataloader, device: str | torch.device = "cpu", a
         "per_class_top1": per_class,
         "mean_per_class_top1": sum(per_class.values()) / len(per_class),
         "param_count": sum(p.numel() for p in model.parameters()),
+        "skipped": skipped,
+        "skipped_files": list(tally.names),  # this rank's
     }
     if (n_cls or 0) >= 5:
         out["top5"] = 100.0 * correct5 / total
@@ -320,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="weights to load (zoo fit export, .ckpt or weight file)")
     p.add_argument("--model-args", default=None, help="JSON architecture overrides, e.g. '{\"depth\": 2}'")
     p.add_argument("--subset", type=int, default=None, help="evaluate only N samples per class")
+    p.add_argument("--max-bad", type=float, default=0.01, help="unreadable files are skipped and counted; more "
+                                                                 "than this fraction of them is an error")
     p.add_argument("--nproc", type=int, default=1, help="split the data over N local processes (GPUs when "
                                                          "--device cuda); or launch with torchrun")
     return p
@@ -390,9 +413,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                     t.data.copy_(_broadcast(t))
             ds, data_cfg = build_dataset(model, info, path, args.split, args.subset)
             check_classes(name, model, ds)
-            loader = DataLoader(shard(ds, rank, world_size), batch_size=args.batch_size, shuffle=False,
-                                num_workers=args.workers, pin_memory=device.startswith("cuda"))
-            res = evaluate(model, loader, device, amp=not args.no_amp)
+            loader = DataLoader(SkipUnreadable(shard(ds, rank, world_size)), batch_size=args.batch_size,
+                                shuffle=False, num_workers=args.workers, pin_memory=device.startswith("cuda"),
+                                collate_fn=collate_skipping)
+            res = evaluate(model, loader, device, amp=not args.no_amp, max_bad_fraction=args.max_bad)
             row = csv_row(name, res, data_cfg, dataset_name, args.split)
             rows.append((row, res))
             if args.csv and rank == 0:

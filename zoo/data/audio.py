@@ -6,11 +6,12 @@ and features are torchaudio's. Every data set yields `(features, label)`: the fr
 img_size=(n_mels, frames)) or, without a front end, the waveform `[1, samples]` at `sample_rate`.
 
 Bad files: a data set checks every file's header with soundfile.info at construction and drops the
-unreadable or empty ones, logging one warning with their count. A file that still fails to decode in
-__getitem__ (e.g. a truncated body behind a valid header) does not stop an epoch: the item becomes silence
-of the target length with its true label, and a warning is logged (`decode_failures` counts them in the
-process that loaded them). Silence is a neutral input that keeps batches full and the sample order exact,
-which matters for resumable training; picking another sample instead would change the order.
+unreadable or empty ones, logging one warning with their count. A file that still fails in __getitem__ (a
+damaged body behind a valid header, or a clip shorter than one analysis frame, e.g. 8 samples of a
+truncated .wav) raises AudioDecodeError under zoo.data.sources.SkipUnreadable, which skips and counts it
+exactly as it does undecodable images (the zoo's loaders use it). A bare data set, outside that wrapper,
+keeps an epoch going by substituting silence of the target length with the true label and logging a
+warning (`decode_failures` counts them in the process that loaded them).
 """
 from __future__ import annotations
 
@@ -254,6 +255,7 @@ class AudioDataset(Dataset):
         self.silence_seconds = silence_seconds
         self.layout = layout
         self.decode_failures = 0
+        self.on_unreadable = "silence"  # SkipUnreadable sets "raise": the loader skips and counts instead
         items = list(items)
         self.skipped: list[str] = []
         if check_files:
@@ -266,8 +268,8 @@ class AudioDataset(Dataset):
                     ok = False
                 (good if ok else self.skipped).append((rel, label) if ok else rel)
             if self.skipped:
-                log.warning("%s: skipped %d unreadable or empty audio file(s) of %d, e.g. %s", tree.describe(),
-                            len(self.skipped), len(items), ", ".join(self.skipped[:3]))
+                log.warning("skipped %d of %d files as unreadable or empty in %s: first few names %s",
+                            len(self.skipped), len(items), tree.describe(), ", ".join(self.skipped[:3]))
             items = good
         if not items:
             raise DataError(f"No readable audio files for this split under {tree.describe()} ({layout} layout"
@@ -278,11 +280,29 @@ class AudioDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def min_samples(self) -> int:
+        """Fewest samples of a real clip: one analysis frame of the front end (1 without an fbank front end)."""
+        return self.front_end.min_samples if isinstance(self.front_end, FbankFrontEnd) else 1
+
     def load_waveform(self, index: int) -> torch.Tensor:
-        """Mono float32 [1, samples] at sample_rate; raises AudioDecodeError."""
+        """Mono float32 [1, samples] at sample_rate; raises AudioDecodeError (also for a clip shorter than one
+        analysis frame: a truncated file, which padding would otherwise score as a real clip)."""
         rel = self.items[index][0]
-        with self.tree.open(rel) as f:
-            return load_audio(f, self.sample_rate, mono=True, name=self.tree.describe(rel))
+        where = self.tree.describe(rel)
+        try:
+            with self.tree.open(rel) as f:
+                wav = load_audio(f, self.sample_rate, mono=True, name=where)
+        except AudioDecodeError as e:
+            e.file = rel
+            raise
+        except (OSError, KeyError) as e:
+            raise AudioDecodeError(f"Cannot read audio {where}: {e}; restore or remove it.", file=rel) from e
+        if wav.shape[-1] < self.min_samples:
+            raise AudioDecodeError(
+                f"Audio {where} holds {wav.shape[-1]} samples at {self.sample_rate} Hz, shorter than one analysis "
+                f"frame ({self.min_samples}): it is truncated or not a real recording; remove or replace it.", file=rel)
+        return wav
 
     def _silence(self) -> torch.Tensor:
         fe = self.front_end
@@ -296,7 +316,9 @@ class AudioDataset(Dataset):
         label = self.items[index][1]
         try:
             wav = self.load_waveform(index)
-        except (AudioDecodeError, OSError) as e:
+        except AudioDecodeError as e:
+            if self.on_unreadable == "raise":
+                raise
             self.decode_failures += 1
             log.warning("substituting silence for an undecodable item (%d so far in this process): %s",
                         self.decode_failures, e)

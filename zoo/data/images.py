@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from zoo.data.sources import FileTree, select_split
-from zoo.errors import ConfigError, DataError
+from zoo.errors import ConfigError, DataError, ImageDecodeError
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,9 @@ class ImageFolderDataset(Dataset):
             with self.tree.open(rel) as f:
                 img = Image.open(f)
                 img.load()
-        except (OSError, ValueError, SyntaxError) as e:
-            raise DataError(f"Cannot decode image {self.tree.describe(rel)}: {e}. The file is corrupt or not "
-                            f"an image; delete or replace it.") from e
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise ImageDecodeError(f"Cannot decode image {self.tree.describe(rel)}: {e}. The file is corrupt, empty "
+                                   f"or not an image; delete or replace it.", file=rel) from e
         return img.convert("RGB")
 
     def __getitem__(self, index: int):

@@ -4,6 +4,11 @@ Datasets index files by their posix path relative to the tree, so the same datas
 zip in place (no extraction). The zip handle is opened lazily, once per process, and never pickled: a
 DataLoader worker (fork or spawn) opens its own, because a ZipFile shared across a fork shares one file
 offset and returns garbage.
+
+Bad files are one mechanism for images and audio: a data set raises :class:`~zoo.errors.MediaDecodeError`
+for a file it cannot decode, :class:`SkipUnreadable` turns it into a marker, :func:`collate_skipping` drops
+markers from the batch and :class:`UnreadableTally` counts them in the main process, logs one summary line
+and raises a :class:`~zoo.errors.DataError` above a threshold (default 1% of the files).
 """
 from __future__ import annotations
 
@@ -11,10 +16,14 @@ import io
 import logging
 import os
 import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from zoo.errors import DataError
+from torch.utils.data import Dataset
+
+from zoo.errors import ConfigError, DataError, MediaDecodeError
 
 log = logging.getLogger(__name__)
 
@@ -148,3 +157,119 @@ def select_split(tree: FileTree, split: str | None, what: str = "files") -> File
     if split is not None:
         log.info("%s has no split folders; using all its %s for split '%s'", tree.describe(), what, split)
     return tree
+
+
+# ------------------------------------------------------------------------------------------- bad files
+@dataclass(frozen=True)
+class Unreadable:
+    """What :class:`SkipUnreadable` yields in place of a sample whose file cannot be decoded."""
+
+    name: str
+    reason: str
+
+
+def _base_dataset(ds):
+    while hasattr(ds, "dataset") and not hasattr(ds, "items") and not hasattr(ds, "samples"):
+        ds = ds.dataset
+    return ds
+
+
+class SkipUnreadable(Dataset):
+    """A data set whose undecodable items (any :class:`MediaDecodeError`: corrupt, truncated, empty, too short,
+    not media) become :class:`Unreadable` markers, for images and audio alike.
+
+    Pair it with :func:`collate_skipping` as the DataLoader's ``collate_fn``: the markers are dropped from the
+    batch and their names ride along as the batch's third element, so the main process counts them
+    (:class:`UnreadableTally`) whatever the number of workers. The sample order stays exact (resumable
+    training). ``classes``, ``targets`` and other attributes are the wrapped data set's.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        base = _base_dataset(dataset)
+        if hasattr(base, "on_unreadable"):  # audio sets substitute silence on their own unless told to raise
+            base.on_unreadable = "raise"
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except MediaDecodeError as e:
+            return Unreadable(getattr(e, "file", None) or str(index), str(e))
+
+    def __getattr__(self, name: str):
+        if name == "dataset":  # unpickling: not set yet
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    @property
+    def skipped_at_open(self) -> list[str]:
+        """Files the wrapped data set already dropped when it was opened (audio header checks)."""
+        return list(getattr(_base_dataset(self.dataset), "skipped", []) or [])
+
+
+def collate_skipping(batch: list) -> tuple:
+    """``default_collate`` of the readable samples, plus the list of the unreadable ones' names.
+
+    Returns ``(inputs, labels, names)``; ``(None, None, names)`` when every sample of the batch was unreadable.
+    """
+    from torch.utils.data import default_collate
+
+    good = [b for b in batch if not isinstance(b, Unreadable)]
+    names = [b.name for b in batch if isinstance(b, Unreadable)]
+    if not good:
+        return None, None, names
+    x, y = default_collate(good)[:2]
+    return x, y, names
+
+
+class UnreadableTally:
+    """Counts, in the main process, the unreadable files a loader skipped; logs one summary line and raises
+    :class:`DataError` once more than ``max_fraction`` of the ``total`` files are unreadable."""
+
+    def __init__(self, total: int, max_fraction: float = 0.01, already: Sequence[str] = (), where: str = "the data"):
+        if not 0 <= max_fraction <= 1:
+            raise ConfigError(f"max_bad_fraction must lie in [0, 1], got {max_fraction}.")
+        self.total = int(total) + len(already)
+        self.max_fraction = float(max_fraction)
+        self.where = where
+        self.names: list[str] = []
+        self.add(already)
+
+    @classmethod
+    def for_dataset(cls, dataset, max_fraction: float = 0.01, where: str = "the data",
+                    count_opened: bool = True) -> "UnreadableTally":
+        """A tally over ``dataset``, counting the files a :class:`SkipUnreadable` set dropped when opened."""
+        opened = isinstance(dataset, SkipUnreadable) and count_opened
+        return cls(len(dataset), max_fraction, dataset.skipped_at_open if opened else (), where)
+
+    def add(self, names: Sequence[str]) -> None:
+        self.names.extend(names)
+        if names and len(self.names) > self.max_fraction * self.total:
+            raise DataError(
+                f"{len(self.names)} of {self.total} files in {self.where} are unreadable (more than the "
+                f"{self.max_fraction:.1%} allowed), e.g. {self._first()}. Fix or remove them, or allow more with "
+                f"--max-bad / max_bad_fraction= (a fraction, e.g. 0.05).")
+
+    def take(self, batch):
+        """``(inputs, labels)`` of a :func:`collate_skipping` batch (None for an all-unreadable one), counted."""
+        if isinstance(batch, (tuple, list)) and len(batch) == 3 and isinstance(batch[2], list):
+            self.add(batch[2])
+            return None if batch[0] is None else (batch[0], batch[1])
+        return batch[0], batch[1]
+
+    def _first(self, n: int = 3) -> str:
+        return ", ".join(self.names[:n]) + (", …" if len(self.names) > n else "")
+
+    def summary(self, count: int | None = None, total: int | None = None) -> str:
+        """The one line logged (as a warning) when files were skipped; '' when none were. ``count`` and
+        ``total`` replace this tally's figures (the sums over ranks; the names stay this tally's)."""
+        count = len(self.names) if count is None else count
+        if not count:
+            return ""
+        line = (f"skipped {count} of {self.total if total is None else total} files as unreadable in "
+                f"{self.where}: first few names {self._first()}")
+        log.warning(line)
+        return line
