@@ -86,7 +86,7 @@ def evaluate(model: nn.Module, dataloader, device: str | torch.device = "cpu", a
     unreadable names): the metrics cover the readable files, ``skipped`` counts the others (one warning line),
     and more than ``max_bad_fraction`` of them raises :class:`DataError`.
     """
-    from zoo.data.sources import UnreadableTally
+    from zoo.data.sources import UnreadableTally, worker_errors_in_one_line
 
     device = torch.device(device)
     model = model.to(device).eval()
@@ -102,7 +102,7 @@ def evaluate(model: nn.Module, dataloader, device: str | torch.device = "cpu", a
     # files dropped when the data set was opened are every rank's: rank 0 alone counts them
     tally = (UnreadableTally.for_dataset(ds, max_bad_fraction, count_opened=world()[0] == 0) if ds is not None
              else UnreadableTally(0, 1.0))
-    for batch in dataloader:
+    for batch in worker_errors_in_one_line(dataloader):
         batch = tally.take(batch)
         if batch is None:  # every sample of this batch was unreadable
             continue

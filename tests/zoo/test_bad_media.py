@@ -161,3 +161,20 @@ def test_threshold_counts_and_rejects_bad_values():
 
     with pytest.raises(ConfigError, match=r"\[0, 1\]"):
         UnreadableTally(10, 5)
+
+
+class _Breaks(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        if i == 5:
+            raise DataError("the label file of item 5 is missing; restore it")
+        return torch.zeros(3, 32, 32), 0
+
+
+def test_worker_error_surfaces_as_its_one_line_message():
+    model = zoo.create_model("vit_micro_patch4_32", depth=1)
+    with pytest.raises(DataError) as err:
+        ev.evaluate(model, DataLoader(_Breaks(), batch_size=2, num_workers=2))
+    assert str(err.value) == "the label file of item 5 is missing; restore it"

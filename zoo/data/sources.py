@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from torch.utils.data import Dataset
 
-from zoo.errors import ConfigError, DataError, MediaDecodeError
+from zoo.errors import ConfigError, DataError, MediaDecodeError, ZooError
 
 log = logging.getLogger(__name__)
 
@@ -273,3 +273,21 @@ class UnreadableTally:
                 f"{self.where}: first few names {self._first()}")
         log.warning(line)
         return line
+
+
+def worker_errors_in_one_line(loader):
+    """Iterate ``loader``; a zoo error raised in a DataLoader worker comes out as itself, with its own message,
+    instead of torch's "Caught ... in DataLoader worker process N" and the worker's whole traceback."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except ZooError as e:
+            text = str(e)
+            marker = f"{type(e).__module__}.{type(e).__qualname__}: "
+            if not text.startswith("Caught ") or marker not in text:
+                raise
+            raise type(e)(text.rsplit(marker, 1)[1].strip()) from None
+        yield batch
