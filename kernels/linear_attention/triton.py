@@ -197,7 +197,7 @@ def _blocks(D: int, DV: int) -> tuple[int, int, int, dict]:
     """(BD, BDV, tokens per tile, launch options). A [128, 128] fp32 state split into tf32x3 operands takes
     128 KB of shared memory per dot: there the tiles hold 32 tokens and the loops are not pipelined (the
     backward's dq kernel asked for 256 KB at 64 tokens on the H200; 192 KB at 32, compiled for sm_90 by
-    zoo.bench.kernel_resources, which also shows 4 warps spilling 0.6-19.7 KB per thread at this size and 8
+    benchmarks/kernel_resources.py, which also shows 4 warps spilling 0.6-19.7 KB per thread at this size and 8
     warps 0-1.6 KB: a launch option to time on the H200 before it changes)."""
     BD, BDV = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
     if BD * BDV < LARGE_STATE:
