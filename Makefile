@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# named data sets (cifar10, fsdd, ...) resolve under ZOO_DATA; the real data sits beside the checkout here
+ZOO_DATA ?= $(abspath ../shared/data)
+export ZOO_DATA
 
 .PHONY: demo test test-kernels test-rest test-slow test-gpu install clean
 

@@ -1,11 +1,18 @@
-"""Shared fixtures: the real data beside the checkout, and an offline, empty weight cache per test."""
+"""Shared fixtures: the real data beside the checkout (also as ZOO_DATA, where named data sets resolve), and an
+offline, empty weight cache per test."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# named data sets (cifar10, fsdd, ...: zoo.data.catalog) resolve under ZOO_DATA; tests read the real data
+# beside the checkout unless the caller chose another folder. Set at import, so subprocesses inherit it.
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("ZOO_DATA", str(SHARED_DATA))
 
 
 @pytest.fixture

@@ -335,7 +335,7 @@ def test_lightning_mid_epoch_resume_sees_exactly_the_rest(tmp_path):
 
     class DM(_ClassificationDataModule):
         def __init__(self):
-            super().__init__("unused", None, None, "train", "val", "test", 4, None, 0, None, None, True, 11,
+            super().__init__(str(tmp_path), None, None, "train", "val", "test", 4, None, 0, None, None, True, 11,
                              False, True)
 
         def _open(self, path, split, training):
@@ -371,7 +371,7 @@ def test_image_data_needs_no_audio_stack():
     import sys
 
     code = ("import sys; sys.modules['soundfile'] = None\n"
-            "import zoo.data, zoo.recipes.memory_data\n"
+            "import zoo.data, zoo.data.modules\n"
             "from zoo.data import AudioFolderDataset\n"
             "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -78,12 +78,12 @@ def test_data_modules_shard_from_the_trainer(tmp_path):
     DistributedSampler alone (no DistributedSamplerWrapper re-shuffling our order)."""
     from torch.utils.data import DistributedSampler
 
-    from zoo.recipes.memory_data import InMemoryImageDataModule, TensorImages
+    from zoo.data.modules import InMemoryImageDataModule, TensorImages
 
     seen = []
     for rank in range(2):
         dm = InMemoryImageDataModule(path="unused", batch_size=3, drop_last=True)
-        dm.train_data = TensorImages(torch.zeros(14, 3, 4, 4, dtype=torch.uint8), torch.arange(14), ["a"])
+        dm.train_dataset = TensorImages(torch.zeros(14, 3, 4, 4, dtype=torch.uint8), torch.arange(14), ["a"])
         dm.trainer = _FakeTrainer(2, rank)
         loader = dm.train_dataloader()
         assert isinstance(loader.sampler, DistributedSampler) and len(loader) == 2  # 7 per rank, batch 3

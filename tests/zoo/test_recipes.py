@@ -1,6 +1,11 @@
 """zoo fit: smoke runs of the shipped recipes on tiny real subsets, exact resume, config errors."""
 from __future__ import annotations
 
+import csv
+import json
+import os
+import stat
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,7 +22,8 @@ TINY_IMAGE = ["--data.train_subset", "4", "--data.val_subset", "2", "--data.batc
 def in_repo(monkeypatch, zoo_cache):
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is missing")
-    monkeypatch.chdir(REPO)  # the recipes' ../shared/data paths are relative to the repository root
+    monkeypatch.setenv("ZOO_DATA", str(SHARED))  # where the recipes' named data sets (cifar10, fsdd) resolve
+    monkeypatch.chdir(REPO)                      # the configs/ paths are relative to the repository root
     return zoo_cache
 
 
@@ -50,7 +56,7 @@ def test_export_records_the_starting_weights():
     """A continued run names the tag (and its sha256) or file it started from; publish notes repeat it."""
     from types import SimpleNamespace
 
-    from zoo.recipes.cli import _init_weights
+    from zoo.recipes.export import init_weights as _init_weights
     from zoo.registry import get_entry
 
     sha = get_entry("vim_micro_patch4_32").tags["cifar10"].sha256
@@ -92,6 +98,16 @@ def test_fit_smoke_audio_recipe(in_repo, tmp_path):
     assert '"kaldi_fbank"' in meta["preprocess"]
 
 
+def _epoch_losses(run: Path) -> dict[int, float]:
+    """epoch -> train/loss_epoch from the run's CSV logs (a resumed run's last version holds the epoch end)."""
+    out = {}
+    for f in sorted((run / "csv").glob("version_*/metrics.csv")):
+        for row in csv.DictReader(f.open()):
+            if row.get("train/loss_epoch"):
+                out[int(row["epoch"])] = float(row["train/loss_epoch"])
+    return out
+
+
 def _state(ckpt: Path) -> tuple[dict, dict]:
     c = torch.load(ckpt, map_location="cpu", weights_only=True)
     return c["state_dict"], c["optimizer_states"][0]["state"]
@@ -125,7 +141,22 @@ def test_killed_and_resumed_run_matches_uninterrupted(in_repo, tmp_path, monkeyp
     monkeypatch.setattr(cli, "_make_callbacks", real)
     ck = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ck["global_step"] == 3
-    assert _fit(common + ["--trainer.default_root_dir", str(resumed), "--resume"]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _fit(common + ["--trainer.default_root_dir", str(resumed), "--resume"]) == 0
+    # the training loader is resumable (its sampler's position is its state): no warning saying otherwise
+    assert not [w for w in caught if "not resumable" in str(w.message)]
+    # the epoch the kill cut in two logs the same train loss as the uninterrupted run (running sums restored)
+    assert _epoch_losses(resumed)[0] == pytest.approx(_epoch_losses(straight)[0], rel=1e-6)
+    # the summary covers the whole run: 2 batches of 10 before the kill, 1 after (the first batch of each
+    # start is not timed), against 3 + 1 straight
+    s_straight, s_resumed = (json.loads((d / "fit_summary.json").read_text()) for d in (straight, resumed))
+    assert s_straight["train_samples"] == 40 and s_straight["resumes"] == 0
+    assert s_resumed["train_samples"] == 30 and s_resumed["resumes"] == 1 and s_resumed["global_step"] == 6
+    # the export is readable like any file the user writes (not safetensors' 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((resumed / "export.safetensors").stat().st_mode) == 0o666 & ~umask
 
     w_a, opt_a = _state(straight / "checkpoints" / "last.ckpt")
     w_b, opt_b = _state(resumed / "checkpoints" / "last.ckpt")
@@ -197,11 +228,11 @@ def test_missing_data_path_is_a_data_error(in_repo):
 
 
 def test_device_side_crop_and_flip():
-    from zoo.recipes.memory_data import InMemoryImageDataModule, TensorImages
+    from zoo.data.modules import InMemoryImageDataModule, TensorImages
 
     dm = InMemoryImageDataModule(path="unused", crop_padding=2, padding_mode="zeros", seed=3)
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
-    dm.train_data = TensorImages(x.to(torch.uint8), torch.zeros(2, dtype=torch.long), ["a"])
+    dm.train_dataset = TensorImages(x.to(torch.uint8), torch.zeros(2, dtype=torch.long), ["a"])
     out = dm.augment_batch(x, torch.tensor([0, 1]), epoch=5)
     table = dm._epoch_table(5, 2)
     for i in range(2):

@@ -147,6 +147,9 @@ class ClassificationTask(Task):
         log.info("freeze=%s: %d parameters frozen, %d trainable", self.hparams.freeze, frozen,
                  sum(p.numel() for p in self.model.parameters() if p.requires_grad))
 
+    def check_data(self, datamodule) -> None:
+        check_num_classes(self, datamodule)
+
     def setup(self, stage: str) -> None:
         """Check num_classes against the data module (and take it from there when not given)."""
         dm = self.trainer.datamodule if self._trainer is not None else None

@@ -1,5 +1,5 @@
-"""Scale-out pieces of the recipes: which modules are a backbone's blocks, the FSDP wrap/checkpoint policy
-built from them, and the environment every multi-GPU run gets.
+"""Scale-out pieces of the recipes: which modules are a backbone's blocks and the FSDP wrap/checkpoint policy
+built from them (the process environment and collectives shared with ``zoo eval`` are in zoo.distributed).
 
 Why discover blocks instead of listing classes: the zoo grows families (ViT ``Block``, Vim ``VimBlock``,
 hybrids, MoE blocks) and a recipe must shard any registered model per block without a table to keep in
@@ -11,56 +11,16 @@ convention does not hold, e.g. stages of mixed blocks). The policy looks at the 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Iterable
 
 import torch.nn as nn
-from lightning.pytorch.callbacks import Callback
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+from zoo.distributed import is_fsdp, set_distributed_env  # noqa: F401  (the recipes' names for them)
 
 log = logging.getLogger(__name__)
 
 BLOCK_CONTAINERS = ("blocks", "layers")
-
-# NVLink multicast (NVLS) stays off on the lent H200 hosts: see the device notes. setdefault: a user's own
-# value wins.
-DISTRIBUTED_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
-
-
-class WorldSizeResume(Callback):
-    """Resume a mid-epoch checkpoint on another number of processes.
-
-    The data modules' samplers keep their position as samples consumed over all ranks, so they continue
-    exactly; Lightning's epoch counter, though, counts batches per rank and would end the resumed epoch too
-    early (fewer ranks) or too late (more). This rescales that counter to the new world size (rounded down)
-    before Lightning restores its loops, so the epoch has its normal length and its validation runs."""
-
-    KEY = "zoo_world_size"
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint[self.KEY] = trainer.world_size
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        old, new = int(checkpoint.get(self.KEY, trainer.world_size)), trainer.world_size
-        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
-        if old == new or not progress:
-            return
-        current = progress["current"]
-        before = current["processed"]
-        after = before * old // new
-        # keep the fields' offsets (a save in on_train_batch_end has processed = completed + 1, which is
-        # how Lightning tells where in the batch it stopped)
-        for k in ("ready", "started", "processed", "completed"):
-            current[k] = max(0, after - (before - current[k]))
-        log.info("checkpoint written by %d processes, resuming on %d: batches done this epoch %d -> %d",
-                 old, new, before, after)
-
-
-def set_distributed_env() -> None:
-    """Put DISTRIBUTED_ENV into os.environ where unset; call before Lightning or torchrun starts processes
-    (children inherit it)."""
-    for k, v in DISTRIBUTED_ENV.items():
-        os.environ.setdefault(k, v)
 
 
 def block_classes(model: nn.Module) -> set[type[nn.Module]]:
@@ -100,15 +60,6 @@ class BlockPolicy(ModuleWrapPolicy):
 
 
 FSDP_SHORTHANDS = {"fsdp": {}, "fsdp_cpu_offload": {"cpu_offload": True}}
-
-
-def is_fsdp(strategy: Any) -> bool:
-    """True for an FSDP strategy instance or one of its registry names."""
-    if isinstance(strategy, str):
-        return strategy.startswith("fsdp")
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    return isinstance(strategy, FSDPStrategy)
 
 
 def fsdp_strategy(activation_checkpointing: bool = False, **kwargs: Any):

@@ -40,7 +40,7 @@ from lightning.pytorch.callbacks import Timer
 
 from backbones.layers.aux_loss import collect_aux_losses, collect_aux_stats
 from zoo.errors import ConfigError
-from zoo.recipes.distributed import is_fsdp
+from zoo.distributed import is_fsdp
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,10 @@ class Task(pl.LightningModule):
             self.__dict__["_ema"] = ema
         if self.hparams.compile:
             self.__dict__["_compiled"] = torch.compile(self.model)
+
+    def check_data(self, datamodule) -> None:
+        """Raise ConfigError when the task's arguments disagree with the data (``zoo fit`` calls it before
+        any work starts); the base has nothing to check."""
 
     def setup(self, stage: str) -> None:
         if self.model is None:
