@@ -91,3 +91,12 @@ def test_only_the_dispatch_reads_speedzoo_switches():
                     readers.append(f"{path.relative_to(REPO)}: {line.strip()}")
     assert not readers, readers
     assert any(p.search('x = os.environ.get("SPEEDZOO_SCAN_CHUNK")') for p in patterns)  # the net catches one
+
+
+def test_the_library_never_imports_the_lab():
+    """benchmarks/ may import zoo, never the reverse: an installed zoo has no benchmarks package to import."""
+    lab = re.compile(r"^\s*(from|import)\s+benchmarks\b", re.M)
+    importers = [str(path.relative_to(REPO)) for top in ("kernels", "backbones", "heads", "zoo")
+                 for path in sorted((REPO / top).rglob("*.py")) if lab.search(path.read_text())]
+    assert not importers, importers
+    assert lab.search("x = 1\n    from benchmarks.options import bench_command\n")  # the net catches one
