@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from heads.classification import build_head
 from zoo.errors import ConfigError, InputShapeError
+from zoo.inputs import check_image_batch
 
 
 class Classifier(nn.Module):
@@ -100,6 +101,7 @@ class Classifier(nn.Module):
         """Raise :class:`InputShapeError` (with the fix) for a wrongly shaped input."""
         if not isinstance(x, torch.Tensor):
             raise InputShapeError(f"expected a torch.Tensor, got {type(x).__name__}")
+        check_image_batch(x, self._ref_param().dtype, getattr(self, "check_finite_inputs", False))  # zoo/inputs.py
         check = getattr(self.backbone, "check_input", None) or getattr(
             getattr(self.backbone, "patch_embed", None), "check_input", None)
         if check is not None:
