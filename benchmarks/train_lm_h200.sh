@@ -34,7 +34,7 @@ for r in $RECIPES; do
     ${EVAL_ARGS:-} --out "$OUT/lm/eval_$r.json" > "$OUT/lm/eval_$r.log" 2>&1; echo "eval $r: rc=$?"
   cp "$run/export.safetensors" "$OUT/lm/tinyshakespeare_$r.safetensors"
   cp "$run/lm_summary.json" "$OUT/lm/summary_$r.json"
-  cp "$run/csv/version_0/metrics.csv" "$OUT/lm/curve_$r.csv" 2>/dev/null
+  for v in "$run"/csv/version_*; do cp "$v/metrics.csv" "$OUT/lm/curve_${r}_$(basename "$v").csv" 2>/dev/null; done
 done
 $PY - "$OUT/lm" $RECIPES <<'PY'
 import json, sys

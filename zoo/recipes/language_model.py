@@ -17,7 +17,7 @@ Running a recipe (LightningCLI-style YAML: ``model``/``data`` as ``class_path`` 
     python -m zoo.recipes.language_model --config configs/tinyshakespeare_mdlm_attn.yaml [--resume]
         [--trainer.max_steps 20 --data.init_args.val_windows 8 ...]
 
-writes, in ``trainer.default_root_dir``: ``checkpoints/last.ckpt``, ``csv/`` curves, ``export.safetensors``
+writes, in ``trainer.default_root_dir``: ``checkpoints/last.ckpt``, ``csv/version_N/metrics.csv`` curves (one version per start), ``export.safetensors``
 (fp16, metadata with the tokenizer and the final validation figures) and ``lm_summary.json``.
 """
 from __future__ import annotations
@@ -344,7 +344,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     callbacks = _make_callbacks(run_dir, int(config.get("checkpoint_every_n_steps", 500)), "log",
                                 int(config.get("progress_every_n_steps", 100)), checkpoints=not fast)
     trainer = pl.Trainer(default_root_dir=str(run_dir), callbacks=callbacks, enable_progress_bar=False,
-                         logger=CSVLogger(run_dir, name="csv", version=0), plugins=[_atomic_checkpoint_io()],
+                         logger=CSVLogger(run_dir, name="csv"), plugins=[_atomic_checkpoint_io()],
                          **tcfg)
     ckpt = find_resume_checkpoint(opts["resume"], run_dir)
     t0 = time.perf_counter()

@@ -1,0 +1,143 @@
+"""The language-model kinds, the Tiny Shakespeare data, and the LM recipe (fit, exact resume, export, eval)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from zoo.data.text import (TINYSHAKESPEARE_CHARS, CharTokenizer, TinyShakespeareDataModule, prompt_answer_example,
+                           split_text)
+from zoo.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def shakespeare(shared_data, monkeypatch, zoo_cache):
+    monkeypatch.setenv("ZOO_DATA", str(shared_data))
+    return shared_data / "tinyshakespeare.txt"
+
+
+def test_char_tokenizer():
+    tok = CharTokenizer(TINYSHAKESPEARE_CHARS)
+    assert tok.vocab_size == 67 and (tok.end_id, tok.mask_id) == (65, 66)
+    ids = tok.encode("ROMEO:\nO")
+    assert tok.decode(ids + [tok.end_id] + ids) == "ROMEO:\nO"
+    assert tok.decode([tok.mask_id, *ids[:2]]) == "_RO"
+    assert CharTokenizer.from_json(tok.to_json()) == tok
+    with pytest.raises(ConfigError, match="'é'.*not in this model's vocabulary"):
+        tok.encode("café")
+
+
+def test_shakespeare_split_and_windows(shakespeare):
+    text = shakespeare.read_text()
+    assert "".join(sorted(set(text))) == TINYSHAKESPEARE_CHARS
+    train, val = split_text(text)
+    assert len(train) == 1_003_854 and train + val == text
+    dm = TinyShakespeareDataModule(context=256, batch_size=4)
+    dm.setup()
+    assert len(dm.val_data) == 435 and len(dm.train_data) == len(train) - 255
+    assert torch.equal(dm.val_data[1], torch.tensor(dm.tokenizer.encode(val[256:512])))
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.shape == (4, 256) and batch.dtype == torch.long
+
+
+def test_prompt_answer_batch_masks_the_answer_only():
+    from zoo.recipes.language_model import LanguageModelTask
+
+    tok = CharTokenizer(TINYSHAKESPEARE_CHARS)
+    ids, maskable = prompt_answer_example(tok, "Q:", "Ay.", 8)
+    assert tok.decode(ids) == "Q:Ay." and ids[5:].tolist() == [tok.end_id] * 3
+    assert maskable.tolist() == [False, False] + [True] * 6
+    task = LanguageModelTask(model="mdlm_tiny", chars=TINYSHAKESPEARE_CHARS)
+    torch.manual_seed(0)
+    loss = task.lm_loss(ids[None].repeat(4, 1), maskable[None].repeat(4, 1))
+    assert torch.isfinite(loss) and loss > 0
+    with pytest.raises(ConfigError, match="do not fit"):
+        prompt_answer_example(tok, "Q:", "Ay.", 5)
+
+
+def test_kinds_share_one_network():
+    from zoo.kinds.language_model import language_model_builder, parse_lm_name
+
+    mdlm = language_model_builder("diffusion-lm")(size="tiny")
+    ar = language_model_builder("causal-lm")(size="tiny")
+    assert mdlm.kind == "diffusion-lm" and ar.kind == "causal-lm" and ar.causal and not mdlm.causal
+    assert [n for n, _ in mdlm.named_parameters()] == [n for n, _ in ar.named_parameters()]
+    assert mdlm(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 5, 67)
+    assert parse_lm_name("ar_small_gla") == ("causal-lm", "small_gla")
+    with pytest.raises(ConfigError, match="mdlm_<size>"):
+        parse_lm_name("gpt_small")
+
+
+def _fit(args):
+    from zoo.recipes.language_model import main
+    return main(args)
+
+
+TINY = ["--model.init_args.model", "mdlm_tiny", "--model.init_args.model_args", "{dropout: 0.1, max_len: 64}",
+        "--model.init_args.warmup_steps", "2", "--data.init_args.context", "16", "--data.init_args.batch_size", "4",
+        "--data.init_args.val_windows", "2", "--data.init_args.eval_batch_size", "2",
+        "--model.init_args.val_nelbo_samples", "2", "--trainer.max_steps", "6", "--trainer.val_check_interval", "3",
+        "--trainer.enable_model_summary", "false", "--trainer.deterministic", "true",
+        "--checkpoint_every_n_steps", "3", "--trainer.max_time", "null"]  # a clock in the schedule is not repeatable
+
+
+def _state(ckpt: Path):
+    c = torch.load(ckpt, map_location="cpu", weights_only=True)
+    return c["state_dict"], c["optimizer_states"][0]["state"]
+
+
+@pytest.mark.parametrize("model", ["mdlm_tiny", pytest.param("ar_tiny", marks=pytest.mark.slow)])
+def test_killed_and_resumed_lm_fit_matches_uninterrupted(shakespeare, tmp_path, monkeypatch, model):
+    import zoo.recipes.cli as cli
+    from lightning.pytorch.callbacks import Callback
+
+    monkeypatch.chdir(REPO)
+    common = ["--config", "configs/tinyshakespeare_mdlm_attn.yaml", *TINY, "--model.init_args.model", model]
+    straight = tmp_path / "straight"
+    assert _fit(common + ["--trainer.default_root_dir", str(straight)]) == 0
+
+    class Killed(RuntimeError):
+        pass
+
+    class KillAtStep(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 4:
+                raise Killed()
+
+    real = cli._make_callbacks
+    monkeypatch.setattr(cli, "_make_callbacks", lambda *a, **k: real(*a, **k) + [KillAtStep()])
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Killed):
+        _fit(common + ["--trainer.default_root_dir", str(resumed)])
+    monkeypatch.setattr(cli, "_make_callbacks", real)
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert _fit(common + ["--trainer.default_root_dir", str(resumed), "--resume"]) == 0
+    w_a, opt_a = _state(straight / "checkpoints" / "last.ckpt")
+    w_b, opt_b = _state(resumed / "checkpoints" / "last.ckpt")
+    assert w_a.keys() == w_b.keys()
+    for k in w_a:
+        assert torch.equal(w_a[k], w_b[k]), k
+    for i in opt_a:
+        assert torch.equal(opt_a[i]["exp_avg"], opt_b[i]["exp_avg"])
+    summary = json.loads((straight / "lm_summary.json").read_text())
+    assert summary["global_step"] == 6 and summary["val_loss"] > 0
+    from zoo.kinds.language_model import load_language_model
+    from zoo.recipes.language_model import evaluate_language_model
+
+    m = load_language_model(straight / "export.safetensors")
+    assert m.kind == ("diffusion-lm" if model.startswith("mdlm") else "causal-lm")
+    res = evaluate_language_model(m, context=16, num_t=2, max_windows=3)
+    assert res["windows"] == 3 and res["chars_scored"] == (48 if m.kind == "diffusion-lm" else 45)
+    assert 0 < res["nats_per_char"] < 10 and res["bits_per_char"] > res["nats_per_char"]
+
+
+def test_recipe_errors(shakespeare, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ConfigError, match="unknown recipe keys"):
+        _fit(["--config", "configs/tinyshakespeare_ar_attn.yaml", "--optimiser.lr", "1"])
+    with pytest.raises(ConfigError, match="val_nelbo_samples"):
+        _fit(["--config", "configs/tinyshakespeare_ar_attn.yaml", "--model.init_args.val_nelbo_samples", "0"])
