@@ -26,7 +26,6 @@ import csv
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -36,41 +35,17 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
+from zoo.data import catalog
 from zoo.data.sources import SkipUnreadable, collate_skipping
+from zoo.distributed import all_reduce_values, broadcast, init_process_group, launch, shard, world
 from zoo.errors import ConfigError, DataError, WeightLoadError
 
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ["model", "img_size", "top1", "top1_err", "top5", "top5_err", "param_count", "crop_pct",
                "interpolation", "dataset", "split"]
-_SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DATA_ALIASES = {"cifar10": "cifar10-test.zip", "cifar10-train": "cifar10-train.zip", "fsdd": "fsdd.zip"}
-
-
-# ------------------------------------------------------------------------------------------ distributed
-def world() -> tuple[int, int]:
-    """(rank, world size) of the default process group; (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def shard(ds: Dataset, rank: int, world_size: int) -> Dataset:
-    """Samples rank, rank + world_size, ...: disjoint shards covering ``ds`` exactly once."""
-    return ds if world_size == 1 else Subset(ds, range(rank, len(ds), world_size))
-
-
-def _sum_across_ranks(values: list[float], op=None) -> list[float]:
-    if world()[1] == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    backend = dist.get_backend()
-    if backend == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t.cpu().tolist()
 
 
 # ------------------------------------------------------------------------------------------ core
@@ -130,17 +105,17 @@ def evaluate(model: nn.Module, dataloader, device: str | torch.device = "cpu", a
             per_class_correct[cls] = per_class_correct.get(cls, 0) + int(h)
     if world()[1] > 1:
         n = max([int(n_cls or 0)] + [c + 1 for c in per_class_total])
-        n = int(_sum_across_ranks([float(n)], dist.ReduceOp.MAX)[0])
+        n = int(all_reduce_values([float(n)], dist.ReduceOp.MAX)[0])
         counts = [float(correct1), float(correct5), float(total), loss_sum, float(len(tally.names)),
                   float(tally.total)]
         counts += [float(per_class_total.get(c, 0)) for c in range(n)]
         counts += [float(per_class_correct.get(c, 0)) for c in range(n)]
-        counts = _sum_across_ranks(counts)
+        counts = all_reduce_values(counts)
         correct1, correct5, total, loss_sum = int(counts[0]), int(counts[1]), int(counts[2]), counts[3]
         skipped, files = int(counts[4]), int(counts[5])
         per_class_total = {c: int(counts[6 + c]) for c in range(n) if counts[6 + c] > 0}
         per_class_correct = {c: int(counts[6 + n + c]) for c in per_class_total}
-        t_model = _sum_across_ranks([t_model], dist.ReduceOp.MAX)[0]  # ranks run side by side
+        t_model = all_reduce_values([t_model], dist.ReduceOp.MAX)[0]  # ranks run side by side
     else:
         skipped, files = len(tally.names), tally.total
     if skipped and world()[0] == 0:
@@ -243,18 +218,8 @@ def build_model(name: str, checkpoint: Optional[str] = None, model_args: Optiona
 
 # ------------------------------------------------------------------------------------------ data
 def resolve_data(data: str) -> Path:
-    """A path (relative to the cwd) or a short name: cifar10, cifar10-train, fsdd (from ../shared/data)."""
-    p = Path(data).expanduser()
-    if p.exists():
-        return p.resolve()
-    if data in DATA_ALIASES:
-        for root in (Path.cwd().parent / "shared" / "data", _SHARED_DATA):
-            cand = root / DATA_ALIASES[data]
-            if cand.exists():
-                return cand
-    raise DataError(f"--data {data}: no such file or folder (relative to {Path.cwd()}) and not a known name "
-                    f"({', '.join(DATA_ALIASES)}). Pass the path of an image folder/zip, CIFAR or IDX folder, or "
-                    f"an audio data set.")
+    """A path (relative to the cwd) or a data set name under $ZOO_DATA (zoo.data.catalog: cifar10, fsdd, ...)."""
+    return catalog.resolve_path(data, "--data")
 
 
 def is_audio_model(model: nn.Module, info: dict) -> bool:
@@ -331,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zoo eval", description="Evaluate models on image or audio data.")
     p.add_argument("models", nargs="+", help="MODEL or MODEL.tag (a tag loads pretrained weights)")
     p.add_argument("--data", required=True, help="data path (folder, .zip, CIFAR/IDX folder, audio set) or "
-                                                 f"a name: {', '.join(DATA_ALIASES)}")
+                                                 f"a name: {', '.join(catalog.names())} (under $ZOO_DATA)")
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
@@ -348,52 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawned(rank: int, world_size: int, port: int, argv: list[str]) -> None:
-    """Entry of a process started by --nproc: torchrun's environment, then main()."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    main(argv)
-
-
-def _launch(nproc: int, argv: list[str]) -> int:
-    """Run main(argv) in ``nproc`` fresh processes (spawned: no CUDA state is inherited)."""
-    import torch.multiprocessing as mp
-
-    from zoo.recipes.distributed import set_distributed_env
-
-    if os.environ.get("WORLD_SIZE", "1") != "1":
-        raise ConfigError("--nproc inside a torchrun launch: use one or the other.")
-    set_distributed_env()
-    mp.start_processes(_spawned, args=(nproc, _free_port(), argv), nprocs=nproc, start_method="spawn")
-    return 0
-
-
-def _init_process_group(device: str) -> tuple[int, int, str]:
-    """Join the process group torchrun (or --nproc) described in the environment; (rank, world, device)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1 or (dist.is_available() and dist.is_initialized()):
-        r, w = world()
-        return r, w, device
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.startswith("cuda"):
-        device = f"cuda:{local}"
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.nproc > 1:
         rest = [a for i, a in enumerate(argv) if not a.startswith("--nproc") and (i == 0 or argv[i - 1] != "--nproc")]
-        return _launch(args.nproc, rest)
+        return launch(main, args.nproc, rest)
     if args.checkpoint and len(args.models) > 1:
         raise ConfigError("--checkpoint applies to one model; evaluate several checkpoints in separate calls.")
     try:
@@ -403,14 +328,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     path = resolve_data(args.data)
     dataset_name = path.name.split(".")[0]
     own_group = not (dist.is_available() and dist.is_initialized())
-    rank, world_size, device = _init_process_group(args.device)
+    rank, world_size, device = init_process_group(args.device)
     try:
         rows = []
         for name in args.models:
             model, info = build_model(name, args.checkpoint, model_args)
             if world_size > 1:  # identical weights everywhere, also for a randomly initialised model
                 for t in model.state_dict().values():
-                    t.data.copy_(_broadcast(t))
+                    t.data.copy_(broadcast(t))
             ds, data_cfg = build_dataset(model, info, path, args.split, args.subset)
             check_classes(name, model, ds)
             loader = DataLoader(SkipUnreadable(shard(ds, rank, world_size)), batch_size=args.batch_size,
@@ -438,11 +363,3 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"appended {len(rows)} row(s) to {args.csv}")
     return 0
 
-
-def _broadcast(t: torch.Tensor) -> torch.Tensor:
-    """Rank 0's value of ``t`` (moved to the GPU and back for NCCL)."""
-    buf = t.detach().clone()
-    if dist.get_backend() == "nccl":
-        buf = buf.cuda()
-    dist.broadcast(buf, 0)
-    return buf.to(t.device)

@@ -376,3 +376,55 @@ def test_image_data_needs_no_audio_stack():
             "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------------ named data sets
+def test_named_data_sets_resolve_under_zoo_data(tmp_path, monkeypatch):
+    from zoo.data import catalog
+
+    for f in ("cifar10-train.zip", "cifar10-test.zip", "fsdd.zip"):
+        (tmp_path / f).write_bytes(b"")
+    monkeypatch.setenv("ZOO_DATA", str(tmp_path))
+    assert catalog.resolve("cifar10", "train") == tmp_path / "cifar10-train.zip"
+    assert catalog.resolve("cifar10") == tmp_path / "cifar10-test.zip"          # eval's default: test
+    assert catalog.resolve("cifar10", "val") == tmp_path / "cifar10-test.zip"   # CIFAR's test set validates
+    assert catalog.resolve("cifar10-train", "test") == tmp_path / "cifar10-train.zip"   # name-split wins
+    assert catalog.resolve("fsdd", "train") == tmp_path / "fsdd.zip"
+    monkeypatch.chdir(tmp_path)
+    assert catalog.resolve_path("fsdd.zip") == tmp_path / "fsdd.zip"            # a path, not a name
+    with pytest.raises(DataError, match=r"tinyshakespeare.txt under ZOO_DATA.*point ZOO_DATA"):
+        catalog.resolve("tinyshakespeare")
+    with pytest.raises(DataError, match=r"Did you mean: cifar10"):
+        catalog.resolve("cifar1O")
+    with pytest.raises(DataError, match=r"does not exist.*named data set"):
+        catalog.resolve_path("no/such.zip")
+    monkeypatch.delenv("ZOO_DATA")
+    with pytest.raises(DataError, match=r"ZOO_DATA is not set.*export ZOO_DATA="):
+        catalog.resolve("cifar10")
+    monkeypatch.setenv("ZOO_DATA", str(tmp_path / "missing"))
+    with pytest.raises(DataError, match=r"is not a folder"):
+        catalog.resolve("fsdd")
+
+
+def test_data_modules_take_data_set_names(tmp_path, monkeypatch):
+    """A data module given a name reads the file ZOO_DATA holds for each split."""
+    from zoo.data import ImageDataModule
+
+    _tiny_tree(tmp_path / "tree")
+    import shutil
+    shutil.make_archive(str(tmp_path / "data" / "cifar10-train"), "zip", tmp_path / "tree")
+    monkeypatch.setenv("ZOO_DATA", str(tmp_path / "data"))
+    dm = ImageDataModule(path="cifar10", img_size=8, augment="none", batch_size=4, num_workers=0)
+    assert dm.class_names == ["k0", "k1", "k2"]
+    with pytest.raises(DataError, match="cifar10-test.zip"):   # val falls back to test: CIFAR-10's test zip
+        dm.setup("fit")
+
+
+def test_zoo_eval_data_names_come_from_the_catalog(tmp_path, monkeypatch):
+    from zoo.evaluate import resolve_data
+
+    (tmp_path / "cifar10-test.zip").write_bytes(b"")
+    monkeypatch.setenv("ZOO_DATA", str(tmp_path))
+    assert resolve_data("cifar10") == tmp_path / "cifar10-test.zip"
+    with pytest.raises(DataError, match="fsdd.zip under ZOO_DATA"):
+        resolve_data("fsdd")

@@ -199,7 +199,7 @@ def test_ddp_two_processes_then_resume_on_one(env, tmp_path):
 def test_sharded_eval_equals_one_process(env, tmp_path):
     """Same weights, 2 gloo processes vs 1: identical top-1/top-5 (counts gathered, nothing doubled)."""
     import zoo
-    from zoo.evaluate import shard
+    from zoo.distributed import shard
     from zoo.hub import save_state_dict
 
     assert [list(shard(list(range(7)), r, 3)) for r in range(3)] == [[0, 3, 6], [1, 4], [2, 5]]
