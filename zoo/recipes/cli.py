@@ -41,6 +41,7 @@ import torch
 
 from zoo.distributed import is_fsdp, set_distributed_env
 from zoo.errors import ConfigError
+from zoo.recipes import config as _config
 from zoo.recipes.config import (RESUME_AUTO, explain_parser_error, import_class, load_yaml, parse_overrides,
                                 preparse, strip_configs, task_class, task_class_path, validate_keys)
 
@@ -72,8 +73,10 @@ def _atomic_checkpoint_io():
     return AtomicCheckpointIO()
 
 
-# the names zoo.recipes.language_model imports from here (their homes are zoo.recipes.config / callbacks)
+# names other modules import from here (their home is zoo.recipes.config): zoo.recipes.language_model,
+# benchmarks/scaling.py and the packaging test
 _load_yaml, _import_class, _parse_overrides, _preparse = load_yaml, import_class, parse_overrides, preparse
+resolve_config, shipped_configs = _config.resolve_config, _config.shipped_configs
 
 
 def build_cli(args: list[str], progress_default: str = "auto", task: Optional[str] = None):
