@@ -359,3 +359,29 @@ def test_task_adds_aux_losses_to_the_loss_logs_them_and_backpropagates(tmp_path)
     assert seen["logged"]["train/stat/load_max_step"] == pytest.approx(1.5)    # max / mean of [1, 3]
     assert "val/mae" in trainer.callback_metrics and "val/loss" in trainer.callback_metrics
     torch.testing.assert_close(seen["grad"], seen["w"])   # d/dw of 0.5 * sum(w^2), through the Task's total loss
+
+
+def test_task_class_from_the_yaml(in_repo, tmp_path):
+    """model: {class_path, init_args} (LightningCLI's form) and a top-level task: key both pick the task;
+    init_args keys are validated against that class; a path that is no Task is a ConfigError."""
+    import yaml
+    from zoo.errors import ConfigError
+
+    base = yaml.safe_load((REPO / "configs" / "cifar10_vit_micro.yaml").read_text())
+    nested = dict(base, model={"class_path": "zoo.recipes.classification.ClassificationTask", "init_args": base["model"]})
+    (tmp_path / "nested.yaml").write_text(yaml.safe_dump(nested))
+    run = tmp_path / "run"
+    assert _fit(["--config", str(tmp_path / "nested.yaml"), "--fast-dev-run", *TINY_IMAGE,
+                 "--trainer.default_root_dir", str(run)]) == 0
+    assert _meta(run / "export.safetensors")["task"] == "classification"
+    with pytest.raises(ConfigError, match=r"model\.lrr.*model\.lr"):
+        _fit(["--config", str(tmp_path / "nested.yaml"), "--model.init_args.lrr", "0.1"])
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(dict(base, task="zoo.recipes.task.NoSuchTask")))
+    with pytest.raises(ConfigError, match="NoSuchTask.*cannot be imported"):
+        _fit(["--config", str(tmp_path / "task.yaml")])
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(dict(base, task="zoo.data.modules.ImageDataModule")))
+    with pytest.raises(ConfigError, match="not a zoo.recipes.task.Task subclass"):
+        _fit(["--config", str(tmp_path / "task.yaml")])
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(dict(base, task="zoo.recipes.classification.ClassificationTask")))
+    assert _fit(["--config", str(tmp_path / "task.yaml"), "--fast-dev-run", *TINY_IMAGE,
+                 "--trainer.default_root_dir", str(tmp_path / "run2")]) == 0
