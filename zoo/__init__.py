@@ -22,6 +22,9 @@ from zoo.info import model_info
 from zoo.timm_interop import register_with_timm as _register_with_timm
 
 _register_with_timm()
+from zoo.vl.openclip import register_when_imported as _register_with_open_clip
+
+_register_with_open_clip()  # the CLIP configs of zoo/vl/model_configs, once open_clip is imported
 
 __all__ = ["create_model", "list_models", "list_pretrained", "model_info", "load_weights", "errors", "ZooError",
            "KINDS"]

@@ -191,23 +191,13 @@ def _check_pairs(ds: ImageTextSet) -> None:
     ds.drop([i for i, caps in enumerate(ds.captions) if caps], "image without a caption")
 
 
-def resolve_path(path: Union[str, os.PathLike], what: str = "data.path") -> Path:
-    """``path`` as given (relative to the working directory), else a file of that name under ``$ZOO_DATA``."""
-    p = Path(os.path.expandvars(str(path))).expanduser()
-    if p.exists():
-        return p
-    root = os.environ.get("ZOO_DATA")
-    if root and not p.is_absolute() and (Path(root).expanduser() / p).exists():
-        return Path(root).expanduser() / p
-    where = f"nor under ZOO_DATA={root}" if root else "and ZOO_DATA is not set"
-    raise DataError(f"{what}={path} does not exist (relative to {Path.cwd()}) {where}. Pass an existing path, or "
-                    f"set ZOO_DATA to the folder holding the zoo's data files (e.g. flickr8k-128-train.zip).")
-
-
 def open_image_text(path: Union[str, os.PathLike], split: str = "train", limit: Optional[int] = None,
                     img_key: str = "filepath", caption_key: str = "title", separator: Optional[str] = None) -> ImageTextSet:
-    """Flickr8k's layout for a zip or folder, open_clip's for a ``.csv``/``.tsv`` file (see resolve_path)."""
-    p = resolve_path(path)
+    """Flickr8k's layout for a zip or folder, open_clip's for a ``.csv``/``.tsv`` file; ``path`` may be a data
+    set name (``flickr8k``: its file for ``split`` under ``$ZOO_DATA``, zoo.data.catalog)."""
+    from zoo.data.catalog import resolve_path
+
+    p = resolve_path(path, "data.path", split.split("+")[0])
     if p.is_file() and p.suffix.lower() in (".csv", ".tsv"):
         return open_caption_csv(p, img_key, caption_key, separator, limit)
     return open_flickr8k(p, split, limit)
@@ -285,7 +275,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         img_size: images are decoded (and resized when needed) to this size.
         text_embeddings: cached mean-pooled text embeddings of ``path``'s captions (a locked text tower trains
             from them; written by ``python -m zoo.vl.embeddings``). None: captions are tokenized instead.
-        text_tower: the MiniLM zip or folder for the tokenizer (default ``$ZOO_DATA``'s).
+        tokenizer: the MiniLM zip or folder whose tokenizer to use (default: the data set ``minilm``).
         crop_scale / crop_ratio: RandomResizedCrop's area and aspect ranges; ``augment=False`` turns it off.
         train_subset: only the first N images (quick checks).
         img_key / caption_key / separator: the CSV columns and separator (open_clip's names).
@@ -293,7 +283,7 @@ class ImageTextDataModule(pl.LightningDataModule):
 
     def __init__(self, path: str = "flickr8k-128-train.zip", split: str = "train", val_path: Optional[str] = None,
                  val_split: str = "dev", img_size: int = 128, batch_size: int = 256, eval_batch_size: int = 500,
-                 text_embeddings: Optional[str] = None, text_tower: Optional[str] = None,
+                 text_embeddings: Optional[str] = None, tokenizer: Optional[str] = None,
                  context_length: int = 64, augment: bool = True, crop_scale: tuple[float, float] = (0.5, 1.0),
                  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3), mean: Sequence[float] = CLIP_MEAN,
                  std: Sequence[float] = CLIP_STD, seed: int = 0, train_subset: Optional[int] = None,
@@ -347,7 +337,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         if self._tokenizer is None:
             from zoo.vl.text import CaptionTokenizer, load_tokenizer
 
-            self._tokenizer = CaptionTokenizer(load_tokenizer(self.hparams.text_tower), self.hparams.context_length)
+            self._tokenizer = CaptionTokenizer(load_tokenizer(self.hparams.tokenizer), self.hparams.context_length)
         return self._tokenizer
 
     def train_dataloader(self) -> DataLoader:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from zoo.families import image_cfg
 from zoo.kinds.vision_language import vision_language_builder
 from zoo.registry import ModelEntry, register
-from zoo.vl.text import MINILM_HUB_ID
+from zoo.vl.text import MINILM_HUB_ID, fill_text_tower
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -36,7 +36,7 @@ def _register() -> None:
         register(ModelEntry(
             name=name, kind="vision-language", family="clip",
             builder=vision_language_builder(tower, args, img_size=128, embed_dim=256),
-            default_cfg=_default_cfg(tower),
+            default_cfg=_default_cfg(tower), converter=fill_text_tower,
             description=f"CLIP-style: {what} image tower at 128 px + all-MiniLM-L6-v2 text tower (mean pooled), "
                         f"256-d joint space",
             paper="arXiv:2103.00020 (CLIP), arXiv:2111.07991 (LiT)"))

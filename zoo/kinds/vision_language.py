@@ -19,6 +19,7 @@ LongTensor of ids (padding id 0), or a float tensor [B, text_width] of mean-pool
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -36,7 +37,7 @@ class VisionLanguageModel(nn.Module):
     """Image tower + projection, text tower + projection, and a learnable temperature.
 
     Args:
-        visual: a zoo image model without classifier (``num_classes=0``): ``forward(x) -> [B, num_features]``.
+        visual: a zoo image model without classifier (``num_classes=0``): ``forward(x) -> [B, head_hidden_size]``.
         text: a text encoder ``forward(input_ids, attention_mask) -> [B, text_width]`` or None (cached
             embeddings only; attach one later with :meth:`attach_text`).
         text_width: width of the text encoder's pooled output.
@@ -53,7 +54,10 @@ class VisionLanguageModel(nn.Module):
         self.text = text
         self.text_width = int(text_width)
         self.embed_dim = int(embed_dim)
-        self.image_proj = ContrastiveProjection(visual.num_features, embed_dim, image_proj)
+        # the pooled (pre-logits) width: timm's head_hidden_size, which differs from num_features where the
+        # family's head has a hidden layer (EfficientViT's 1280-wide MLP over 128 channels)
+        width = getattr(visual, "head_hidden_size", None) or visual.num_features
+        self.image_proj = ContrastiveProjection(width, embed_dim, image_proj)
         self.text_proj = ContrastiveProjection(self.text_width, embed_dim, text_proj)
         self.logit = LogitScale(init_logit_scale, init_logit_bias)
         self.pretrained_cfg = dict(pretrained_cfg or {})
@@ -117,7 +121,7 @@ class VisionLanguageModel(nn.Module):
         if self.text is None:
             raise ConfigError("this model has no text encoder attached (it was built for cached text embeddings); "
                               "build it with text_tower='minilm' (needs ZOO_DATA), or pass pooled embeddings.")
-        if isinstance(text, dict):
+        if isinstance(text, Mapping):
             ids, mask = text["input_ids"], text.get("attention_mask")
         elif isinstance(text, torch.Tensor):
             ids, mask = text, None

@@ -77,16 +77,19 @@ class ContrastiveTask(Task):
         from zoo import create_model
         from zoo.hub import read_state_dict
 
+        from zoo.registry import get_entry, split_name
+
         hp = self.hparams
+        entry = get_entry(split_name(hp.model)[0])
+        if entry.kind != "vision-language":
+            raise ConfigError(f"model.model={hp.model} is a {entry.kind} model; the contrastive task trains "
+                              f"vision-language models (`zoo list --kind vision-language`).")
         args = dict(hp.model_args or {})
         if hp.loss == "siglip":
             args.setdefault("init_logit_bias", -10.0)
             args.setdefault("init_logit_scale", 10.0)
         model = create_model(hp.model, pretrained=hp.pretrained, text_tower=hp.text_tower, text_path=hp.text_path,
                              lock_text=hp.lock_text, **args)
-        if model.pretrained_cfg.get("kind") != "vision-language":
-            raise ConfigError(f"model.model={hp.model} is a {model.pretrained_cfg.get('kind')} model; the contrastive "
-                              f"task trains vision-language models (`zoo list --kind vision-language`).")
         if hp.checkpoint_path:
             model.load_export(read_state_dict(hp.checkpoint_path))
         return model

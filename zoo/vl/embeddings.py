@@ -111,12 +111,7 @@ def load_embeddings(path: str | os.PathLike, keys: Sequence[str]) -> tuple[torch
     """(q, scale) rows of the cached file in the order of ``keys``; DataError names captions it lacks."""
     from safetensors import safe_open
 
-    from zoo.data.image_text import resolve_path
-
-    try:
-        p = resolve_path(path, "data.text_embeddings")
-    except DataError:
-        p = Path(path)
+    p = Path(os.path.expandvars(str(path))).expanduser()
     if not p.is_file():
         raise DataError(f"text embeddings file {p} does not exist; write it with `python -m zoo.vl.embeddings "
                         f"--data <captions zip> --split <split> --out {path}` (or drop data.text_embeddings to "

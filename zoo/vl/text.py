@@ -28,24 +28,17 @@ MINILM_WIDTH = 384
 MINILM_CONTEXT = 128  # the model's max_seq_length (sentence_bert_config.json); Flickr8k captions are far shorter
 
 
-def data_root() -> Path | None:
-    """``$ZOO_DATA`` (the folder of the zoo's named data sets), or None when unset."""
-    root = os.environ.get("ZOO_DATA")
-    return Path(root).expanduser() if root else None
-
-
 def minilm_zip(path: str | os.PathLike | None = None) -> Path:
-    """The MiniLM zip: ``path`` when given, else ``$ZOO_DATA/all-MiniLM-L6-v2-fp16.zip``."""
+    """The MiniLM zip (or an extracted folder): ``path`` when given, else the data set ``minilm`` under
+    ``$ZOO_DATA`` (zoo.data.catalog)."""
+    from zoo.data import catalog
+
     if path is None:
-        root = data_root()
-        if root is None:
-            raise DataError(f"the MiniLM text tower needs its zip: set ZOO_DATA to the folder holding {MINILM_ZIP} "
-                            f"(e.g. export ZOO_DATA=/path/to/shared/data), or pass its path.")
-        path = root / MINILM_ZIP
+        return catalog.resolve("minilm")
     p = Path(path).expanduser()
     if not p.exists():
-        raise DataError(f"MiniLM text tower file {p} does not exist; point ZOO_DATA at the folder holding "
-                        f"{MINILM_ZIP}, or pass the zip / an extracted model folder.")
+        raise DataError(f"MiniLM text tower file {p} does not exist; pass the {MINILM_ZIP} zip or an extracted "
+                        f"model folder, or leave it out to use ZOO_DATA's.")
     return p
 
 
@@ -129,17 +122,21 @@ class MeanPoolTextEncoder(nn.Module):
 
 
 class CaptionTokenizer:
-    """Captions -> ``(input_ids, attention_mask)`` padded to the batch's longest, cut at ``context_length``."""
+    """Captions -> ``input_ids`` / ``attention_mask`` padded to the batch's longest, cut at ``context_length``."""
 
     def __init__(self, tokenizer, context_length: int = MINILM_CONTEXT):
         self.tokenizer, self.context_length = tokenizer, context_length
 
-    def __call__(self, texts: list[str] | str) -> dict[str, torch.Tensor]:
+    def __call__(self, texts: list[str] | str):
+        """A ``BatchEncoding`` of ``input_ids`` and ``attention_mask`` (``.to(device)`` works, as open_clip's
+        zero-shot builder expects of a tokenizer's output)."""
+        from transformers import BatchEncoding
+
         if isinstance(texts, str):
             texts = [texts]
         enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.context_length,
                              return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        return BatchEncoding({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
 
 
 @torch.no_grad()
@@ -152,3 +149,17 @@ def embed_texts(encoder: MeanPoolTextEncoder, tokenizer: CaptionTokenizer, texts
         tok = tokenizer(texts[i:i + batch_size])
         out.append(encoder(**{k: v.to(device) for k, v in tok.items()}).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, encoder.width)
+
+
+def minilm_state_dict(path: str | os.PathLike | None = None, prefix: str = "text.encoder.") -> dict[str, torch.Tensor]:
+    """The pretrained MiniLM encoder's weights under ``prefix`` (a CLIP model's text-encoder keys)."""
+    enc = MeanPoolTextEncoder.from_pretrained(path)
+    return {prefix + k: v for k, v in enc.encoder.state_dict().items()}
+
+
+def fill_text_tower(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Converter for CLIP exports: a file without text-encoder keys (the locked MiniLM was referenced, not
+    copied) gets the pretrained MiniLM's, so it loads strictly into a model built with the MiniLM tower."""
+    if any(k.startswith("text.") for k in state_dict):
+        return dict(state_dict)
+    return {**state_dict, **minilm_state_dict()}

@@ -1,0 +1,113 @@
+"""Vision-language models: the registry's CLIP kind, its open_clip configs, the contrastive task's loss against
+open_clip's ClipLoss and a literal computation, and export / reload without the referenced text tower."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zoo
+from zoo.errors import ConfigError, InputShapeError
+
+SMALL = dict(depth=1)  # one ViT block keeps these CPU tests fast
+
+
+def test_registry_lists_the_vision_language_kind():
+    names = zoo.list_models(kind="vision-language")
+    assert {"clip_vit_tiny_d6_minilm_128", "clip_vim_tiny_d12_minilm_128", "clip_efficientvit_b0_minilm_128"} <= set(names)
+
+
+@pytest.mark.parametrize("name", ["clip_vit_tiny_d6_minilm_128", "clip_efficientvit_b0_minilm_128"])
+def test_clip_model_contract(name):
+    model = zoo.create_model(name, text_tower="cached", **(SMALL if "vit" in name and "efficient" not in name else {}))
+    assert model.pretrained_cfg["kind"] == "vision-language" and model.pretrained_cfg["input_size"] == (3, 128, 128)
+    x, t = torch.randn(2, 3, 128, 128), torch.randn(2, 384)
+    img, txt, scale = model(x, t)
+    assert img.shape == txt.shape == (2, 256)
+    assert torch.allclose(img.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
+    assert torch.allclose(model.encode_image(x, normalize=True), img, atol=1e-6)
+    with pytest.raises(InputShapeError, match=r"\[B, 384\]"):
+        model.encode_text(torch.randn(2, 100))
+    with pytest.raises(ConfigError, match="no text encoder attached"):
+        model.encode_text(torch.ones(2, 5, dtype=torch.long))
+    with pytest.raises(ConfigError, match="text_tower='nope'"):
+        zoo.create_model(name, text_tower="nope")
+
+
+def test_open_clip_config_with_a_zoo_tower_builds_through_open_clip():
+    import open_clip
+
+    assert "zoo-vit-tiny-d6-128" in open_clip.list_models()
+    model, _, preprocess = open_clip.create_model_and_transforms("zoo-vit-tiny-d6-128")
+    assert type(model.visual).__name__ == "TimmModel"
+    assert model.visual.trunk.pretrained_cfg["architecture"] == "vit_tiny_patch16_224"
+    assert len(model.visual.trunk.backbone.blocks) == 6              # the registry CLIP model's image tower
+    tok = open_clip.get_tokenizer("zoo-vit-tiny-d6-128")(["a dog on grass", "two children"])
+    with torch.no_grad():
+        img, txt, scale = model(torch.randn(2, 3, 128, 128), tok)
+    assert img.shape == txt.shape == (2, 256)
+
+
+def _task(**kw):
+    from zoo.recipes.contrastive import ContrastiveTask
+
+    return ContrastiveTask("clip_vit_tiny_d6_minilm_128", model_args=SMALL, **kw)
+
+
+def test_contrastive_loss_equals_open_clip_cliploss_and_the_formula():
+    from open_clip.loss import ClipLoss
+
+    torch.manual_seed(0)
+    task = _task()
+    x, t = torch.randn(6, 3, 128, 128), torch.randn(6, 384)
+    loss, metrics = task.shared_step((x, t), "val")
+    img, txt, scale = task.model(x, t)
+    ref = ClipLoss()(img, txt, scale)
+    logits = scale * img @ txt.t()
+    labels = torch.arange(6)
+    literal = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6) and loss.item() == pytest.approx(literal.item(), rel=1e-5)
+    sim = img @ txt.t()
+    assert metrics["i2t_top1"].item() == pytest.approx((sim.argmax(1) == labels).float().mean().item())
+    assert metrics["t2i_top1"].item() == pytest.approx((sim.argmax(0) == labels).float().mean().item())
+    loss.backward()
+    grads = {n: p.grad for n, p in task.model.named_parameters()}
+    assert grads["logit.logit_scale"] is not None and grads["text_proj.proj.weight"].abs().sum() > 0
+
+
+def test_siglip_loss_and_bad_task_options():
+    from open_clip.loss import SigLipLoss
+
+    task = _task(loss="siglip")
+    x, t = torch.randn(4, 3, 128, 128), torch.randn(4, 384)
+    loss, _ = task.shared_step((x, t), "val")
+    img, txt, scale, bias = task.model(x, t)
+    assert bias.item() == -10.0 and loss.item() == pytest.approx(SigLipLoss()(img, txt, scale, bias).item(), rel=1e-6)
+    with pytest.raises(ConfigError, match="loss='focal'"):
+        _task(loss="focal")
+    with pytest.raises(ConfigError, match="lock_text true"):
+        _task(lock_text=False)
+    with pytest.raises(ConfigError, match="trains vision-language models"):
+        from zoo.recipes.contrastive import ContrastiveTask
+        ContrastiveTask("vit_micro_patch4_32", text_tower="cached")
+
+
+def test_export_leaves_out_the_locked_text_tower_and_reloads(tmp_path):
+    from zoo.hub import read_state_dict, save_state_dict
+
+    task = _task()
+    state = task.export_state_dict()
+    assert state and not any(k.startswith("text.") for k in state)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    path = save_state_dict(state, tmp_path / "export.safetensors")
+    other = zoo.create_model("clip_vit_tiny_d6_minilm_128", text_tower="cached", **SMALL)
+    other.load_export(read_state_dict(path))
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        a = task.model.half().float().encode_image(x)
+        b = other.encode_image(x)
+    assert torch.allclose(a, b, atol=1e-4)
+    from zoo.errors import WeightLoadError
+    with pytest.raises(WeightLoadError, match="missing"):
+        other.load_export({k: v for k, v in state.items() if not k.startswith("image_proj")})
