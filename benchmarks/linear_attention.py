@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
-import os
 import sys
 import tempfile
 import traceback
