@@ -78,7 +78,7 @@ def parse_model_kwargs(items: list[str]) -> dict[str, Any]:
 def _input_chans(model: torch.nn.Module) -> int:
     """Input channels from the model's pretrained_cfg (timm's contract); 3 when it says nothing."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    size = cfg.get("input_size") if isinstance(cfg, dict) else getattr(cfg, "input_size", None)
     return int(size[0]) if size else 3
 
 
