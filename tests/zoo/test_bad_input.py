@@ -6,6 +6,14 @@ here per family where the family matters; the cache-folder and concurrent-downlo
 test_integrity.py, bad data folders in test_bad_media.py."""
 from __future__ import annotations
 
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -214,3 +222,57 @@ def test_vision_language_text_must_be_tokenised(clip, text):
 def test_vision_language_token_ids_out_of_range(clip, ids):
     with pytest.raises(InputShapeError, match="vocab"):
         clip.encode_text(torch.tensor(ids))
+
+
+# ------------------------------------------------------------------------------------------ training faults
+REPO = Path(__file__).resolve().parents[2]
+FIT = ["--config", "configs/cifar10_vit_micro.yaml", "--data.train_subset", "4", "--data.val_subset", "2",
+       "--data.batch_size", "10", "--data.eval_batch_size", "20", "--model.model_args", "{depth: 1}",
+       "--trainer.max_steps", "12", "--checkpoint_every_n_steps", "1", "--progress", "none",
+       "--trainer.enable_model_summary", "false"]
+
+
+def _fit_process(run: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "zoo.cli", "fit", *FIT, "--trainer.default_root_dir", str(run),
+                             *extra], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _every_file_loads(run: Path) -> None:
+    for ck in (run / "checkpoints").glob("*.ckpt"):
+        torch.load(ck, map_location="cpu", weights_only=True)  # a torn checkpoint would raise here
+    assert not list(run.rglob("*.part")) or all(p.name.startswith(".") for p in run.rglob("*.part"))
+    if (run / "export.safetensors").exists():
+        hub.read_state_dict(run / "export.safetensors")
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_then_resume(tmp_path, zoo_cache, monkeypatch):
+    """kill -9 of `zoo fit` at several random moments after its first checkpoint: every file on disk loads each
+    time, --resume continues from the last complete checkpoint, and the finished run's export loads."""
+    if not (REPO.parent / "shared" / "data").is_dir():
+        pytest.skip("shared data missing")
+    monkeypatch.setenv("ZOO_DATA", str(REPO.parent / "shared" / "data"))
+    run = tmp_path / "run"
+    rng = random.Random(24)
+    last_step = -1
+    for attempt in range(3):
+        proc = _fit_process(run, *(["--resume"] if attempt else []))
+        began = time.time()
+        while proc.poll() is None and time.time() < began + 300:  # the first run: until its first checkpoint
+            if (run / "checkpoints" / "last.ckpt").exists() and (attempt == 0 or time.time() > began + 2):
+                break
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 3.0))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _every_file_loads(run)
+        step = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+        assert step >= last_step  # never behind the checkpoint the previous attempt left
+        last_step = step
+    proc = _fit_process(run, "--resume")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    _every_file_loads(run)
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 12
+    assert (run / "export.safetensors").exists()
