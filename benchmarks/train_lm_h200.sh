@@ -19,7 +19,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.used --fo
 t0=$SECONDS
 pids=()
 for r in $RECIPES; do
-  $PY -m zoo.recipes.language_model --config "configs/tinyshakespeare_$r.yaml" \
+  $PY -m zoo.cli fit --config "configs/tinyshakespeare_$r.yaml" --progress log \
     --trainer.default_root_dir "$RUNS/tinyshakespeare_$r" ${RESUME:+--resume} "$@" > "$OUT/lm/fit_$r.log" 2>&1 &
   pids+=($!)
 done
@@ -33,7 +33,7 @@ for r in $RECIPES; do
   $PY -m zoo.recipes.language_model eval "$run/export.safetensors" --num-t "${NUM_T:-32}" \
     ${EVAL_ARGS:-} --out "$OUT/lm/eval_$r.json" > "$OUT/lm/eval_$r.log" 2>&1; echo "eval $r: rc=$?"
   cp "$run/export.safetensors" "$OUT/lm/tinyshakespeare_$r.safetensors"
-  cp "$run/lm_summary.json" "$OUT/lm/summary_$r.json"
+  cp "$run/fit_summary.json" "$OUT/lm/summary_$r.json"
   for v in "$run"/csv/version_*; do cp "$v/metrics.csv" "$OUT/lm/curve_${r}_$(basename "$v").csv" 2>/dev/null; done
 done
 $PY - "$OUT/lm" $RECIPES <<'PY'
@@ -45,7 +45,7 @@ for r in sys.argv[2:]:
     s = out / f"summary_{r}.json"
     if e.exists() and s.exists():
         e, s = json.loads(e.read_text()), json.loads(s.read_text())
-        print(f"{r:10s} steps {s['global_step']:5d} fit {s['fit_seconds']:6.1f}s params {s['params']:,}  "
+        print(f"{r:10s} steps {s['global_step']:5d} train {s['train_seconds']:6.1f}s params {e['params']:,}  "
               f"val {e['nats_per_char']:.4f} nats/char ({e['bits_per_char']:.4f} bpc, {e['estimator']})")
 PY
 echo "total $((SECONDS - t0)) s"

@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="evaluate models: zoo eval MODEL[.tag] --data PATH", add_help=False)
     sub.add_parser("publish", help="ship a zoo fit export as a pretrained tag: zoo publish EXPORT --tag T --data D",
                    add_help=False)
+    sub.add_parser("generate", help="sample text from a language model: zoo generate MODEL[.tag] --prompt TEXT",
+                   add_help=False)
+    sub.add_parser("serve", help="web page for a vision-language model on 127.0.0.1: zoo serve MODEL[.tag]",
+                   add_help=False)
     sub.add_parser("bench", help=f"measure on your device: zoo bench {{{','.join(BENCHMARKS)}}} [args]; "
                                  "zoo bench lists them", add_help=False)
     return p
@@ -134,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_passthrough("zoo.evaluate", argv[1:])
         if argv and argv[0] == "publish":
             return _cmd_passthrough("zoo.publish", argv[1:])
+        if argv and argv[0] == "generate":
+            return _cmd_passthrough("zoo.generate", argv[1:])
+        if argv and argv[0] == "serve":
+            return _cmd_passthrough("zoo.serve", argv[1:])
         if argv and argv[0] == "bench":
             return _cmd_bench(argv[1:])
         args = build_parser().parse_args(argv)

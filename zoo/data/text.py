@@ -1,7 +1,7 @@
 """Text data: a character tokenizer, the Tiny Shakespeare data module, prompt/answer examples, and a subword
 tokenizer wrapper (MiniLM's WordPiece through ``transformers``) for the captioning work.
 
-Tiny Shakespeare (``$ZOO_DATA/tinyshakespeare.txt``, 1,115,394 characters, 65 symbols): the first 90% of
+Tiny Shakespeare (the named set ``tinyshakespeare``: ``$ZOO_DATA/tinyshakespeare.txt``, 1,115,394 characters, 65 symbols): the first 90% of
 the characters train, the last 10% validate (the usual split of char-rnn and nanoGPT). Every training
 window start is one sample (a seeded, resumable permutation of all starts per epoch); validation and test
 use the split's non-overlapping windows of ``context`` characters (the last partial window is dropped:
@@ -87,15 +87,10 @@ class CharTokenizer:
 
 
 def shakespeare_path(path: Optional[str | os.PathLike] = None) -> Path:
-    """``path``, else ``$ZOO_DATA/tinyshakespeare.txt``, else ``../shared/data/tinyshakespeare.txt`` (repo root)."""
-    if path is None:
-        root = os.environ.get("ZOO_DATA")
-        path = Path(root) / TINYSHAKESPEARE if root else Path("../shared/data") / TINYSHAKESPEARE
-    p = Path(os.path.expandvars(str(path))).expanduser()
-    if not p.is_file():
-        raise DataError(f"text file {p} does not exist; set ZOO_DATA to the folder holding {TINYSHAKESPEARE} "
-                        f"(export ZOO_DATA=/path/to/shared/data) or pass data.path.")
-    return p
+    """``path`` (a file or a catalog name), by default the named set ``tinyshakespeare`` under ``ZOO_DATA``."""
+    from zoo.data.catalog import resolve_path
+
+    return resolve_path(path or "tinyshakespeare", "data.path")
 
 
 def load_text(path: Optional[str | os.PathLike] = None) -> str:
@@ -157,7 +152,7 @@ class TinyShakespeareDataModule(pl.LightningDataModule if pl is not None else ob
     """Character-level Tiny Shakespeare for the language-model recipes.
 
     Args:
-        path: the text file (default ``$ZOO_DATA/tinyshakespeare.txt``, else ``../shared/data/...``).
+        path: the text file or a named data set (default ``tinyshakespeare``, under ``ZOO_DATA``).
         context: window length in characters (the model's sequence length).
         batch_size / eval_batch_size: training / validation windows per batch.
         train_fraction: the share of characters that train (first part); the rest validates and tests.

@@ -55,6 +55,8 @@ _TABLE = (
     Kind("audio", "zoo.kinds.classifier", "timm classifier on log-mel spectrograms [B, 1, mels, frames]", timm=True),
     Kind("vision-language", "zoo.kinds.vision_language",
          "CLIP: encode_image / encode_text, forward(images, text) -> (image_features, text_features, logit_scale)"),
+    Kind("diffusion-lm", "zoo.kinds.language_model", "masked diffusion LM: forward(tokens) -> logits, generate(prompt, length, ...)"),
+    Kind("causal-lm", "zoo.kinds.language_model", "autoregressive LM: forward(tokens) -> logits, generate(prompt, length)"),
 )
 
 KIND_TABLE: dict[str, Kind] = {k.name: k for k in _TABLE}

@@ -113,22 +113,25 @@ def parse_lm_name(name: str) -> tuple[str, str]:
     return kinds[prefix], size
 
 
-def language_model_builder(kind: str, default_size: str = "small_attn"):
-    """The builder a family registers: ``builder(size=, chars=, tie_embeddings=, **decoder overrides)``;
-    ``chars`` is the character vocabulary (default: Tiny Shakespeare's 65 symbols)."""
+def language_model_builder(kind: str, size: str):
+    """The builder a family registers for ``size``: ``builder(chars=None, tie_embeddings=True, **decoder
+    overrides)``; ``chars`` is the character vocabulary (default: Tiny Shakespeare's 65 symbols)."""
+    if size not in TEXT_DECODER_CONFIGS:
+        raise ConfigError(f"unknown text decoder size {size!r}; choose one of {sorted(TEXT_DECODER_CONFIGS)}")
 
-    def builder(size: str = default_size, chars: str | None = None, tie_embeddings: bool = True,
-                **overrides: Any) -> LanguageModel:
+    def builder(chars: str | None = None, tie_embeddings: bool = True, **overrides: Any) -> LanguageModel:
         from zoo.data.text import TINYSHAKESPEARE_CHARS, CharTokenizer
 
-        if size not in TEXT_DECODER_CONFIGS:
-            raise ConfigError(f"unknown text decoder size {size!r}; choose one of {sorted(TEXT_DECODER_CONFIGS)}")
         tokenizer = CharTokenizer(chars or TINYSHAKESPEARE_CHARS)
         cfg = dict(TEXT_DECODER_CONFIGS[size])
         cfg.update({k: v for k, v in overrides.items() if v is not None})
-        backbone = TextDecoder(tokenizer.vocab_size, causal=kind == "causal-lm", **cfg)
+        try:
+            backbone = TextDecoder(tokenizer.vocab_size, causal=kind == "causal-lm", **cfg)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"cannot build the {size} text decoder with {overrides}: {e}") from None
         return LanguageModel(backbone, tokenizer, kind, tie_embeddings)
 
+    builder.__name__ = f"build_{kind.replace('-', '_')}_{size}"
     return builder
 
 
@@ -154,8 +157,7 @@ def load_language_model(path, device: str | torch.device = "cpu") -> LanguageMod
                               f"with python -m zoo.recipes.language_model")
     kind, size = parse_lm_name(meta["model"])
     tok = CharTokenizer.from_json(meta["tokenizer"])
-    model = language_model_builder(kind, size)(size=size, chars="".join(tok.chars),
-                                               **json.loads(meta.get("model_args") or "{}"))
+    model = language_model_builder(kind, size)(chars="".join(tok.chars), **json.loads(meta.get("model_args") or "{}"))
     load_weights(model, {k: v.float() for k, v in hub.read_state_dict(path).items()}, source=str(path))
     model.pretrained_cfg.update(architecture=meta["model"], kind=kind, source=str(path),
                                 val_loss=meta.get("val_loss", ""))

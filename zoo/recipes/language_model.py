@@ -1,8 +1,7 @@
 """Language modelling: masked diffusion (MDLM loss) or next-token prediction (the AR twin) on any text decoder.
 
-The task inherits the optimisation and checkpoint machinery of the classification task (AdamW with no decay
-on norms and biases, warmup + cosine per step or over a ``trainer.max_time`` budget, EMA, clipping, RNG
-states in the checkpoint for an exact resume) and brings its own steps:
+The base task (zoo.recipes.task.Task) brings AdamW, warmup + cosine per step or over a ``trainer.max_time``
+budget, EMA, clipping, exact resume and the export; this task says what a batch means:
 
 - ``diffusion-lm`` (``mdlm_<size>``): one antithetic t per sequence, tokens masked at the log-linear rate,
   SUBS, masked cross-entropy weighted by 1/t (``heads.lm.diffusion``). Validation reports the NELBO over
@@ -10,121 +9,111 @@ states in the checkpoint for an exact resume) and brings its own steps:
 - ``causal-lm`` (``ar_<size>``): next-token cross-entropy; validation is the exact likelihood (nats/char).
 
 Batches are token windows ``[B, L]`` or ``(tokens, maskable)`` for prompt/answer training (prompt never
-masked, loss normalised by the answer's length).
+masked, loss normalised by the answer's length). The vocabulary comes from the data module's tokenizer
+(``model.chars`` to fix it), so the model is built in ``setup``.
 
-Running a recipe (LightningCLI-style YAML: ``model``/``data`` as ``class_path`` + ``init_args``, ``trainer``):
-
-    python -m zoo.recipes.language_model --config configs/tinyshakespeare_mdlm_attn.yaml [--resume]
-        [--trainer.max_steps 20 --data.init_args.val_windows 8 ...]
-
-writes, in ``trainer.default_root_dir``: ``checkpoints/last.ckpt``, ``csv/version_N/metrics.csv`` curves (one version per start), ``export.safetensors``
-(fp16, metadata with the tokenizer and the final validation figures) and ``lm_summary.json``.
+    zoo fit --config configs/tinyshakespeare_mdlm_attn.yaml [--resume] [--trainer.max_steps 20 ...]
+    python -m zoo.recipes.language_model eval runs/tinyshakespeare_mdlm_attn/export.safetensors [--num-t 32]
 """
 from __future__ import annotations
 
-import copy
-import datetime
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import torch.nn as nn
 from torchmetrics import SumMetric
 
-from heads.lm.diffusion import BITS_PER_NAT, LogLinearSchedule, antithetic_t, mask_tokens, mdlm_loss, next_token_loss
+from heads.lm.diffusion import BITS_PER_NAT, LogLinearSchedule, antithetic_t, mask_tokens, mdlm_loss, nelbo, \
+    next_token_loss
 from zoo.errors import ConfigError
-from zoo.kinds.language_model import LanguageModel, language_model_builder, parse_lm_name
-from zoo.recipes.classification import ClassificationTask
+from zoo.kinds.language_model import LanguageModel, parse_lm_name
+from zoo.recipes.task import Task
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LanguageModelTask", "export_language_model", "main"]
+__all__ = ["LanguageModelTask", "evaluate_language_model"]
 
 
-class LanguageModelTask(ClassificationTask):
-    """Train ``mdlm_<size>`` (diffusion-lm) or ``ar_<size>`` (causal-lm) on character or subword windows.
+class _SumRatio(SumMetric):
+    """Sum of nats; ``compute`` divides by the tokens summed beside it (nats per token over the epoch)."""
 
-    Args:
-        model: ``mdlm_<size>`` or ``ar_<size>`` (sizes: ``backbones.text_decoder.TEXT_DECODER_CONFIGS``).
-        model_args: decoder overrides (``layout``, ``depth``, ``dim``, ``dropout``, ``max_len`` ...).
+    def __init__(self):
+        super().__init__()
+        self.add_state("tokens", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, nats: torch.Tensor, tokens: torch.Tensor) -> None:
+        super().update(nats.double().sum())
+        self.tokens += tokens.double().sum()
+
+    def compute(self) -> torch.Tensor:
+        return (super().compute() / self.tokens.clamp_min(1)).float()
+
+
+class LanguageModelTask(Task):
+    """Train ``mdlm_<size>`` (diffusion-lm) or ``ar_<size>`` (causal-lm) on character windows.
+
+    Args (besides the base task's):
         chars: the character vocabulary; None takes the data module's tokenizer.
-        checkpoint_path: start from these weights (an export or a state dict).
         mask_eps: the log-linear schedule's eps. val_nelbo_samples: antithetic t per window for val/nelbo.
-        lr, weight_decay, betas, warmup_steps, min_lr, ema_decay, lr_base_batch_size, compile: as for images.
     """
 
-    def __init__(self, model: str = "mdlm_small_attn", model_args: Optional[dict[str, Any]] = None,
-                 chars: Optional[str] = None, checkpoint_path: Optional[str] = None, mask_eps: float = 1e-3,
-                 val_nelbo_samples: int = 8, lr: float = 1e-3, lr_base_batch_size: Optional[int] = None,
-                 weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.99), warmup_steps: int = 100,
-                 min_lr: float = 1e-4, ema_decay: float = 0.0, compile: bool = False):
-        import lightning.pytorch as pl
+    task_name = "language_model"
 
-        args = {k: v for k, v in locals().items() if k not in ("self", "pl", "__class__")}
-        pl.LightningModule.__init__(self)  # the LightningModule's init, not the classification task's
-        self.save_hyperparameters(args)
-        self.kind, self.size = parse_lm_name(model)
-        if not 0.0 <= ema_decay < 1.0:
-            raise ConfigError(f"model.ema_decay must be in [0, 1) (0 turns EMA off), got {ema_decay}.")
-        if lr <= 0:
-            raise ConfigError(f"model.lr must be positive, got {lr}.")
+    def __init__(self, model: str = "mdlm_small_attn", pretrained: bool = False,
+                 model_args: Optional[dict[str, Any]] = None, checkpoint_path: Optional[str] = None,
+                 lr: float = 1e-3, lr_base_batch_size: Optional[int] = None, weight_decay: float = 0.1,
+                 betas: tuple[float, float] = (0.9, 0.99), warmup_epochs: float = 0.0,
+                 warmup_steps: Optional[int] = 100, min_lr: float = 1e-4, ema_decay: float = 0.0,
+                 compile: bool = False, chars: Optional[str] = None, mask_eps: float = 1e-3,
+                 val_nelbo_samples: int = 8):
+        super().__init__(model=model, pretrained=pretrained, model_args=model_args, checkpoint_path=checkpoint_path,
+                         lr=lr, lr_base_batch_size=lr_base_batch_size, weight_decay=weight_decay, betas=betas,
+                         warmup_epochs=warmup_epochs, warmup_steps=warmup_steps, min_lr=min_lr,
+                         ema_decay=ema_decay, compile=compile)
+        self.save_hyperparameters()
+        self.kind, self.size = parse_lm_name(str(model).split(".")[0])
         if val_nelbo_samples < 1:
             raise ConfigError(f"model.val_nelbo_samples must be >= 1, got {val_nelbo_samples}.")
-        self.hparams.update(pretrained=False, warmup_epochs=0.0, freeze="full")
-        self.freeze_mode, self.freeze_n = "full", 0
+        if not 0 < mask_eps < 1:
+            raise ConfigError(f"model.mask_eps must be in (0, 1), got {mask_eps}.")
         self.schedule = LogLinearSchedule(mask_eps)
-        self.model: Optional[LanguageModel] = None
-        self.mixup_fn = None
-        self.__dict__["_ema"] = None
-        self.__dict__["_compiled"] = None
-        self._pending_rng = None
-        self._pending_ema = None
-        self.val_nats, self.val_tokens = SumMetric(), SumMetric()
+        self.likelihood = {stage: _SumRatio() for stage in ("val", "test")}
+        self._metrics = torch.nn.ModuleDict(self.likelihood)
         if chars is not None:
-            self._build(chars)
+            self.build()
 
     # -- construction ------------------------------------------------------------------------------------
-    def _build(self, chars: str) -> None:
+    def build_model(self) -> LanguageModel:
+        from zoo import create_model
+
         hp = self.hparams
-        self.model = language_model_builder(self.kind, self.size)(size=self.size, chars=chars,
-                                                                  **dict(hp.model_args or {}))
-        if hp.checkpoint_path:
-            from zoo import hub
-            from zoo.factory import load_weights
+        return create_model(hp.model, pretrained=hp.pretrained, checkpoint_path=hp.checkpoint_path,
+                            chars=hp.chars, **dict(hp.model_args or {}))
 
-            load_weights(self.model, hub.read_state_dict(hp.checkpoint_path), source=str(hp.checkpoint_path))
-        self.hparams["chars"] = chars
-        skip = self.model.no_weight_decay()
-        self._no_decay = {n for n, p in self.model.named_parameters() if p.ndim <= 1 or n in skip}
-        if hp.ema_decay > 0:
-            ema = copy.deepcopy(self.model).eval()
-            for p in ema.parameters():
-                p.requires_grad_(False)
-            self.__dict__["_ema"] = ema
-        if hp.compile:
-            self.__dict__["_compiled"] = torch.compile(self.model)
-
-    def setup(self, stage: str) -> None:
-        """Take the vocabulary from the data module's tokenizer (and check a given one against it)."""
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        tok = getattr(dm, "tokenizer", None) if dm is not None else None
-        if tok is None and dm is not None and hasattr(dm, "setup"):
-            dm.setup(stage)
-            tok = getattr(dm, "tokenizer", None)
+    def check_data(self, datamodule) -> None:
+        tok = getattr(datamodule, "tokenizer", None) if datamodule is not None else None
+        if tok is None and datamodule is not None and hasattr(datamodule, "setup") and self.hparams.chars is None:
+            datamodule.setup("fit")
+            tok = getattr(datamodule, "tokenizer", None)
         chars = "".join(tok.chars) if tok is not None and hasattr(tok, "chars") else None
-        if self.model is None:
-            if chars is None:
+        if chars is None:
+            if self.hparams.chars is None:
                 raise ConfigError("model.chars is not set and the data module has no character tokenizer; "
                                   "set model.chars.")
-            self._build(chars)
-        elif chars is not None and chars != self.hparams.chars:
+        elif self.hparams.chars is None:
+            self.hparams["chars"] = chars
+        elif chars != self.hparams.chars:
             raise ConfigError(f"model.chars ({len(self.hparams.chars)} symbols) differs from the data's "
                               f"vocabulary ({len(chars)}); drop model.chars so it follows the data.")
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        self.check_data(dm)
+        super().setup(stage)
 
     # -- steps -------------------------------------------------------------------------------------------
     @staticmethod
@@ -135,85 +124,53 @@ class LanguageModelTask(ClassificationTask):
             return batch["tokens"], batch.get("maskable")
         return batch[0], (batch[1] if len(batch) > 1 else None)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return (self._compiled if self._compiled is not None else self.model)(tokens)
-
-    def lm_loss(self, tokens: torch.Tensor, maskable: Optional[torch.Tensor]) -> torch.Tensor:
+    def lm_loss(self, tokens: torch.Tensor, maskable: Optional[torch.Tensor], net=None) -> torch.Tensor:
         """One training loss: MDLM (diffusion-lm) or next-token cross-entropy (causal-lm)."""
+        net = net if net is not None else self.net("train")
         if self.kind == "causal-lm":
-            return next_token_loss(self(tokens), tokens)
+            return next_token_loss(net(tokens), tokens)
+        mask_id = self.model.tokenizer.mask_id
         t = antithetic_t(tokens.shape[0], device=tokens.device)
-        zt = mask_tokens(tokens, t, self.model.tokenizer.mask_id, self.schedule, maskable)
-        return mdlm_loss(self(zt), tokens, zt, t, self.model.tokenizer.mask_id, self.schedule, maskable)
+        zt = mask_tokens(tokens, t, mask_id, self.schedule, maskable)
+        return mdlm_loss(net(zt), tokens, zt, t, mask_id, self.schedule, maskable)
 
-    def training_step(self, batch, batch_idx):
+    def shared_step(self, batch, stage: str):
         tokens, maskable = self.unpack(batch)
-        loss = self.lm_loss(tokens, maskable)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=tokens.shape[0])
-        sched = self.lr_schedulers()
-        if sched is not None:
-            self.log("lr", sched.get_last_lr()[0], on_step=True, on_epoch=False)
-        return loss
-
-    def _eval_step(self, batch, split: str, batch_idx: int = 0):
-        tokens, maskable = self.unpack(batch)
-        model = self.eval_model()
+        if stage == "train":
+            return self.lm_loss(tokens, maskable), {}
+        model = self.net(stage)
         if self.kind == "causal-lm":
             nats, count = model.likelihood(tokens)
-        else:  # a fixed seed per batch: every validation scores the same noised copies
-            gen = torch.Generator(device=tokens.device).manual_seed(10_000 + batch_idx)
-            from heads.lm.diffusion import nelbo
-
+        else:  # a seed per batch position: every validation scores the same noised copies
+            step = self._eval_batches = getattr(self, "_eval_batches", 0) + 1
+            gen = torch.Generator(device=tokens.device).manual_seed(10_000 + step)
             nats, count = nelbo(model, tokens, model.tokenizer.mask_id, self.hparams.val_nelbo_samples,
                                 self.schedule, maskable, gen)
-        self.val_nats.update(nats.sum())
-        self.val_tokens.update(count.sum())
-
-    def _eval_epoch_end(self, split: str) -> None:
-        tokens = self.val_tokens.compute()
-        if float(tokens) == 0:
-            return
-        per_char = self.val_nats.compute() / tokens
-        self.log(f"{split}/loss", per_char, prog_bar=split == "val")
-        self.log(f"{split}/bpc", per_char * BITS_PER_NAT)
+        metric = self.likelihood[stage]
+        metric.update(nats, count)
+        loss = nats.sum() / count.sum()
+        metrics = {"bpc": loss * BITS_PER_NAT, "nats_per_char": metric}
         if self.kind == "diffusion-lm":
-            self.log(f"{split}/nelbo", per_char)
-        self.val_nats.reset()
-        self.val_tokens.reset()
+            metrics["nelbo"] = loss
+        return loss, metrics
 
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val", batch_idx)
+    def on_validation_epoch_start(self) -> None:
+        self._eval_batches = 0
 
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
+    def on_test_epoch_start(self) -> None:
+        self._eval_batches = 0
 
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test", batch_idx)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
-    def predict_step(self, batch, batch_idx):
-        return self.eval_model()(self.unpack(batch)[0])
+    # -- export ------------------------------------------------------------------------------------------
+    def export_metadata(self) -> dict[str, str]:
+        meta = super().export_metadata()
+        meta.update(kind=self.kind, tokenizer=self.model.tokenizer.to_json(),
+                    val_loss=meta_value(self._trainer, "val/nats_per_char"))
+        return meta
 
 
-# -- export -----------------------------------------------------------------------------------------------
-def export_language_model(task: LanguageModelTask, trainer, run_dir: Path, recipe: str) -> Path:
-    """fp16 safetensors of the final (EMA when enabled) weights, with what a pretrained tag needs."""
-    from zoo import __version__
-    from zoo.hub import save_state_dict
-
-    m = trainer.callback_metrics
-    hp = task.hparams
-    meta = {
-        "format": "speedzoo-export-v1", "kind": task.kind, "model": str(hp.model), "recipe": recipe,
-        "global_step": str(trainer.global_step), "epochs": str(trainer.current_epoch),
-        "val_loss": f"{float(m['val/loss']):.6f}" if "val/loss" in m else "",
-        "tokenizer": task.model.tokenizer.to_json(), "model_args": json.dumps(dict(hp.model_args or {})),
-        "ema": str(bool(hp.ema_decay > 0)), "init": str(hp.checkpoint_path or ""), "zoo_version": __version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    return save_state_dict(task.export_state_dict(torch.float16), run_dir / "export.safetensors", metadata=meta)
+def meta_value(trainer, key: str) -> str:
+    v = trainer.callback_metrics.get(key) if trainer is not None else None
+    return "" if v is None else f"{float(v):.6f}"
 
 
 # -- evaluation -----------------------------------------------------------------------------------------------
@@ -242,7 +199,7 @@ def evaluate_language_model(model: LanguageModel, path: Optional[str] = None, co
             a, b = model.likelihood(batch, num_t=num_t, generator=gen)
         nats, count = nats + float(a.sum()), count + float(b.sum())
     per_char = nats / count
-    return {"kind": model.kind, "split": "val", "windows": n, "context": context, "chars_scored": int(count),
+    return {"kind": model.kind, "params": sum(p.numel() for p in model.parameters()), "split": "val", "windows": n, "context": context, "chars_scored": int(count),
             "nats_per_char": per_char, "bits_per_char": per_char * BITS_PER_NAT,
             "estimator": "exact" if model.causal else f"nelbo, {num_t} antithetic t per window",
             "seconds": round(time.perf_counter() - t0, 2)}
@@ -273,98 +230,5 @@ def eval_main(argv: list[str]) -> int:
     return 0
 
 
-# -- runner -------------------------------------------------------------------------------------------------
-def _set(config: dict, dotted: str, value: Any) -> None:
-    node = config
-    keys = dotted.split(".")
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-    node[keys[-1]] = value
-
-
-def load_recipe(paths: list[Path], overrides: list[tuple[str, Optional[str]]]) -> dict:
-    """The YAML recipe(s) merged, then ``--a.b value`` overrides (values parsed as YAML)."""
-    import yaml
-
-    from zoo.recipes.cli import _load_yaml
-
-    config = _load_yaml(paths)
-    for key, val in overrides:
-        if key in ("resume", "config"):
-            continue
-        _set(config, key, yaml.safe_load(val) if val is not None else True)
-    unknown = set(config) - {"model", "data", "trainer", "seed_everything", "recipe", "checkpoint_every_n_steps",
-                             "progress_every_n_steps", "export"}
-    if unknown:
-        raise ConfigError(f"unknown recipe keys {sorted(unknown)}; a language-model recipe has model, data, trainer, "
-                          f"seed_everything, recipe, checkpoint_every_n_steps, progress_every_n_steps, export")
-    return config
-
-
-def _instantiate(spec: Any, what: str):
-    from zoo.recipes.cli import _import_class
-
-    if not isinstance(spec, dict) or "class_path" not in spec:
-        raise ConfigError(f"{what} must be a mapping with class_path and init_args")
-    cls = _import_class(spec["class_path"])
-    if cls is None:
-        raise ConfigError(f"{what}.class_path {spec['class_path']!r} cannot be imported")
-    try:
-        return cls(**dict(spec.get("init_args") or {}))
-    except TypeError as e:
-        raise ConfigError(f"{what}: {e}") from None
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """Fit a language-model recipe; ``--resume`` continues the run's last.ckpt (see the module doc)."""
-    import lightning.pytorch as pl
-    from lightning.pytorch.loggers import CSVLogger
-
-    from zoo.recipes.cli import (_atomic_checkpoint_io, _make_callbacks, _parse_overrides, _preparse,
-                                 _setup_logging, find_resume_checkpoint)
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    _setup_logging()
-    args, opts = _preparse(argv)
-    if not opts["configs"]:
-        raise ConfigError("pass a recipe: --config configs/tinyshakespeare_mdlm_attn.yaml")
-    overrides = [(k, v) for k, v in _parse_overrides(args) if k != "config"]
-    config = load_recipe(opts["configs"], overrides)
-    pl.seed_everything(int(config.get("seed_everything", 0)), workers=True)
-    model_spec = config.get("model") or {}
-    task = _instantiate(model_spec if "class_path" in model_spec else
-                        {"class_path": "zoo.recipes.language_model.LanguageModelTask", "init_args": model_spec},
-                        "model")
-    dm = _instantiate(config.get("data"), "data")
-    tcfg = dict(config.get("trainer") or {})
-    run_dir = Path(tcfg.pop("default_root_dir", "runs/lm")).expanduser()
-    if "precision" not in tcfg:
-        tcfg["precision"] = "bf16-mixed" if torch.cuda.is_available() else "32-true"
-    fast = bool(tcfg.get("fast_dev_run"))
-    callbacks = _make_callbacks(run_dir, int(config.get("checkpoint_every_n_steps", 500)), "log",
-                                int(config.get("progress_every_n_steps", 100)), checkpoints=not fast)
-    trainer = pl.Trainer(default_root_dir=str(run_dir), callbacks=callbacks, enable_progress_bar=False,
-                         logger=CSVLogger(run_dir, name="csv"), plugins=[_atomic_checkpoint_io()],
-                         **tcfg)
-    ckpt = find_resume_checkpoint(opts["resume"], run_dir)
-    t0 = time.perf_counter()
-    trainer.fit(task, datamodule=dm, ckpt_path=ckpt)
-    if trainer.interrupted:
-        return 130
-    seconds = time.perf_counter() - t0
-    recipe = config.get("recipe") or opts["configs"][-1].stem
-    m = trainer.callback_metrics
-    summary = {"recipe": recipe, "model": task.hparams.model, "kind": task.kind, "global_step": trainer.global_step,
-               "fit_seconds": round(seconds, 1),
-               "params": sum(p.numel() for p in task.model.parameters()),
-               **{k.replace("/", "_"): float(v) for k, v in m.items() if k.startswith(("val/", "train/"))}}
-    if config.get("export", True) and trainer.is_global_zero:
-        summary["export"] = str(export_language_model(task, trainer, run_dir, recipe))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "lm_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    logging.getLogger("zoo.fit").info("%s: %s", recipe, json.dumps(summary))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(eval_main(sys.argv[2:]) if sys.argv[1:2] == ["eval"] else main())
+    sys.exit(eval_main(sys.argv[2:]) if sys.argv[1:2] == ["eval"] else 2)

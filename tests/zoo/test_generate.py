@@ -1,0 +1,60 @@
+"""zoo generate: text from an export on the CPU, and a clear error for each kind of bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import zoo
+from zoo.errors import ConfigError
+
+
+def _export(tmp_path, name="mdlm_tiny"):
+    from zoo.recipes.export import write_safetensors
+
+    torch.manual_seed(0)
+    model = zoo.create_model(name)
+    meta = {"kind": model.kind, "model": name, "tokenizer": model.tokenizer.to_json(),
+            "model_args": json.dumps({})}
+    path = tmp_path / f"{name}.safetensors"
+    write_safetensors({k: v.half() for k, v in model.state_dict().items()}, path, meta)
+    return path
+
+
+@pytest.mark.parametrize("name,extra", [("mdlm_tiny", ["--steps", "8", "--block", "8", "--cache"]),
+                                        ("ar_tiny", ["--cache", "--temperature", "0.8"])])
+def test_generate_prints_text_from_an_export(tmp_path, capsys, name, extra):
+    from zoo.cli import main
+
+    path = _export(tmp_path, name)
+    assert main(["generate", name, "--checkpoint", str(path), "--prompt", "ROMEO:", "--length", "16", *extra]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ROMEO:") and len(out.rstrip("\n")) >= len("ROMEO:")
+    assert main(["generate", name, "--checkpoint", str(path), "--prompt", "ROMEO:", "--length", "16", *extra]) == 0
+    assert capsys.readouterr().out == out                      # the same seed, the same text
+
+
+@pytest.mark.parametrize("args,match", [
+    (["ar_tiny", "--prompt", ""], "needs a prompt"),
+    (["mdlm_tiny", "--prompt", "café"], "not in this model's vocabulary"),
+    (["mdlm_tiny", "--length", "0"], "positive number of tokens"),
+    (["mdlm_tiny", "--length", "4", "--steps", "8"], "exceed the 4 tokens"),
+    (["mdlm_tiny", "--length", "8", "--block", "3"], "divisor"),
+    (["mdlm_tiny", "--sampler", "threshold"], "threshold"),
+    (["vit_micro_patch4_32"], "needs a language model"),
+])
+def test_bad_input_is_a_config_error(args, match, capsys):
+    from zoo.cli import main
+    from zoo.generate import main as generate_main
+
+    with pytest.raises(ConfigError, match=match):
+        generate_main(args)
+    assert main(["generate", *args]) == 2 and "error:" in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    from zoo.generate import load_lm
+
+    with pytest.raises(ConfigError, match="holds mdlm_tiny"):
+        load_lm("ar_tiny", str(_export(tmp_path)))

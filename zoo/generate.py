@@ -1,0 +1,100 @@
+"""``zoo generate``: sample text from a language model (diffusion-lm or causal-lm) on the CPU or a GPU.
+
+    zoo generate MODEL[.tag] --prompt "ROMEO:" [--length 256] [--steps N] [--block B]
+                 [--sampler low_confidence|random|threshold|ddpm|ddpm_cache|ar] [--threshold 0.9]
+                 [--temperature 0.8] [--seed 0] [--cache] [--num-samples 1] [--checkpoint EXPORT]
+
+``MODEL.tag`` loads that tag's weights (from the cache, or the package); ``--checkpoint`` loads an export of
+``zoo fit`` instead; a bare ``MODEL`` has random weights (a warning says so). Samplers: heads.lm.sampling.
+Bad input (an empty prompt for an autoregressive model, a character outside the vocabulary, a length <= 0,
+more steps than tokens, ...) is a ConfigError naming the fix.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Optional
+
+from zoo.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["generate_text", "load_lm", "main"]
+
+
+def load_lm(name: str, checkpoint: Optional[str] = None, device: str = "cpu"):
+    """The language model ``name`` (``name.tag`` with its weights), or the export at ``checkpoint``."""
+    import zoo
+    from zoo.kinds.language_model import LM_KINDS, load_language_model
+    from zoo.registry import get_entry, split_name
+
+    if checkpoint:
+        model = load_language_model(checkpoint, device)
+        if name and split_name(name)[0] != model.pretrained_cfg.get("architecture"):
+            raise ConfigError(f"{checkpoint} holds {model.pretrained_cfg.get('architecture')}, not {name}; "
+                              f"name that model or drop --checkpoint")
+        return model
+    base, tag = split_name(name)
+    entry = get_entry(base)
+    if entry.kind not in LM_KINDS:
+        raise ConfigError(f"{base} is a {entry.kind} model; zoo generate needs a language model "
+                          f"(zoo list --kind diffusion-lm, zoo list --kind causal-lm)")
+    if tag is None:
+        log.warning("%s without a tag has random weights; name a tag (zoo list --pretrained) or pass "
+                    "--checkpoint EXPORT for trained ones", base)
+    return zoo.create_model(name, pretrained=tag is not None).to(device).eval()
+
+
+def generate_text(model, prompt: str, length: int = 256, steps: Optional[int] = None, block: Optional[int] = None,
+                  sampler: Optional[str] = None, threshold: Optional[float] = None, temperature: float = 0.0,
+                  seed: int = 0, cache: bool = False, num_samples: int = 1) -> list[str]:
+    """Prompt + sampled continuation of each sample, cut at the end token. Bad arguments: ConfigError."""
+    from heads.lm.sampling import generate
+
+    ids = model.tokenizer.encode(prompt)         # ConfigError for a character outside the vocabulary
+    try:
+        out = generate(model, ids, length, steps=steps, block=block, sampler=sampler, threshold=threshold,
+                       temperature=temperature, seed=seed, cache=cache, batch_size=num_samples)
+    except ValueError as e:
+        raise ConfigError(f"zoo generate: {e}") from None
+    return [model.tokenizer.decode(row) for row in out]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zoo generate", description="sample text from a language model")
+    p.add_argument("model", help="a registered language model, name.tag for trained weights (zoo list --kind diffusion-lm)")
+    p.add_argument("--prompt", default="", help="text to continue (characters of the model's vocabulary)")
+    p.add_argument("--length", type=int, default=256, help="tokens to generate")
+    p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: one per token)")
+    p.add_argument("--block", type=int, default=None, help="semi-autoregressive block length (default: all)")
+    p.add_argument("--sampler", default=None, help="low_confidence (default), random, threshold, ddpm, ddpm_cache; ar")
+    p.add_argument("--threshold", type=float, default=None, help="confidence tau of the threshold sampler")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", action="store_true", help="prefix cache (diffusion) / key-value cache (AR)")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--checkpoint", default=None, help="a zoo fit export of this model")
+    p.add_argument("--device", default="cpu")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
+    model = load_lm(args.model, args.checkpoint, args.device)
+    t0 = time.perf_counter()
+    texts = generate_text(model, args.prompt, args.length, args.steps, args.block, args.sampler, args.threshold,
+                          args.temperature, args.seed, args.cache, args.num_samples)
+    for i, text in enumerate(texts):
+        if len(texts) > 1:
+            print(f"--- sample {i}")
+        print(text)
+    log.info("%d x %d tokens in %.2f s", len(texts), args.length, time.perf_counter() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
