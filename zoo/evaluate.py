@@ -315,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from zoo.vl import evaluate as vl_eval
+    if vl_eval.handles(argv):  # vision-language models: retrieval and zero-shot, CLIP_benchmark JSON
+        return vl_eval.main(argv)
     args = build_parser().parse_args(argv)
     if args.nproc > 1:
         rest = [a for i, a in enumerate(argv) if not a.startswith("--nproc") and (i == 0 or argv[i - 1] != "--nproc")]

@@ -229,6 +229,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def handles(argv: Sequence[str]) -> bool:
+    """Whether a ``zoo eval`` command line names vision-language models (then this module evaluates them)."""
+    import contextlib
+    import io
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # not ours to report: the classifier parser says it
+            args, _ = build_parser().parse_known_args(list(argv))
+    except SystemExit:
+        return False
+    return bool(args.models) and all(is_vision_language(m, args.checkpoint) for m in args.models)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args, unknown = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
     if unknown:
