@@ -120,8 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("serve", help="web page for a vision-language model on 127.0.0.1: zoo serve MODEL[.tag]",
                    add_help=False)
-    sub.add_parser("serve", help="web page for a vision-language model on 127.0.0.1: zoo serve MODEL[.tag]",
-                   add_help=False)
     sub.add_parser("bench", help=f"measure on your device: zoo bench {{{','.join(BENCHMARKS)}}} [args]; "
                                  "zoo bench lists them", add_help=False)
     return p
@@ -142,8 +140,6 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_passthrough("zoo.publish", argv[1:])
         if argv and argv[0] == "generate":
             return _cmd_passthrough("zoo.generate", argv[1:])
-        if argv and argv[0] == "serve":
-            return _cmd_passthrough("zoo.serve", argv[1:])
         if argv and argv[0] == "serve":
             return _cmd_passthrough("zoo.serve", argv[1:])
         if argv and argv[0] == "bench":
