@@ -30,7 +30,7 @@ done
 for r in $RECIPES; do
   run="$RUNS/tinyshakespeare_$r"
   [ -f "$run/export.safetensors" ] || { echo "no export for $r"; continue; }
-  $PY -m zoo.recipes.language_model eval "$run/export.safetensors" --num-t "${NUM_T:-32}" \
+  $PY -m zoo.cli eval "${r%%_*}_small_${r#*_}" --checkpoint "$run/export.safetensors" --num-t "${NUM_T:-32}" \
     ${EVAL_ARGS:-} --out "$OUT/lm/eval_$r.json" > "$OUT/lm/eval_$r.log" 2>&1; echo "eval $r: rc=$?"
   cp "$run/export.safetensors" "$OUT/lm/tinyshakespeare_$r.safetensors"
   cp "$run/fit_summary.json" "$OUT/lm/summary_$r.json"

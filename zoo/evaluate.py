@@ -318,6 +318,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     from zoo.vl import evaluate as vl_eval
     if vl_eval.handles(argv):  # vision-language models: retrieval and zero-shot, CLIP_benchmark JSON
         return vl_eval.main(argv)
+    from zoo.kinds import language_model as lm_eval
+    if lm_eval.handles(argv):  # language models: NELBO / exact nats and bits per character
+        return lm_eval.eval_main(argv)
     args = build_parser().parse_args(argv)
     if args.nproc > 1:
         rest = [a for i, a in enumerate(argv) if not a.startswith("--nproc") and (i == 0 or argv[i - 1] != "--nproc")]

@@ -125,14 +125,18 @@ def test_killed_and_resumed_lm_fit_matches_uninterrupted(shakespeare, tmp_path, 
         assert torch.equal(opt_a[i]["exp_avg"], opt_b[i]["exp_avg"])
     summary = json.loads((straight / "fit_summary.json").read_text())
     assert summary["global_step"] == 6 and summary["val"]["val/nats_per_char"] > 0
-    from zoo.kinds.language_model import load_language_model
-    from zoo.recipes.language_model import evaluate_language_model
+    from zoo.cli import main as zoo_main
+    from zoo.kinds.language_model import evaluate_language_model, load_language_model
 
     m = load_language_model(straight / "export.safetensors")
     assert m.kind == ("diffusion-lm" if model.startswith("mdlm") else "causal-lm")
     res = evaluate_language_model(m, context=16, num_t=2, max_windows=3)
     assert res["windows"] == 3 and res["chars_scored"] == (48 if m.kind == "diffusion-lm" else 45)
     assert 0 < res["nats_per_char"] < 10 and res["bits_per_char"] > res["nats_per_char"]
+    out = tmp_path / "eval.json"                                # zoo eval dispatches language models here
+    assert zoo_main(["eval", model, "--checkpoint", str(straight / "export.safetensors"), "--num-t", "2",
+                     "--max-windows", "3", "--context", "16", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["nats_per_char"] == pytest.approx(res["nats_per_char"], rel=1e-6)
 
 
 def test_recipe_errors(shakespeare, tmp_path, monkeypatch):

@@ -13,15 +13,11 @@ masked, loss normalised by the answer's length). The vocabulary comes from the d
 (``model.chars`` to fix it), so the model is built in ``setup``.
 
     zoo fit --config configs/tinyshakespeare_mdlm_attn.yaml [--resume] [--trainer.max_steps 20 ...]
-    python -m zoo.recipes.language_model eval runs/tinyshakespeare_mdlm_attn/export.safetensors [--num-t 32]
+    zoo eval mdlm_small_attn --checkpoint runs/tinyshakespeare_mdlm_attn/export.safetensors [--num-t 32]
 """
 from __future__ import annotations
 
-import json
 import logging
-import sys
-import time
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -35,7 +31,7 @@ from zoo.recipes.task import Task
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LanguageModelTask", "evaluate_language_model"]
+__all__ = ["LanguageModelTask"]
 
 
 class _SumRatio(SumMetric):
@@ -171,64 +167,3 @@ class LanguageModelTask(Task):
 def meta_value(trainer, key: str) -> str:
     v = trainer.callback_metrics.get(key) if trainer is not None else None
     return "" if v is None else f"{float(v):.6f}"
-
-
-# -- evaluation -----------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate_language_model(model: LanguageModel, path: Optional[str] = None, context: int = 256,
-                            num_t: int = 32, batch_size: int = 64, train_fraction: float = 0.9,
-                            max_windows: Optional[int] = None, seed: int = 0) -> dict[str, Any]:
-    """nats/char and bits/char on the validation split (its non-overlapping windows of ``context``).
-
-    causal-lm: the exact likelihood of every window's characters after its first. diffusion-lm: the NELBO of
-    every character over ``num_t`` antithetic t per window (an upper bound on -log p).
-    """
-    from zoo.data.text import TextWindows, load_text, split_text
-
-    text = split_text(load_text(path), train_fraction)[1]
-    ids = torch.tensor(model.tokenizer.encode(text))
-    windows = TextWindows(ids, context, context)
-    n = len(windows) if max_windows is None else min(len(windows), int(max_windows))
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    nats = count = 0.0
-    t0 = time.perf_counter()
-    for i in range(0, n, batch_size):
-        batch = windows.__getitems__(list(range(i, min(n, i + batch_size)))).to(device)
-        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            a, b = model.likelihood(batch, num_t=num_t, generator=gen)
-        nats, count = nats + float(a.sum()), count + float(b.sum())
-    per_char = nats / count
-    return {"kind": model.kind, "params": sum(p.numel() for p in model.parameters()), "split": "val", "windows": n, "context": context, "chars_scored": int(count),
-            "nats_per_char": per_char, "bits_per_char": per_char * BITS_PER_NAT,
-            "estimator": "exact" if model.causal else f"nelbo, {num_t} antithetic t per window",
-            "seconds": round(time.perf_counter() - t0, 2)}
-
-
-def eval_main(argv: list[str]) -> int:
-    """``python -m zoo.recipes.language_model eval EXPORT [--num-t 32] [--context 256] [--out FILE.json]``."""
-    import argparse
-
-    from zoo.kinds.language_model import load_language_model
-
-    p = argparse.ArgumentParser(prog="python -m zoo.recipes.language_model eval")
-    p.add_argument("export")
-    p.add_argument("--data", default=None, help="text file (default $ZOO_DATA/tinyshakespeare.txt)")
-    p.add_argument("--num-t", type=int, default=32)
-    p.add_argument("--context", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-windows", type=int, default=None)
-    p.add_argument("--out", default=None)
-    a = p.parse_args(argv)
-    model = load_language_model(a.export, "cuda" if torch.cuda.is_available() else "cpu")
-    res = evaluate_language_model(model, a.data, a.context, a.num_t, a.batch_size, max_windows=a.max_windows)
-    res["export"] = a.export
-    text = json.dumps(res, indent=2)
-    if a.out:
-        Path(a.out).write_text(text + "\n")
-    print(text)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(eval_main(sys.argv[2:]) if sys.argv[1:2] == ["eval"] else 2)
