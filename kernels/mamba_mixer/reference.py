@@ -25,8 +25,11 @@ __all__ = ["bimamba_inner_ref"]
 
 
 def bimamba_inner_ref(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
-                      out_proj_weight, out_proj_bias=None, divide_out=True):
-    """The mixer from x, z [B, E, L] to out [B, L, dim], in fp32; returns x's dtype."""
+                      out_proj_weight, out_proj_bias=None, divide_out=True, scan=selective_scan_ref):
+    """The mixer from x, z [B, E, L] to out [B, L, dim], in fp32; returns x's dtype.
+
+    ``scan``: the selective-scan reference (the token loop; GPU tests at long L pass the vectorised
+    ``selective_scan_torch``, which the scan's own tests check against the loop)."""
     f = torch.float32
     rank = dt_proj_weight.shape[-1]
     n = A_log.shape[-1]
@@ -38,8 +41,8 @@ def bimamba_inner_ref(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weigh
         x_dbl = torch.matmul(x_proj_weight[d].to(f), xc)                        # [B, R + 2N, L]
         dt, B, C = x_dbl[:, :rank], x_dbl[:, rank:rank + n], x_dbl[:, rank + n:]
         delta = torch.matmul(dt_proj_weight[d].to(f), dt)                       # [B, E, L]
-        ys.append(selective_scan_ref(xc, delta, -torch.exp(A_log[d].to(f)), B, C, D[d].to(f), z=z32,
-                                     delta_bias=dt_proj_bias[d].to(f), delta_softplus=True, reverse=reverse))
+        ys.append(scan(xc, delta, -torch.exp(A_log[d].to(f)), B, C, D[d].to(f), z=z32,
+                       delta_bias=dt_proj_bias[d].to(f), delta_softplus=True, reverse=reverse))
     y = ys[0] + ys[1]
     if divide_out:
         y = y / 2

@@ -419,11 +419,21 @@ _BWD_CONFIGS = [triton.Config({"BLOCK_D": 32 * w}, num_warps=w) for w in (1, 2, 
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop configs whose channel block would straddle a B/C group or whose tile does not divide CHUNK."""
+    """Drop configs whose channel block would straddle a B/C group, and forward tiles that do not divide CHUNK
+    when the forward stores the backward's chunk states (it stores them at tile ends).
+
+    Without stored states (inference, chunk-parallel pass 1) any tile is right, so no forward config is
+    dropped there. Pruning by CHUNK regardless is what slowed the inference forward at Vim-Ti 224's
+    (128, 384, 197, 16) from 0.212 to 0.520 ms on the H200 after 58b03a2: the kernel body is unchanged since
+    63ab0ae, but CHUNK went 32 -> 16 and took the (BLOCK_D 4, BLOCK_L 32, 4 warps) config out of the
+    autotuner's set, the one that splits that shape into the most warps (12,288 programs of 4 warps; the
+    others give at most 6,144 warps, ~47 per SM), at the shape whose 1,536 channel blocks fill the H200
+    worst. (The D = 768 shape, twice the channel blocks, kept its speed.)"""
     cap = named_args["BD_CAP"]
     chunk = kwargs["CHUNK"]
+    aligned = bool(kwargs.get("STORE_STATES", True))
     keep = [c for c in configs if c.kwargs["BLOCK_D"] <= cap
-            and ("BLOCK_L" not in c.kwargs or chunk % c.kwargs["BLOCK_L"] == 0)]
+            and ("BLOCK_L" not in c.kwargs or not aligned or chunk % c.kwargs["BLOCK_L"] == 0)]
     if keep:
         return keep
     fallback = dict(configs[0].kwargs)
