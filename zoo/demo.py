@@ -98,4 +98,6 @@ def run_demo(list_only: bool = False) -> int:
         base, tag = split_name(name)
         if "audio" in get_entry(base).tags[tag].preprocess:
             classify_digits(name)
+    from zoo.vl.demo import run as vision_language_demo
+    vision_language_demo()  # CLIP weights on bundled Flickr8k / CIFAR-10 images (skipped, saying why, when absent)
     return 0

@@ -1,0 +1,108 @@
+"""Ship a CLIP export as a pretrained tag: ``python -m zoo.vl.publish EXPORT --tag flickr8k``.
+
+The vision-language counterpart of ``zoo publish`` (which measures classifiers): it evaluates the export
+(Flickr8k test retrieval, CIFAR-10 zero-shot: zoo.vl.evaluate), copies the fp16 file to
+``zoo/weights/<model>.<tag>.safetensors`` and writes the tag into the manifest (zoo.weights.manifest) with
+its sha256, kind ``vision-language``, preprocessing and metrics in percent. The file holds the image tower,
+the projections and the temperature; the locked text tower is not copied: the record names it by Hub id and
+the sha256 of the fp16 weights it was trained against (the zoo's data set ``minilm``), and loading fills it
+in from there (zoo.vl.text.fill_text_tower). Then ``zoo.create_model('<model>.<tag>', pretrained=True)``
+and ``zoo eval <model>.<tag> --data flickr8k`` work by name.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from zoo.errors import ConfigError, ZooError
+
+MAX_FILE_BYTES = 8 * 10**6  # issue #17: what a CLIP tag ships stays under 8 MB
+
+
+def publish(export: str | os.PathLike, tag: str, data: str = "flickr8k", zero_shot: str = "cifar10",
+            license: str = "apache-2.0", folder: Optional[Path] = None, device: str = "cpu",
+            subset: Optional[int] = None) -> dict[str, Any]:
+    """Evaluate ``export``, ship it as ``<model>.<tag>``; returns the manifest record. ``subset`` (quick
+    checks only) measures the first N test images / N per class, and the metric names say so."""
+    import zoo.weights
+    from zoo.hub import sha256_of
+    from zoo.vl.evaluate import export_metadata, run
+    from zoo.vl.text import MINILM_FP16_SHA256, MINILM_HUB_ID
+    from zoo.weights.manifest import write_record
+
+    import json
+
+    if not tag or "." in tag:
+        raise ConfigError(f"tag {tag!r} must be a non-empty name without '.' (e.g. flickr8k)")
+    export = Path(export)
+    meta = export_metadata(export)
+    name = meta.get("model")
+    if meta.get("kind") != "vision-language" or not name:
+        raise ConfigError(f"{export} is not a vision-language export of zoo fit (kind {meta.get('kind')!r}); "
+                          f"classifier exports go through `zoo publish`.")
+    if meta.get("text_included") == "True":
+        raise ConfigError(f"{export} carries its own (fine-tuned) text tower; only locked-text (LiT) exports, "
+                          f"which reference the pretrained MiniLM, are shipped.")
+    size = export.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ConfigError(f"{export} is {size / 1e6:.1f} MB; shipped CLIP weights must stay under "
+                          f"{MAX_FILE_BYTES / 1e6:.0f} MB (choose a smaller tower)")
+    results = run(str(export), data=data, zero_shot=zero_shot, device=device, subset=subset)
+    metrics = {}
+    for r in results:
+        what = ("test retrieval" if r["task"] == "zeroshot_retrieval" else "test zero-shot")
+        what += f", subset {subset}" if subset else ""
+        metrics[f"{r['dataset']} ({what})"] = {k: round(100 * v, 2) for k, v in r["metrics"].items()}
+    folder = folder or zoo.weights.weights_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    file = f"{name}.{tag}.safetensors"
+    tmp = folder / (file + ".tmp")
+    shutil.copyfile(export, tmp)
+    os.replace(tmp, folder / file)
+    pre = json.loads(meta.get("preprocess") or "{}")
+    record = {
+        "file": file,
+        "kind": "vision-language",
+        "sha256": sha256_of(folder / file),
+        "license": license,
+        "num_classes": None,
+        "label_names": [],
+        "arch_overrides": json.loads(meta.get("model_args") or "{}"),
+        "preprocess": {k: pre[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct") if k in pre},
+        "metrics": metrics,
+        "text_tower": {"hub_id": MINILM_HUB_ID, "sha256": meta.get("text_tower_sha256") or MINILM_FP16_SHA256,
+                       "pooling": "mean", "dtype": "float16"},
+        "notes": f"trained with `zoo fit` ({meta.get('recipe') or export.parent.name}, {meta.get('epochs')} epochs, "
+                 f"{meta.get('loss', 'clip')} loss, text tower locked); measured by zoo.vl.publish on "
+                 f"{datetime.date.today().isoformat()}",
+    }
+    write_record(name, tag, record, folder)
+    return {"model": f"{name}.{tag}", **record}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m zoo.vl.publish", description=__doc__.split("\n\n")[0])
+    p.add_argument("export", help="export.safetensors written by zoo fit for a CLIP recipe")
+    p.add_argument("--tag", required=True, help="tag name, e.g. flickr8k")
+    p.add_argument("--data", default="flickr8k")
+    p.add_argument("--zero-shot", default="cifar10")
+    p.add_argument("--license", default="apache-2.0")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        rec = publish(args.export, args.tag, args.data, args.zero_shot, args.license, device=args.device)
+    except ZooError as e:
+        print(f"error: {e}")
+        return 2
+    print(f"published {rec['model']}: {rec['file']} sha256 {rec['sha256']}")
+    print(f"  metrics {rec['metrics']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
