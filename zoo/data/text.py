@@ -200,9 +200,11 @@ class TinyShakespeareDataModule(pl.LightningDataModule if pl is not None else ob
         if self._pending_sampler_state is not None:
             self.train_sampler.load_state_dict(self._pending_sampler_state)
             self._pending_sampler_state = None
-        return DataLoader(self.train_data, batch_size=self.batch_size, sampler=self.train_sampler, drop_last=True,
-                          collate_fn=_as_batch, num_workers=0,
-                          generator=torch.Generator().manual_seed(self.hparams.seed))
+        from zoo.data.modules import ResumableLoader  # resumes through this module's state (the sampler's)
+
+        return ResumableLoader(self.train_data, batch_size=self.batch_size, sampler=self.train_sampler,
+                               drop_last=True, collate_fn=_as_batch, num_workers=0,
+                               generator=torch.Generator().manual_seed(self.hparams.seed))
 
     def _eval_loader(self) -> DataLoader:
         self.setup("validate")
