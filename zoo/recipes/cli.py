@@ -41,9 +41,8 @@ import torch
 
 from zoo.distributed import is_fsdp, set_distributed_env
 from zoo.errors import ConfigError
-from zoo.recipes import config as _config
-from zoo.recipes.config import (RESUME_AUTO, explain_parser_error, import_class, load_yaml, parse_overrides,
-                                preparse, strip_configs, task_class, task_class_path, validate_keys)
+from zoo.recipes.config import (RESUME_AUTO, explain_parser_error, load_yaml, parse_overrides, preparse,
+                                strip_configs, task_class, task_class_path, validate_keys)
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("zoo.fit")
@@ -65,18 +64,6 @@ def _make_callbacks(*args, **kwargs) -> list:
     from zoo.recipes.callbacks import make_callbacks
 
     return make_callbacks(*args, **kwargs)
-
-
-def _atomic_checkpoint_io():
-    from zoo.recipes.callbacks import AtomicCheckpointIO
-
-    return AtomicCheckpointIO()
-
-
-# names other modules import from here (their home is zoo.recipes.config): zoo.recipes.language_model,
-# benchmarks/scaling.py and the packaging test
-_load_yaml, _import_class, _parse_overrides, _preparse = load_yaml, import_class, parse_overrides, preparse
-resolve_config, shipped_configs = _config.resolve_config, _config.shipped_configs
 
 
 def build_cli(args: list[str], progress_default: str = "auto", task: Optional[str] = None):

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import torch.nn as nn
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-from zoo.distributed import is_fsdp, set_distributed_env  # noqa: F401  (the recipes' names for them)
+from zoo.distributed import is_fsdp
 
 log = logging.getLogger(__name__)
 
