@@ -21,7 +21,7 @@ from zoo.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["generate_text", "load_lm", "main"]
+__all__ = ["generate_text", "load_lm", "main", "demo"]
 
 
 def load_lm(name: str, checkpoint: Optional[str] = None, device: str = "cpu"):
@@ -60,6 +60,27 @@ def generate_text(model, prompt: str, length: int = 256, steps: Optional[int] = 
     except ValueError as e:
         raise ConfigError(f"zoo generate: {e}") from None
     return [model.tokenizer.decode(row) for row in out]
+
+
+def demo(prompt: str = "ROMEO:", length: int = 128) -> int:
+    """``zoo demo``'s section: a sample from every shipped language-model tag (diffusion with 32-token blocks
+    and the prefix cache, AR with its key/value cache, temperature 0.8), or a line saying there is none."""
+    import zoo
+    from zoo.kinds.language_model import LM_KINDS
+    from zoo.registry import kind_of
+
+    tags = [n for n in zoo.list_pretrained() if kind_of(n) in LM_KINDS]
+    if not tags:
+        print("language models: no shipped weights yet (zoo list --kind diffusion-lm); skipping generation\n")
+        return 0
+    for name in tags:
+        model = load_lm(name)
+        kw = dict(sampler="low_confidence", steps=length // 2, block=32) if not model.causal else {}
+        t0 = time.perf_counter()
+        text = generate_text(model, prompt, length, temperature=0.8, cache=True, **kw)[0]
+        print(f"{name} ({model.kind}, {length} characters in {time.perf_counter() - t0:.1f} s):")
+        print("  " + text.replace("\n", "\n  ") + "\n")
+    return len(tags)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -58,3 +58,17 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="holds mdlm_tiny"):
         load_lm("ar_tiny", str(_export(tmp_path)))
+
+
+def test_demo_section_samples_every_shipped_lm_tag(monkeypatch, capsys):
+    import zoo.generate as gen
+    import zoo.registry as registry
+
+    shipped = gen.demo()
+    assert (shipped == 0) == ("no shipped weights" in capsys.readouterr().out)
+    monkeypatch.setattr(zoo, "list_pretrained", lambda *a: ["mdlm_tiny.shakespeare", "ar_tiny.shakespeare"])
+    monkeypatch.setattr(registry, "kind_of", lambda n: "diffusion-lm" if n.startswith("mdlm") else "causal-lm")
+    monkeypatch.setattr(gen, "load_lm", lambda name, *a: zoo.create_model(name.split(".")[0]).eval())
+    assert gen.demo(length=64) == 2
+    out = capsys.readouterr().out
+    assert "mdlm_tiny.shakespeare (diffusion-lm, 64 characters" in out and "ar_tiny.shakespeare (causal-lm" in out
