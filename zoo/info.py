@@ -6,6 +6,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from zoo.kinds import KIND_TABLE
 from zoo.registry import get_entry, split_name
 
 
@@ -26,7 +27,7 @@ def model_info(name: str, flops: bool = True) -> dict[str, Any]:
     tag = split_name(name)[1]
     model = create_model(f"{entry.name}.{tag}" if tag else entry.name).eval()
     cfg = model.pretrained_cfg
-    input_size = tuple(cfg["input_size"])
+    input_size = tuple(cfg["input_size"]) if cfg.get("input_size") else None
     info: dict[str, Any] = {
         "name": f"{entry.name}.{cfg['tag']}" if tag else entry.name,
         "kind": cfg["kind"],
@@ -36,12 +37,12 @@ def model_info(name: str, flops: bool = True) -> dict[str, Any]:
         "paper": entry.paper,
         "params": sum(p.numel() for p in model.parameters()),
         "input_size": input_size,
-        "num_classes": model.num_classes,
+        "num_classes": getattr(model, "num_classes", None),
         "default_cfg": dict(entry.default_cfg),
         "input": {k: cfg[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "audio") if k in cfg},
         "pretrained": {},
     }
-    if flops:
+    if flops and input_size and KIND_TABLE[cfg["kind"]].timm:  # forward(x) on one input: the timm kinds
         info["gflops"] = count_flops(model, input_size)
     for tag_name, record in entry.tags.items():
         info["pretrained"][f"{entry.name}.{tag_name}"] = {
