@@ -22,6 +22,9 @@ Sections (each writes its rows as soon as it ends, so a cut-short run keeps what
 
 ``--compile`` also times the mixer and the models under ``torch.compile`` (inductor); ``--cuda-graph`` also
 times inference forwards replayed from a captured CUDA graph (what removes launch overhead at 224 px).
+On the H200: ``python -m benchmarks.mamba_mixer --cuda-graph`` (a few minutes, mostly first-call autotuning
+at each new shape); ``--compile`` adds an inductor compile per model and size, so run it apart, e.g.
+``--sections mixer,train --compile --name mamba_mixer_compile``.
 Rows: ``benchmarks/results/mamba_mixer.{json,md}``. ``--device cpu --quick`` checks the script at toy sizes
 (with TRITON_INTERPRET=1 for the fused path; not a measurement).
 """
@@ -337,7 +340,7 @@ def scan_rows(args, device, dtype) -> list[dict[str, Any]]:
             sst._fwd_tuned = saved
         best = getattr(tuner, "best_config", None)
         rows.append({"op": "selective_scan", "shape": "B{}_D{}_L{}_N{}".format(*shape), "mode": "fwd",
-                     "impl": "ours", "configs": label, "dtype": dtype_name(dtype), **res,
+                     "impl": "ours", "configs": label, "dtype": dtype_name(inputs[0].dtype), **res,
                      "best_config": str(best.all_kwargs()) if best is not None else None})
         log.info("%s", rows[-1])
     free(device)
@@ -371,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from zoo.bench.results import write_results
 
-    dtype = torch.bfloat16
+    dtype = torch.float32 if args.quick else torch.bfloat16    # the interpreter emulates bf16 slowly
     command = bench_command("benchmarks.mamba_mixer", argv)
     extra = {"timing": f"median of {args.iters} after {args.warmup} warm-up (+1 compile/autotune) iterations",
              "ceilings": f"copy {COPY_TBPS} TB/s, bf16 GEMM {GEMM_TFLOPS} TFLOP/s, ex2 ~{EXP_TPS} T/s"}

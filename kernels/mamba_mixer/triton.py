@@ -48,13 +48,13 @@ from kernels.causal_conv1d.triton import _blocks as _conv_blocks
 from kernels.common import interpreting
 from kernels.selective_scan.triton import (
     _FWD_CONFIGS,
-    _affine_combine,
     _bucket,
     _combine,
     _delta,
     _dummy,
     _launch,
     _prune,
+    _scan_tile,
     chunk_size_for,
     scan_plan,
     sm_count,
@@ -171,11 +171,7 @@ def _biscan_fwd_kernel(
         _, dt = _delta(dt_ptr, col, t, mask, bias, True, True)
         Bt = tl.load(x_ptr + colB + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)   # [BL, NP]
 
-        a = tl.exp2(dt[:, None, :] * A2[None, :, :])                               # [BL, NP, BD]
-        b = (dt * u)[:, None, :] * Bt[:, :, None]
-        a_s, b_s = tl.associative_scan((a, b), axis=0, combine_fn=_affine_combine)
-        hs = a_s * h[None, :, :] + b_s
-        h = tl.sum(tl.where(offs_l[:, None, None] == BLOCK_L - 1, hs, 0.0), axis=0)
+        hs, h = _scan_tile(u, dt, Bt, A2, h, offs_l, BLOCK_L)
 
         if EMIT_Y:
             Ct = tl.load(x_ptr + colC + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)

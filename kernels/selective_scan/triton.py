@@ -109,6 +109,18 @@ def _delta(dt_ptr, col, t, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.cons
 
 
 @triton.jit
+def _scan_tile(u, dt, Bt, A2, h, offs_l, BLOCK_L: tl.constexpr):
+    """One token-major tile of the recurrence from the carried-in state h [NP, BD]: the states of every token
+    hs [BL, NP, BD] (one exp per channel, state and token; one associative scan over the tile's tokens) and
+    the state after the tile. u, dt [BL, BD], Bt [BL, NP]; A2 = A log2(e) [NP, BD]."""
+    a = tl.exp2(dt[:, None, :] * A2[None, :, :])                                   # [BL, NP, BD]
+    b = (dt * u)[:, None, :] * Bt[:, :, None]
+    a_s, b_s = tl.associative_scan((a, b), axis=0, combine_fn=_affine_combine)
+    hs = a_s * h[None, :, :] + b_s
+    return hs, tl.sum(tl.where(offs_l[:, None, None] == BLOCK_L - 1, hs, 0.0), axis=0)
+
+
+@triton.jit
 def _fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, end_ptr, states_ptr, h0_ptr, dsum_ptr,
     Dch, L, SEG, cpg_B, cpg_C, stride_Bb, stride_Bg, stride_Cb, stride_Cg,
@@ -177,11 +189,7 @@ def _fwd_kernel(
         _, dt = _delta(dt_ptr, col, t, mask, bias, HAS_BIAS, SOFTPLUS)
         Bt = tl.load(B_ptr + colB + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)   # [BL, NP]
 
-        a = tl.exp2(dt[:, None, :] * A2[None, :, :])                               # [BL, NP, BD]
-        b = (dt * u)[:, None, :] * Bt[:, :, None]
-        a_s, b_s = tl.associative_scan((a, b), axis=0, combine_fn=_affine_combine)
-        hs = a_s * h[None, :, :] + b_s
-        h = tl.sum(tl.where(offs_l[:, None, None] == BLOCK_L - 1, hs, 0.0), axis=0)
+        hs, h = _scan_tile(u, dt, Bt, A2, h, offs_l, BLOCK_L)
 
         if EMIT_Y:
             Ct = tl.load(C_ptr + colC + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)
