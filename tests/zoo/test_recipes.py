@@ -190,6 +190,17 @@ def test_epoch_end_writes_last_checkpoint_without_step_checkpoints(in_repo, tmp_
               "--trainer.default_root_dir", str(run)])
     ck = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ck["epoch"] == 0 and ck["global_step"] == 4     # 40 images / batch 10: the end of epoch 1
+    # resumed from an epoch's end, the next epochs' train losses are their own (nothing of epoch 1 carried
+    # into them) and equal an uninterrupted run's
+    monkeypatch.setattr(cli, "_make_callbacks", real)
+    common = ["--config", "configs/cifar10_vit_micro.yaml", *TINY_IMAGE, "--trainer.max_epochs", "3",
+              "--checkpoint_every_n_steps", "0", "--progress", "none", "--trainer.enable_model_summary", "false"]
+    assert _fit(common + ["--trainer.default_root_dir", str(run), "--resume"]) == 0
+    assert _fit(common + ["--trainer.default_root_dir", str(tmp_path / "straight")]) == 0
+    straight, resumed = _epoch_losses(tmp_path / "straight"), _epoch_losses(run)
+    assert sorted(resumed) == [0, 1, 2]
+    for epoch in (1, 2):
+        assert resumed[epoch] == pytest.approx(straight[epoch], rel=1e-6)
 
 
 def test_unknown_config_key_suggests_the_right_one(in_repo):

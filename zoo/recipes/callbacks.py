@@ -224,13 +224,16 @@ class EpochMetricsResume(Callback):
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         self._pending = checkpoint.get(self.KEY)
 
-    def on_train_epoch_start(self, trainer, pl_module):
+    def _for_this_epoch(self, trainer) -> Optional[dict]:
+        """The saved aggregates if they belong to the running epoch; a checkpoint written at an epoch's end
+        resumes in the next one, where nothing of them runs on."""
         if self._pending is not None and self._pending["epoch"] != trainer.current_epoch:
-            self._pending = None   # the checkpoint closed its epoch: nothing of it is running
+            self._pending = None
+        return self._pending
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         # metric objects first: the batch's own update then adds to the restored counts
-        if self._pending is None:
+        if self._for_this_epoch(trainer) is None:
             return
         modules = dict(pl_module.named_modules())
         for entry in self._pending["metrics"].values():
@@ -240,7 +243,7 @@ class EpochMetricsResume(Callback):
                     setattr(metric, name, getattr(metric, name) + value.to(getattr(metric, name).device))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        pending, self._pending = self._pending, None
+        pending, self._pending = self._for_this_epoch(trainer), None
         if pending is None:
             return
         results = self._results(trainer)
