@@ -48,3 +48,24 @@ def check_image_batch(x, dtype: torch.dtype | None = None, finite: bool = False,
         raise InputShapeError(f"the {what} batch holds NaN or inf values ({int((~torch.isfinite(x)).sum())} of "
                               f"{x.numel()}); fix the data (a failed decode or a division by zero upstream), or set "
                               f"model.check_finite_inputs = False to let them through.")
+
+
+def check_token_batch(tokens, vocab_size: int, max_len: int | None = None) -> None:
+    """Raise :class:`InputShapeError` unless ``tokens`` is an integer [B, T] batch with B, T >= 1, ids in
+    [0, vocab_size) and T <= max_len (over-long text is refused, not truncated: cutting a prompt silently
+    changes what the model answers). For the language-model and text-tower kinds' input checks."""
+    if not isinstance(tokens, torch.Tensor) or tokens.is_floating_point() or tokens.is_complex() \
+            or tokens.dtype == torch.bool or tokens.ndim != 2:
+        got = f"{tokens.dtype} {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise InputShapeError(f"expected integer token ids [B, T], got {got}; tokenise the text first "
+                              f"(for one sequence: ids.unsqueeze(0)).")
+    if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise InputShapeError(f"got an empty token batch {tuple(tokens.shape)}; pass at least one token in each of "
+                              f"at least one sequence (an empty prompt needs a start token).")
+    if max_len is not None and tokens.shape[1] > max_len:
+        raise InputShapeError(f"sequence of {tokens.shape[1]} tokens exceeds max_len {max_len}; shorten or split "
+                              f"the text (tokens[:, -{max_len}:] keeps the end).")
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= vocab_size:
+        raise InputShapeError(f"token ids must lie in [0, {vocab_size}) for this vocabulary, got ids from {lo} to "
+                              f"{hi}; encode the text with the model's own tokenizer.")

@@ -33,7 +33,7 @@ MODELS = {
 
 
 def test_every_kind_is_in_the_matrix():
-    covered = {"image", "audio", "vision-language"}
+    covered = {"image", "audio", "vision-language", "diffusion-lm", "causal-lm"}
     assert set(KINDS) <= covered, f"kinds {set(KINDS) - covered} need rows in the bad-input matrix"
     assert zoo.list_models(kind="audio") and zoo.list_models(kind="vision-language")
 
@@ -275,3 +275,48 @@ def test_kill_9_at_random_points_then_resume(tmp_path, zoo_cache, monkeypatch):
     _every_file_loads(run)
     assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 12
     assert (run / "export.safetensors").exists()
+
+
+# ------------------------------------------------------------------------------------------ language models
+LMS = ["mdlm_small_attn", "ar_small_attn"]  # diffusion-lm, causal-lm
+TOKENS = {  # case -> (make token ids from (vocab, max_len), words; None: refused today, raw error left)
+    "float": (lambda v, n: torch.zeros(2, 8), "integer token ids"),
+    "rank-1": (lambda v, n: torch.zeros(8, dtype=torch.long), "integer token ids"),
+    "negative": (lambda v, n: torch.tensor([[-1, 2]]), "[0, "),
+    "beyond-vocabulary": (lambda v, n: torch.tensor([[v, 2]]), "[0, "),
+    "empty": (lambda v, n: torch.zeros(2, 0, dtype=torch.long), "empty token batch"),
+    "batch-0": (lambda v, n: torch.zeros(0, 8, dtype=torch.long), "empty token batch"),
+    "over-long": (lambda v, n: torch.zeros(1, n + 1, dtype=torch.long), "exceeds max_len"),
+}
+RAW_TODAY = {"negative": IndexError, "beyond-vocabulary": IndexError, "empty": RuntimeError, "batch-0": RuntimeError,
+             "over-long": ValueError}
+
+
+@pytest.mark.parametrize("case", list(TOKENS))
+def test_token_batch_check(case):
+    """zoo.inputs.check_token_batch, what the language-model kinds' forward is to call (see below)."""
+    from zoo.inputs import check_token_batch
+
+    make, words = TOKENS[case]
+    with pytest.raises(InputShapeError) as err:
+        check_token_batch(make(67, 16), vocab_size=67, max_len=16)
+    assert words in str(err.value)
+    check_token_batch(torch.randint(0, 67, (2, 16)), vocab_size=67, max_len=16)
+
+
+def _lm_case(name, case):
+    if case in RAW_TODAY:
+        return pytest.param(name, case, marks=pytest.mark.xfail(
+            strict=True, raises=RAW_TODAY[case],
+            reason="left as a raw torch error: the language-model kind (zoo/kinds/language_model.py, in progress) "
+                   "does not call zoo.inputs.check_token_batch in its forward yet"))
+    return (name, case)
+
+
+@pytest.mark.parametrize("name, case", [_lm_case(n, c) for n in LMS for c in TOKENS])
+def test_language_model_token_inputs(name, case):
+    model = _built.get(name) or _built.setdefault(name, zoo.create_model(name).eval())
+    make, words = TOKENS[case]
+    with torch.no_grad(), pytest.raises(InputShapeError) as err:
+        model(make(model.vocab_size, model.max_len))
+    assert words in str(err.value)
