@@ -24,8 +24,8 @@ def _register() -> None:
             register(ModelEntry(
                 name=f"{prefix}_{size}", kind=kind, family="text_decoder",
                 builder=language_model_builder(kind, size),
-                default_cfg={"context": 256, "vocab": "tinyshakespeare chars + <end> + <mask>", "layout": layout,
-                             "kind": kind},
+                default_cfg={"input_size": (256,), "context": 256, "layout": layout, "kind": kind,
+                             "vocab": "tinyshakespeare chars + <end> + <mask>"},  # input: 256 token ids
                 adapt=WeightAdapt(),
                 description=(f"{'masked-diffusion' if kind == 'diffusion-lm' else 'autoregressive'} text decoder, "
                              f"{cfg['depth']} x {cfg['dim']}, mixers {layout}"),
