@@ -128,6 +128,13 @@ class VisionLanguageModel(nn.Module):
         else:
             raise InputShapeError(f"encode_text takes token ids, a tokenizer's dict or pooled embeddings, not "
                                   f"{type(text).__name__}")
+        vocab = getattr(getattr(getattr(self.text, "encoder", None), "config", None), "vocab_size", None)
+        if ids.is_floating_point() or ids.ndim != 2:
+            raise InputShapeError(f"token ids must be an integer tensor [B, T], got {ids.dtype} {tuple(ids.shape)}")
+        if vocab is not None and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise InputShapeError(f"token ids must lie in [0, {vocab}) (the text tower's vocabulary), got "
+                                  f"{int(ids.min())}..{int(ids.max())}; tokenize captions with the model's tokenizer "
+                                  f"(zoo.vl.text.load_tokenizer).")
         if self.text_locked:
             with torch.no_grad():
                 return self.text(ids, mask).float()
