@@ -7,7 +7,8 @@
 #   RECIPES="mdlm_attn ar_attn" bash benchmarks/train_lm_h200.sh --trainer.max_steps 20   # any override
 # Env: OUT (default out/), DATA (folder with tinyshakespeare.txt, default .data), RUNS (default runs/),
 # NUM_T (NELBO samples per window, default 32), EVAL_ARGS (e.g. "--max-windows 4"), PYTHON (default python3),
-# RESUME=1 continues killed runs.
+# RESUME=1 continues killed runs. SAMPLING=1 then runs benchmarks/lm_sampling.py on the exports (SAMPLING_ARGS,
+# SAMPLING_TIMEOUT, JUDGE=ar_attn), results into $OUT/lm/lm_sampling.{json,md}.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}; RUNS=${RUNS:-runs}; DATA=${DATA:-.data}; PY=${PYTHON:-python3}
@@ -48,4 +49,11 @@ for r in sys.argv[2:]:
         print(f"{r:10s} steps {s['global_step']:5d} train {s['train_seconds']:6.1f}s params {e['params']:,}  "
               f"val {e['nats_per_char']:.4f} nats/char ({e['bits_per_char']:.4f} bpc, {e['estimator']})")
 PY
+if [ -n "${SAMPLING:-}" ]; then  # the sampling benchmark on the fresh exports (judge: the softmax AR twin)
+  mdlms=(); for r in $RECIPES; do case $r in mdlm_*) [ -f "$RUNS/tinyshakespeare_$r/export.safetensors" ] && \
+    mdlms+=("$RUNS/tinyshakespeare_$r/export.safetensors");; esac; done
+  timeout -k 10 "${SAMPLING_TIMEOUT:-600}" $PY -m benchmarks.lm_sampling --mdlm "${mdlms[@]}" \
+    --ar "$RUNS/tinyshakespeare_${JUDGE:-ar_attn}/export.safetensors" --out "$OUT/lm" ${SAMPLING_ARGS:-} \
+    > "$OUT/lm/sampling.log" 2>&1; echo "sampling: rc=$?"; tail -n 40 "$OUT/lm/sampling.log"
+fi
 echo "total $((SECONDS - t0)) s"
