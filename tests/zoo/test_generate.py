@@ -72,3 +72,23 @@ def test_demo_section_samples_every_shipped_lm_tag(monkeypatch, capsys):
     assert gen.demo(length=64) == 2
     out = capsys.readouterr().out
     assert "mdlm_tiny.shakespeare (diffusion-lm, 64 characters" in out and "ar_tiny.shakespeare (causal-lm" in out
+
+
+def test_sampling_benchmark_at_a_tiny_size(tmp_path):
+    """benchmarks/lm_sampling.py end to end on CPU: one row per sampler plus the AR twin, the project's result
+    format, a Pareto front that no other row dominates."""
+    import importlib
+
+    bench = importlib.import_module("benchmarks.lm_sampling")
+    mdlm, ar = _export(tmp_path, "mdlm_tiny"), _export(tmp_path, "ar_tiny")
+    assert bench.main(["--mdlm", str(mdlm), "--ar", str(ar), "--length", "8", "--batch-sizes", "1",
+                       "--block", "4", "--repeats", "1", "--num-t", "1", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "lm_sampling.json").read_text())
+    rows = data["rows"]
+    assert {"date", "commit", "gpu", "torch", "command"} <= set(data["meta"])
+    assert len(rows) == 1 + len(bench.sampler_grid(8, 4, 0.9)) and rows[0]["sampler"] == "ar+kv_cache"
+    for r in rows:
+        assert r["tok_per_s"] > 0 and r["ar_ppl"] >= 1 and {"model", "shape", "mode", "impl", "dtype"} <= set(r)
+        dominated = any(o["tok_per_s"] > r["tok_per_s"] and o["ar_ppl"] < r["ar_ppl"] for o in rows)
+        assert not (r["pareto"] and dominated)
+    assert any(r["pareto"] for r in rows) and (tmp_path / "lm_sampling.md").exists()
