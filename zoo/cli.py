@@ -59,7 +59,8 @@ def _cmd_info(args) -> int:
         pre = t["preprocess"]
         print(f"  pretrained {tagged}  ({t['kind']}, input {pre.get('input_size')}, mean {pre.get('mean')}, "
               f"std {pre.get('std')})")
-        print(f"    source {t['source']}  sha256 {t['sha256'] or '(not recorded yet)'}  license {t['license'] or '—'}")
+        sha = f"{t['sha256']} ({t['sha256_from']})" if t["sha256"] else "(not recorded yet)"
+        print(f"    source {t['source']}  sha256 {sha}  license {t['license'] or '—'}")
         print(f"    metrics: {_fmt_metrics(t['metrics'])}")
     return 0
 

@@ -333,10 +333,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
-    """Write safetensors atomically (temp file + rename), so a crash never leaves a half-written file."""
-    from safetensors.torch import save_file
+    """Write safetensors atomically (temp file + rename), so a crash never leaves a half-written file.
+
+    The bytes are serialised in memory and written into :func:`replace_atomically`'s temp file, so the file
+    has the user's default mode (0666 less the umask); safetensors' own ``save_file`` would leave it 0600."""
+    from safetensors.torch import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in state_dict.items()}
-    return replace_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    blob = save({k: v.contiguous() for k, v in state_dict.items()}, metadata=metadata)
+    return replace_atomically(path, lambda tmp: tmp.write_bytes(blob))

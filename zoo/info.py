@@ -18,6 +18,23 @@ def count_flops(model: torch.nn.Module, input_size: tuple[int, ...]) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def tag_sha256(record) -> tuple[str | None, str | None]:
+    """(sha256, where it comes from) of a tag: the registry's, else the one recorded beside the cached file
+    when the zoo downloaded it (zoo.hub's ``<file>.sha256``); (None, None) while neither exists."""
+    if record.sha256:
+        return record.sha256, "registry"
+    if record.source.package_file:
+        return None, None
+    from zoo.hub import cached_path, record_path, recorded_sha256
+
+    try:
+        path = cached_path(record.source)
+    except ValueError:  # a source with no cache location
+        return None, None
+    recorded = recorded_sha256(path)
+    return (recorded, f"recorded at download in {record_path(path)}") if recorded else (None, None)
+
+
 def model_info(name: str, flops: bool = True) -> dict[str, Any]:
     """Facts of ``'name'`` (the architecture's defaults) or ``'name.tag'`` (built as that tag's weights
     need: its kind, input and preprocessing; no weights are loaded)."""
@@ -45,10 +62,12 @@ def model_info(name: str, flops: bool = True) -> dict[str, Any]:
     if flops and input_size and KIND_TABLE[cfg["kind"]].timm:  # forward(x) on one input: the timm kinds
         info["gflops"] = count_flops(model, input_size)
     for tag_name, record in entry.tags.items():
+        sha256, sha256_from = tag_sha256(record)
         info["pretrained"][f"{entry.name}.{tag_name}"] = {
             "kind": entry.tag_kind(record),
             "source": record.source.describe(),
-            "sha256": record.sha256 or None,
+            "sha256": sha256,
+            "sha256_from": sha256_from,
             "license": record.license,
             "num_classes": record.num_classes,
             "preprocess": dict(record.preprocess),

@@ -103,3 +103,43 @@ def test_wrong_checkpoint_reports_keys(tmp_path):
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightLoadError, match="cannot read"):
         zoo.create_model(ARCH, checkpoint_path=garbage)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_save_state_dict_file_mode_follows_the_umask(tmp_path, umask):
+    """Weights and exports are readable like any file the user writes, not safetensors' 0600."""
+    import os
+    import stat
+
+    from zoo.recipes.export import write_safetensors
+
+    old = os.umask(umask)
+    try:
+        path = hub.save_state_dict({"w": torch.ones(2)}, tmp_path / "w.safetensors", metadata={"a": "b"})
+        export = write_safetensors({"w": torch.ones(2)}, tmp_path / "export.safetensors", {"a": "b"})
+    finally:
+        os.umask(old)
+    for p in (path, export):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask
+        assert hub.read_state_dict(p)["w"].tolist() == [1.0, 1.0]
+    assert not list(tmp_path.glob(".*.part"))  # the temp file went into place
+
+
+def test_info_shows_the_hash_recorded_beside_the_cached_file(zoo_cache, monkeypatch, capsys):
+    """A tag with no registered sha256 whose file the zoo downloaded shows the recorded hash and its origin."""
+    from zoo.cli import main
+
+    tag = PretrainedTag(tag="rectest", source=SOURCE, num_classes=10, arch_overrides={"depth": 2},
+                        preprocess={"input_size": (3, 32, 32)})
+    monkeypatch.setitem(get_entry(ARCH).tags, "rectest", tag)
+    name = f"{ARCH}.rectest"
+    assert zoo.model_info(name, flops=False)["pretrained"][name]["sha256"] is None
+    path = hub.save_state_dict({"w": torch.zeros(3)}, hub.cached_path(SOURCE))
+    digest = hub.sha256_of(path)
+    hub.record_sha256(path, digest)
+    facts = zoo.model_info(name, flops=False)["pretrained"][name]
+    assert facts["sha256"] == digest and str(hub.record_path(path)) in facts["sha256_from"]
+    assert main(["info", name, "--no-flops"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "source" in ln and "rectest" not in ln
+                and SOURCE.hf_repo in ln)
+    assert digest in line and "recorded at download" in line and "not recorded yet" not in line

@@ -4,9 +4,8 @@ export_info). The fields come from the task (Task.export_metadata: kind, task, m
 adds its own, e.g. classes and preprocessing); this module adds the run's: format, recipe, versions, date,
 where the weights started.
 
-The file is written atomically (temp file beside it, then a rename) and readable like any file the user
-writes (0666 less the umask): safetensors' own writer leaves its files 0600, so the bytes are serialised
-here and written into the temp file zoo.hub.replace_atomically prepared with the right mode.
+The file is written by zoo.hub.save_state_dict: atomically (temp file beside it, then a rename) and readable
+like any file the user writes (0666 less the umask), not safetensors' 0600.
 """
 from __future__ import annotations
 
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+
+from zoo.hub import save_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,8 @@ def init_weights(hp) -> str:
     return f"{name}.{record.tag}" + (f" (sha256 {record.sha256[:12]})" if record.sha256 else "")
 
 
-def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
-    """Atomic safetensors write with the user's default file mode (see the module docstring)."""
-    from safetensors.torch import save
-
-    from zoo.hub import replace_atomically
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
-    return replace_atomically(path, lambda tmp: tmp.write_bytes(blob))
+# the export's writer is the hub's (atomic, default file mode); the old name stays for callers of it
+write_safetensors = save_state_dict
 
 
 def export_weights(task, trainer, run_dir: Path, recipe: str, full_state: Optional[dict] = None) -> Path:
@@ -65,6 +59,6 @@ def export_weights(task, trainer, run_dir: Path, recipe: str, full_state: Option
                    for k, v in full_state.items() if k.startswith("model.")}
     else:
         weights = task.export_state_dict(torch.float16)
-    path = write_safetensors(weights, Path(run_dir) / "export.safetensors", meta)
+    path = save_state_dict(weights, Path(run_dir) / "export.safetensors", meta)
     log.info("exported %s", path)
     return path
