@@ -396,3 +396,89 @@ def test_task_class_from_the_yaml(in_repo, tmp_path):
     (tmp_path / "task.yaml").write_text(yaml.safe_dump(dict(base, task="zoo.recipes.classification.ClassificationTask")))
     assert _fit(["--config", str(tmp_path / "task.yaml"), "--fast-dev-run", *TINY_IMAGE,
                  "--trainer.default_root_dir", str(tmp_path / "run2")]) == 0
+
+
+# ------------------------------------------------------------------------------------------ one run per dir
+def _other_process(alive: bool):
+    """A pid that is alive (a sleeping child) or dead (a child that has exited and been reaped)."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)" if alive else "pass"])
+    if not alive:
+        p.wait()
+    return p
+
+
+def _write_lock(run: Path, pid: int, host: str | None = None) -> Path:
+    import socket
+
+    run.mkdir(parents=True, exist_ok=True)
+    lock = run / "run.lock"
+    lock.write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "started": 0}))
+    return lock
+
+
+def test_run_lock_refuses_a_live_run_and_takes_over_a_stale_one(tmp_path, caplog):
+    import logging
+
+    from zoo.errors import ConfigError
+    from zoo.recipes.callbacks import RunLock
+
+    run = tmp_path / "run"
+    live = _other_process(alive=True)
+    try:
+        lock = _write_lock(run, live.pid)
+        with pytest.raises(ConfigError) as err:
+            RunLock(run).acquire()
+        msg = str(err.value)
+        assert str(run) in msg and str(live.pid) in msg and "--trainer.default_root_dir" in msg
+        assert json.loads(lock.read_text())["pid"] == live.pid  # the owner's lock is untouched
+    finally:
+        live.kill()
+        live.wait()
+    _write_lock(run, os.getpid(), host="other-host")
+    with pytest.raises(ConfigError, match="other-host"):  # another host's pid cannot be checked: refused
+        RunLock(run).acquire()
+    _write_lock(run, _other_process(alive=False).pid)
+    with caplog.at_level(logging.WARNING, logger="zoo.recipes.callbacks"):
+        with RunLock(run):
+            assert json.loads((run / "run.lock").read_text())["pid"] == os.getpid()
+            with pytest.raises(ConfigError):  # held: a second taker is refused
+                RunLock(run).acquire()
+    assert "stale" in caplog.text and not (run / "run.lock").exists()
+
+
+def test_run_lock_is_released_when_the_fit_fails(in_repo, tmp_path, monkeypatch):
+    """A fit that raises leaves no lock behind; one that finds a live lock never starts."""
+    import zoo.recipes.cli as cli
+    from lightning.pytorch.callbacks import Callback
+
+    from zoo.errors import ConfigError
+
+    class Boom(RuntimeError):
+        pass
+
+    class Fail(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            assert (Path(trainer.default_root_dir) / "run.lock").is_file()  # held while training
+            raise Boom()
+
+    run = tmp_path / "run"
+    args = ["--config", "configs/cifar10_vit_micro.yaml", "--fast-dev-run", *TINY_IMAGE, "--progress", "none",
+            "--trainer.default_root_dir", str(run)]
+    real = cli._make_callbacks
+    monkeypatch.setattr(cli, "_make_callbacks", lambda *a, **k: real(*a, **k) + [Fail()])
+    with pytest.raises(Boom):
+        _fit(args)
+    assert not (run / "run.lock").exists()
+    monkeypatch.setattr(cli, "_make_callbacks", real)
+    live = _other_process(alive=True)
+    try:
+        _write_lock(run, live.pid)
+        with pytest.raises(ConfigError, match=str(live.pid)):
+            _fit(args)
+    finally:
+        live.kill()
+        live.wait()
+    assert not (run / "export.safetensors").exists()

@@ -1,6 +1,7 @@
 """What ``zoo fit`` adds to Lightning's Trainer: last.ckpt at epoch ends and every N steps, written atomically;
-progress lines for log files; the fit summary; and the state that makes ``--resume`` continue a run as if it
-had never stopped (epoch metrics, world-size change, throughput totals).
+progress lines for log files; the fit summary; the state that makes ``--resume`` continue a run as if it
+had never stopped (epoch metrics, world-size change, throughput totals); the count of unreadable training
+files; and the lock that keeps two runs out of one run directory.
 """
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -19,6 +21,7 @@ from lightning.pytorch.callbacks import (Callback, LearningRateMonitor, ModelChe
 
 from torchmetrics.utilities.data import dim_zero_sum
 
+from zoo.errors import ConfigError
 from zoo.recipes.task import batch_size_of
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,91 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             if tmp.exists():
                 tmp.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+class RunLock:
+    """One run per run directory: ``<run dir>/run.lock`` holds the owner's pid and host while a fit runs.
+
+    Taken atomically (``O_CREAT | O_EXCL``) by the launching process and removed when the fit ends, on error
+    too (a context manager). A lock whose pid is dead on this host (a killed run) is taken over with a
+    warning, so ``--resume`` of a killed run works; a live one, or one from another host, raises ConfigError
+    naming the directory, the owner and how to pick another directory."""
+
+    NAME = "run.lock"
+    GRACE_S = 5.0  # a lock file this young with no content yet is being written by its owner
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / self.NAME
+        self.host = socket.gethostname()
+        self.held = False
+
+    def _owner(self) -> Optional[dict]:
+        """The lock file's {pid, host} (None when it is unreadable: half written or damaged)."""
+        try:
+            owner = json.loads(self.path.read_text())
+            return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
+        except (OSError, ValueError):
+            return None
+
+    def _refuse(self, owner: Optional[dict]) -> ConfigError:
+        who = (f"process {owner['pid']} on host {owner.get('host', '?')}" if owner
+               else "another process (it is writing the lock now)")
+        return ConfigError(
+            f"Run directory {self.run_dir} is in use by {who} (lock file {self.path}). Two runs in one directory "
+            f"would overwrite each other's checkpoints and logs: choose another with --trainer.default_root_dir "
+            f"runs/<name>, or wait for that run to end. If it is gone (e.g. it ran on another host), delete "
+            f"{self.path}.")
+
+    def acquire(self) -> "RunLock":
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is None:
+                    try:
+                        young = time.time() - self.path.stat().st_mtime < self.GRACE_S
+                    except FileNotFoundError:  # released meanwhile: try again
+                        continue
+                    if young:
+                        raise self._refuse(None) from None
+                elif owner.get("host") != self.host or _pid_alive(owner["pid"]):
+                    raise self._refuse(owner) from None
+                log.warning("taking over the stale lock %s of %s (that process is gone: a killed run)",
+                            self.path, f"pid {owner['pid']}" if owner else "an unknown process")
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": self.host, "started": time.time()}, f)
+            self.held = True
+            return self
+        raise self._refuse(self._owner())
+
+    def release(self) -> None:
+        """Remove the lock if it is still this process's (never one another run took over)."""
+        if self.held:
+            self.held = False
+            owner = self._owner()
+            if owner and owner["pid"] == os.getpid() and owner.get("host") == self.host:
+                self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class SparseProgress(Callback):

@@ -11,7 +11,9 @@ A run lives in ``trainer.default_root_dir`` (the recipes use ``runs/<recipe>``):
 (every ``checkpoint_every_n_steps`` steps and at each epoch end, written atomically), ``csv/`` and ``tb/``
 logs, the resolved ``config.yaml``, and at the end ``export.safetensors`` (fp16 weights, EMA when enabled,
 with metadata to register as a pretrained tag). ``--resume`` (= ``--resume auto``) continues from the run's
-``last.ckpt``: same global step, optimizer, scheduler, RNG and data order, mid-epoch included.
+``last.ckpt``: same global step, optimizer, scheduler, RNG and data order, mid-epoch included. While a fit
+runs, ``run.lock`` in the run directory (pid and host) refuses a second run there; a killed run's lock is
+taken over.
 
 Defaults: bf16-mixed precision on a GPU, fp32 on the CPU; a Rich progress bar in a terminal, one log line
 every ``progress_every_n_steps`` steps (and per epoch) otherwise. ``fit_summary.json`` in the run directory
@@ -33,6 +35,7 @@ NCCL_NVLS_ENABLE=0 and TORCH_SYMM_MEM_DISABLE_MULTICAST=1 are set (unless alread
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -165,6 +168,18 @@ def find_resume_checkpoint(resume: Optional[str], run_dir: Path) -> Optional[str
     return str(p)
 
 
+def _run_lock(run_dir: Path):
+    """The run directory's lock (zoo.recipes.callbacks.RunLock), taken by the launching process only: the
+    processes Lightning or torchrun start for the other ranks (RANK/LOCAL_RANK/NODE_RANK > 0) run inside it."""
+    from contextlib import nullcontext
+
+    from zoo.recipes.callbacks import RunLock
+
+    if any(int(os.environ.get(v, "0") or 0) > 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK")):
+        return nullcontext()
+    return RunLock(run_dir)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _setup_logging()
@@ -196,19 +211,20 @@ def main(argv: Optional[list[str]] = None) -> int:
                           run_dir / "checkpoints" / "last.ckpt")
     if ckpt:
         progress_log.info("resuming from %s", ckpt)
-    trainer.fit(task, datamodule=dm, ckpt_path=ckpt)
-    if trainer.interrupted:
-        progress_log.info("training interrupted; resume with: zoo fit %s --resume", " ".join(argv))
-        return 130
-    recipe = cli.config.get("recipe") or (opts["configs"][-1].stem if opts["configs"] else "custom")
-    if cli.config.get("export", True):
-        from zoo.recipes.export import export_weights
+    with _run_lock(run_dir):
+        trainer.fit(task, datamodule=dm, ckpt_path=ckpt)
+        if trainer.interrupted:
+            progress_log.info("training interrupted; resume with: zoo fit %s --resume", " ".join(argv))
+            return 130
+        recipe = cli.config.get("recipe") or (opts["configs"][-1].stem if opts["configs"] else "custom")
+        if cli.config.get("export", True):
+            from zoo.recipes.export import export_weights
 
-        # FSDP: every rank takes part in gathering the full weights (onto rank 0), so all ranks call this
-        full_state = trainer.strategy.lightning_module_state_dict() if is_fsdp(trainer.strategy) else None
-        if trainer.is_global_zero:
-            path = export_weights(task, trainer, run_dir, recipe, full_state)
-            progress_log.info("exported weights to %s", path)
+            # FSDP: every rank takes part in gathering the full weights (onto rank 0), so all ranks call this
+            full_state = trainer.strategy.lightning_module_state_dict() if is_fsdp(trainer.strategy) else None
+            if trainer.is_global_zero:
+                path = export_weights(task, trainer, run_dir, recipe, full_state)
+                progress_log.info("exported weights to %s", path)
     val = trainer.callback_metrics.get("val/top1", trainer.callback_metrics.get("val/loss"))
     if val is not None and trainer.is_global_zero:
         name = "val/top1" if "val/top1" in trainer.callback_metrics else "val/loss"
