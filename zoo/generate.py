@@ -50,15 +50,11 @@ def load_lm(name: str, checkpoint: Optional[str] = None, device: str = "cpu"):
 def generate_text(model, prompt: str, length: int = 256, steps: Optional[int] = None, block: Optional[int] = None,
                   sampler: Optional[str] = None, threshold: Optional[float] = None, temperature: float = 0.0,
                   seed: int = 0, cache: bool = False, num_samples: int = 1) -> list[str]:
-    """Prompt + sampled continuation of each sample, cut at the end token. Bad arguments: ConfigError."""
-    from heads.lm.sampling import generate
-
+    """Prompt + sampled continuation of each sample, cut at the end token. Bad arguments: ConfigError (an
+    over-long prompt: InputShapeError), from the model kind's ``generate``."""
     ids = model.tokenizer.encode(prompt)         # ConfigError for a character outside the vocabulary
-    try:
-        out = generate(model, ids, length, steps=steps, block=block, sampler=sampler, threshold=threshold,
-                       temperature=temperature, seed=seed, cache=cache, batch_size=num_samples)
-    except ValueError as e:
-        raise ConfigError(f"zoo generate: {e}") from None
+    out = model.generate(ids, length, steps=steps, block=block, sampler=sampler, threshold=threshold,
+                         temperature=temperature, seed=seed, cache=cache, batch_size=num_samples)
     return [model.tokenizer.decode(row) for row in out]
 
 

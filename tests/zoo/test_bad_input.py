@@ -215,13 +215,11 @@ def test_vision_language_text_must_be_tokenised(clip, text):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=IndexError,
-                   reason="left as a raw torch IndexError: the vision-language text tower (in progress in "
-                          "zoo/kinds/vision_language.py) does not check token ids against its vocabulary yet")
 @pytest.mark.parametrize("ids", [[[-1, 5]], [[10 ** 6, 5]]], ids=["negative", "beyond-vocabulary"])
 def test_vision_language_token_ids_out_of_range(clip, ids):
-    with pytest.raises(InputShapeError, match="vocab"):
+    with pytest.raises(InputShapeError, match="vocab") as err:
         clip.encode_text(torch.tensor(ids))
+    assert "tokenize captions with the model's tokenizer" in str(err.value)
 
 
 # ------------------------------------------------------------------------------------------ training faults
@@ -288,13 +286,11 @@ TOKENS = {  # case -> (make token ids from (vocab, max_len), words; None: refuse
     "batch-0": (lambda v, n: torch.zeros(0, 8, dtype=torch.long), "empty token batch"),
     "over-long": (lambda v, n: torch.zeros(1, n + 1, dtype=torch.long), "exceeds max_len"),
 }
-RAW_TODAY = {"negative": IndexError, "beyond-vocabulary": IndexError, "empty": RuntimeError, "batch-0": RuntimeError,
-             "over-long": ValueError}
 
 
 @pytest.mark.parametrize("case", list(TOKENS))
 def test_token_batch_check(case):
-    """zoo.inputs.check_token_batch, what the language-model kinds' forward is to call (see below)."""
+    """zoo.inputs.check_token_batch, what the language-model kinds call (see below)."""
     from zoo.inputs import check_token_batch
 
     make, words = TOKENS[case]
@@ -304,19 +300,79 @@ def test_token_batch_check(case):
     check_token_batch(torch.randint(0, 67, (2, 16)), vocab_size=67, max_len=16)
 
 
-def _lm_case(name, case):
-    if case in RAW_TODAY:
-        return pytest.param(name, case, marks=pytest.mark.xfail(
-            strict=True, raises=RAW_TODAY[case],
-            reason="left as a raw torch error: the language-model kind (zoo/kinds/language_model.py, in progress) "
-                   "does not call zoo.inputs.check_token_batch in its forward yet"))
-    return (name, case)
+def _lm(name):
+    return _built.get(name) or _built.setdefault(name, zoo.create_model(name).eval())
 
 
-@pytest.mark.parametrize("name, case", [_lm_case(n, c) for n in LMS for c in TOKENS])
-def test_language_model_token_inputs(name, case):
-    model = _built.get(name) or _built.setdefault(name, zoo.create_model(name).eval())
+@pytest.mark.parametrize("entry", ["forward", "likelihood"])
+@pytest.mark.parametrize("name, case", [(n, c) for n in LMS for c in TOKENS])
+def test_language_model_token_inputs(name, case, entry):
+    """forward and likelihood answer every bad token batch with the shared check's InputShapeError."""
+    model = _lm(name)
     make, words = TOKENS[case]
     with torch.no_grad(), pytest.raises(InputShapeError) as err:
-        model(make(model.vocab_size, model.max_len))
+        getattr(model, entry)(make(model.vocab_size, model.max_len))
     assert words in str(err.value)
+
+
+PROMPTS = {  # case -> (make prompt ids from (vocab, max_len), words)
+    "float-tensor": (lambda v, n: torch.zeros(1, 3), "integer token ids"),
+    "float-list": (lambda v, n: [0.5, 1.0], "integer token ids"),
+    "text": (lambda v, n: "ROMEO:", "model.tokenizer.encode"),
+    "rank-3": (lambda v, n: torch.zeros(1, 1, 3, dtype=torch.long), "integer token ids"),
+    "negative": (lambda v, n: [-1, 2], "[0, "),
+    "beyond-vocabulary": (lambda v, n: [v], "[0, "),
+    "batch-0": (lambda v, n: torch.zeros(0, 3, dtype=torch.long), "empty token batch"),
+    "over-long": (lambda v, n: [0] * (n + 1), "exceeds max_len"),
+}
+
+
+@pytest.mark.parametrize("name, case", [(n, c) for n in LMS for c in PROMPTS])
+def test_language_model_bad_prompts(name, case):
+    model = _lm(name)
+    make, words = PROMPTS[case]
+    with pytest.raises(InputShapeError) as err:
+        model.generate(make(model.vocab_size, model.max_len), 4, steps=4)
+    assert words in str(err.value)
+
+
+def test_empty_prompt_is_unconditional_for_diffusion_and_refused_for_ar():
+    assert _lm("mdlm_small_attn").generate([], 4, steps=2).shape == (1, 4)
+    with pytest.raises(ConfigError, match="needs a prompt of at least one token"):
+        _lm("ar_small_attn").generate([], 4)
+    with pytest.raises(ConfigError, match="positive number of tokens"):  # sampler arguments: ConfigError too
+        _lm("ar_small_attn").generate([1], 0)
+
+
+def test_causal_likelihood_needs_two_tokens():
+    with pytest.raises(InputShapeError, match="at least 2 tokens"):
+        _lm("ar_small_attn").likelihood(torch.zeros(1, 1, dtype=torch.long))
+
+
+def test_token_range_check_reads_no_device_memory_in_forward():
+    """Off the CPU, forward checks shape and dtype on a stand-in (a meta tensor has no data: any read of the
+    ids would raise); the debug flag turns the range check on, and generate/likelihood always run it."""
+    model = _lm("mdlm_small_attn")
+    far = torch.full((2, 4), 10 ** 6, dtype=torch.long, device="meta")
+    assert model.check_tokens(far) is far
+    for bad, words in ((far.float(), "integer token ids"), (far[:, :0], "empty token batch"),
+                       (torch.zeros(1, model.max_len + 1, dtype=torch.long, device="meta"), "exceeds max_len")):
+        with pytest.raises(InputShapeError, match=words):
+            model.check_tokens(bad)
+    with pytest.raises(RuntimeError, match="meta"):
+        model.check_tokens(far, values=True)          # the range check reads the ids
+    model.check_token_values = True
+    try:
+        with pytest.raises(RuntimeError, match="meta"):
+            model.check_tokens(far)
+    finally:
+        model.check_token_values = False
+
+
+def test_small_integer_id_dtypes_are_accepted():
+    model = _lm("ar_small_attn")
+    ids = torch.randint(0, 65, (1, 6))
+    with torch.no_grad():
+        ref = model(ids)
+        for dtype in (torch.uint8, torch.int16, torch.int32):
+            assert torch.equal(model(ids.to(dtype)), ref)

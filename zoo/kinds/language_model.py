@@ -6,6 +6,12 @@ diffusion loss and samplers apply SUBS), ``generate(prompt_ids, length, ...)`` (
 attached ``tokenizer`` (``encode``/``decode``, ``mask_id``, ``end_id``) and ``pretrained_cfg``. The two kinds
 differ only in ``causal`` (the decoder's mixers) and the objective the recipe trains them with, so an MDLM
 and its twin compare with the same network.
+
+Input checks (``zoo.inputs.check_token_batch``: integer ids ``[B, T]``, B, T >= 1, T <= max_len, ids in the
+vocabulary) run in ``forward``, ``generate`` and ``likelihood``. The id range needs the ids' min and max, a host
+sync on a GPU, so ``forward`` reads them only for CPU tensors or with ``check_token_values = True`` (a debug
+flag): the training step on a GPU pays no sync. ``generate`` and ``likelihood`` always check the range, once per
+call. The shape and dtype checks are free and always run.
 """
 from __future__ import annotations
 
@@ -16,7 +22,8 @@ import torch.nn as nn
 
 from backbones.text_decoder import TEXT_DECODER_CONFIGS, DecoderCache, TextDecoder
 from heads.lm import TokenHead
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, InputShapeError, ZooError
+from zoo.inputs import check_token_batch
 
 __all__ = ["LanguageModel", "language_model_builder", "load_language_model", "parse_lm_name", "LM_KINDS"]
 
@@ -65,15 +72,25 @@ class LanguageModel(nn.Module):
                     else [(p.replace("^", "^backbone\\."), i) for p, i in v])
                 for k, v in self.backbone.group_matcher(coarse).items()}
 
-    def check_tokens(self, tokens: torch.Tensor) -> None:
-        from zoo.errors import InputShapeError
+    check_token_values = False
+    """Debug flag: also check the ids' range in ``forward`` on GPU tensors (one host sync per call)."""
 
-        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.is_floating_point():
-            raise InputShapeError(f"expected integer token ids [B, T], got "
-                                  f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens)}")
+    def check_tokens(self, tokens, values: bool | None = None, max_len: int | None = -1) -> torch.Tensor:
+        """``tokens`` checked (InputShapeError naming the fix) and as ``long``/``int`` ids for the embedding.
+
+        ``values``: whether to check the id range (reads min/max); None: for CPU tensors or with
+        ``check_token_values``. Without it, a zero-stride stand-in of the ids' shape and dtype takes the
+        shape and dtype checks (no device memory is read). ``max_len``: -1 is the model's, None no limit."""
+        if values is None:
+            values = (self.check_token_values or not isinstance(tokens, torch.Tensor)
+                      or tokens.device.type == "cpu")
+        probe = tokens if values else torch.zeros((), dtype=tokens.dtype).expand(tokens.shape)
+        check_token_batch(probe, self.vocab_size, self.max_len if max_len == -1 else max_len)
+        return tokens if tokens.dtype in (torch.long, torch.int) else tokens.long()  # uint8/int16 ids
 
     def forward_features(self, tokens: torch.Tensor, cache: DecoderCache | None = None, commit: int = 0):
-        self.check_tokens(tokens)
+        # with a cache the window starts at cache.length; the decoder checks start + T <= max_len there
+        tokens = self.check_tokens(tokens, max_len=-1 if cache is None else None)
         return self.backbone.forward_features(tokens, cache=cache, commit=commit)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,18 +106,42 @@ class LanguageModel(nn.Module):
         (causal-lm), or the MDLM NELBO of all tokens over ``num_t`` antithetic times (diffusion-lm)."""
         from heads.lm.diffusion import nelbo, next_token_loss
 
-        self.check_tokens(tokens)
+        tokens = self.check_tokens(tokens, values=True)
         if self.causal:
             B, L = tokens.shape
+            if L < 2:
+                raise InputShapeError(f"a causal model scores each token after the first; pass sequences of at "
+                                      f"least 2 tokens, got shape {tuple(tokens.shape)}")
             nll = next_token_loss(self(tokens), tokens, reduction="none").reshape(B, L - 1).sum(1)
             return nll, torch.full((B,), float(L - 1), device=tokens.device)
         return nelbo(self, tokens, self.tokenizer.mask_id, num_t=num_t, generator=generator, chunk=chunk)
 
     def generate(self, prompt_ids, length: int, **kw) -> torch.Tensor:
-        """Sample ``length`` tokens after ``prompt_ids`` (see ``heads.lm.sampling.generate``)."""
+        """Sample ``length`` tokens after ``prompt_ids`` (``[P]``, a list or ``[B, P]``; see
+        ``heads.lm.sampling.generate``). Bad ids: InputShapeError; bad sampling arguments: ConfigError. An empty
+        prompt is a diffusion model's unconditional sample; an autoregressive model refuses it."""
         from heads.lm.sampling import generate
 
-        return generate(self, prompt_ids, length, **kw)
+        prompt = prompt_ids
+        if not isinstance(prompt, torch.Tensor):
+            try:
+                prompt = torch.as_tensor(prompt_ids)
+            except (TypeError, ValueError, RuntimeError):
+                raise InputShapeError(f"prompt ids must be a list or tensor of integer ids, got "
+                                      f"{type(prompt_ids).__name__}; encode text with model.tokenizer.encode(text)"
+                                      ) from None
+            if prompt.numel() == 0:
+                prompt = prompt.long()
+        if prompt.ndim == 1:
+            prompt = prompt[None]
+        if not (prompt.ndim == 2 and prompt.shape[0] > 0 and prompt.shape[1] == 0 and not prompt.is_floating_point()):
+            prompt = self.check_tokens(prompt, values=True)
+        try:
+            return generate(self, prompt, length, **kw)
+        except ValueError as e:  # the sampler's argument checks (length, steps, block, sampler, ...)
+            if isinstance(e, ZooError):
+                raise
+            raise ConfigError(f"generate: {e}") from None
 
 
 def parse_lm_name(name: str) -> tuple[str, str]:
