@@ -178,3 +178,39 @@ def test_worker_error_surfaces_as_its_one_line_message():
     with pytest.raises(DataError) as err:
         ev.evaluate(model, DataLoader(_Breaks(), batch_size=2, num_workers=2))
     assert str(err.value) == "the label file of item 5 is missing; restore it"
+
+
+def _fit_folder(tmp_path: Path, data: Path, run: str, *extra: str) -> int:
+    """zoo fit of a depth-1 ViT on an image folder (train and val), one epoch on the CPU."""
+    from zoo.recipes.cli import main
+
+    cfg = tmp_path / "folder.yaml"
+    cfg.write_text(
+        "model:\n  model: vit_micro_patch4_32\n  img_size: 32\n  model_args: {depth: 1}\n  warmup_steps: 0\n"
+        "data:\n  class_path: zoo.data.modules.ImageDataModule\n  init_args:\n"
+        f"    path: {data}\n    val_path: {data}\n    img_size: 32\n    augment: none\n    eval_batch_size: 8\n"
+        "trainer:\n  accelerator: cpu\n  max_epochs: 1\n  limit_val_batches: 1\n  num_sanity_val_steps: 0\n"
+        "  enable_model_summary: false\n")
+    return main(["--config", str(cfg), "--progress", "none", "--export", "false", "--checkpoint_every_n_steps", "0",
+                 "--trainer.default_root_dir", str(tmp_path / run), *extra])
+
+
+@pytest.mark.parametrize("workers, batch, extra", [
+    (0, 1, ["--model.ema_decay", "0.9", "--data.drop_last", "false"]),  # each bad file is a batch of its own
+    (2, 4, ["--model.mixup_alpha", "0.8", "--model.cutmix_alpha", "1.0"]),   # odd batches left by bad files
+])
+def test_zoo_fit_skips_and_counts_bad_images(tmp_path, zoo_cache, caplog, workers, batch, extra):
+    """Training reads past a corrupt jpg, an empty file and a non-image (all-bad batches are skipped steps,
+    EMA and mixup cope), logs one line per epoch with the count, and stops above data.max_bad."""
+    data = tmp_path / "dirty"
+    _images(data)
+    shutil.copy(data / "0" / "0.png", data / "0" / "extra.png")  # 24 files: batches of 4 drop none
+    bad = _bad_images(data)
+    args = ["--data.num_workers", str(workers), "--data.batch_size", str(batch), *extra]
+    with caplog.at_level(logging.WARNING, logger="zoo.data.sources"):
+        assert _fit_folder(tmp_path, data, "ok", *args, "--data.max_bad", "0.2") == 0
+    lines = [r.getMessage() for r in caplog.records if "as unreadable in the training data" in r.getMessage()]
+    assert len(lines) == 1 and "skipped 3 of 24 files" in lines[0] and all(b in lines[0] for b in bad)
+    with pytest.raises(DataError, match=r"unreadable \(more than the 1\.0% allowed\).*--max-bad"):
+        _fit_folder(tmp_path, data, "strict", *args)  # default data.max_bad: 1%
+    assert not (tmp_path / "strict" / "run.lock").exists()

@@ -39,6 +39,7 @@ from zoo.data.catalog import resolve_path
 from zoo.data.images import (build_image_transform, detect_image_layout, make_subset, open_image_dataset,
                              resolve_image_data_config)
 from zoo.data.sampling import ResumableRandomSampler, shard_kwargs
+from zoo.data.sources import SkipUnreadable, collate_skipping
 from zoo.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,13 @@ class _ClassificationDataModule(pl.LightningDataModule):
     def __init__(self, path: str, val_path: Optional[str], test_path: Optional[str], train_split: str,
                  val_split: str, test_split: str, batch_size: int, eval_batch_size: Optional[int], num_workers: int,
                  train_subset: Optional[int], val_subset: Optional[int], subset_per_class: bool, seed: int,
-                 pin_memory: Optional[bool], drop_last: bool):
+                 pin_memory: Optional[bool], drop_last: bool, max_bad: float = 0.01):
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}.")
+        if not 0 <= max_bad <= 1:
+            raise ConfigError(f"data.max_bad must be a fraction in [0, 1] (e.g. 0.05 for 5%), got {max_bad}.")
+        self.max_bad = float(max_bad)
         self.path, self.val_path, self.test_path = path, val_path, test_path
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size or batch_size, num_workers
@@ -98,8 +102,10 @@ class _ClassificationDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     def _dataset(self, path: Path, split: str, training: bool, subset: Optional[int]) -> Dataset:
-        """One split, cut to ``subset`` (n per class with subset_per_class, else n in total)."""
-        return make_subset(self._open(path, split, training), subset, self.subset_per_class, self.seed)
+        """One split, cut to ``subset`` (n per class with subset_per_class, else n in total); a file that cannot
+        be decoded becomes a marker the loader drops and counts (zoo.data.sources.SkipUnreadable), as in
+        ``zoo eval``."""
+        return SkipUnreadable(make_subset(self._open(path, split, training), subset, self.subset_per_class, self.seed))
 
     def resolve(self, path: Optional[str], split: str, what: str) -> Path:
         """``path`` (a data set name or a path; None: data.path) as the file or folder holding ``split``."""
@@ -157,8 +163,9 @@ class _ClassificationDataModule(pl.LightningDataModule):
         return len(self.class_names)
 
     def _loader_kwargs(self) -> dict[str, Any]:
-        """DataLoader arguments besides data, batch size, sampler and drop_last."""
-        return dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+        """DataLoader arguments besides data, batch size, sampler and drop_last. Batches are (inputs, labels,
+        names of the unreadable files left out); (None, None, names) when all were unreadable."""
+        return dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0, collate_fn=collate_skipping,
                     pin_memory=torch.cuda.is_available() if self.pin_memory is None else self.pin_memory)
 
     def _loader(self, ds: Optional[Dataset], batch_size: int) -> DataLoader:
@@ -229,6 +236,7 @@ class ImageDataModule(_ClassificationDataModule):
     img_size/mean/std/interpolation/crop_pct override it. augment: 'timm' (create_transform with hflip,
     color_jitter, auto_augment, re_prob), 'cifar' (pad-4 random crop + flip; use it for 32-px training) or
     'none'. val_path/test_path default to path, whose 'val' split falls back to 'test' when absent.
+    Undecodable files are skipped and counted; more than ``max_bad`` (a fraction) of them raises DataError.
     """
 
     def __init__(self, path: str, val_path: Optional[str] = None, test_path: Optional[str] = None,
@@ -240,9 +248,10 @@ class ImageDataModule(_ClassificationDataModule):
                  augment: Literal["timm", "cifar", "none"] = "timm", hflip: float = 0.5,
                  color_jitter: float = 0.4, auto_augment: Optional[str] = None, re_prob: float = 0.0,
                  to_rgb: bool = False, train_subset: Optional[int] = None, val_subset: Optional[int] = None,
-                 subset_per_class: bool = True, seed: int = 0, pin_memory: Optional[bool] = None, drop_last: bool = True):
+                 subset_per_class: bool = True, seed: int = 0, pin_memory: Optional[bool] = None, drop_last: bool = True,
+                 max_bad: float = 0.01):
         super().__init__(path, val_path, test_path, train_split, val_split, test_split, batch_size, eval_batch_size,
-                         num_workers, train_subset, val_subset, subset_per_class, seed, pin_memory, drop_last)
+                         num_workers, train_subset, val_subset, subset_per_class, seed, pin_memory, drop_last, max_bad)
         self.save_hyperparameters()
         self.augment, self.to_rgb = augment, to_rgb
         self.aug = dict(hflip=hflip, color_jitter=color_jitter, auto_augment=auto_augment, re_prob=re_prob)
@@ -294,7 +303,8 @@ class AudioDataModule(_ClassificationDataModule):
     zip) turned into AST fbank images [1, num_mel_bins, target_length].
 
     stats picks published normalisation (audioset, esc50, speechcommands); for other data pass norm_mean/
-    norm_std (compute_fbank_stats). freqm/timem > 0 add SpecAugment to training items only.
+    norm_std (compute_fbank_stats). freqm/timem > 0 add SpecAugment to training items only. Undecodable
+    files are skipped and counted; more than ``max_bad`` (a fraction) of them raises DataError.
     """
 
     def __init__(self, path: str, val_path: Optional[str] = None, test_path: Optional[str] = None,
@@ -306,9 +316,10 @@ class AudioDataModule(_ClassificationDataModule):
                  norm_mean: Optional[float] = None, norm_std: Optional[float] = None,
                  freqm: int = 0, timem: int = 0, val_fold: Optional[int] = None, check_files: bool = True,
                  train_subset: Optional[int] = None, val_subset: Optional[int] = None,
-                 subset_per_class: bool = True, seed: int = 0, pin_memory: Optional[bool] = None, drop_last: bool = True):
+                 subset_per_class: bool = True, seed: int = 0, pin_memory: Optional[bool] = None, drop_last: bool = True,
+                 max_bad: float = 0.01):
         super().__init__(path, val_path, test_path, train_split, val_split, test_split, batch_size, eval_batch_size,
-                         num_workers, train_subset, val_subset, subset_per_class, seed, pin_memory, drop_last)
+                         num_workers, train_subset, val_subset, subset_per_class, seed, pin_memory, drop_last, max_bad)
         self.save_hyperparameters()
         if norm_mean is not None or norm_std is not None:
             stats = None

@@ -63,6 +63,47 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 tmp.unlink()
 
 
+class UnreadableFiles(Callback):
+    """Counts the training files the data module's loader skipped as unreadable (zoo.data.sources'
+    SkipUnreadable + collate_skipping), logs one summary line per epoch and raises DataError once more than
+    the data module's ``max_bad`` fraction of them is unreadable (as ``zoo eval`` does).
+
+    Each rank counts the files of its shard against its shard's size; the epoch's line (rank 0) gives the
+    sums over the ranks. Files a data set dropped when it was opened (audio header checks) count on rank 0."""
+
+    def __init__(self):
+        self.tally = None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        from zoo.data.sources import SkipUnreadable, UnreadableTally
+
+        self.tally = None
+        dm = trainer.datamodule
+        loader = trainer.train_dataloader
+        ds = getattr(loader, "dataset", None)
+        if dm is None or not hasattr(dm, "max_bad") or not isinstance(ds, SkipUnreadable):
+            return
+        sampler = getattr(loader, "sampler", None)
+        total = len(sampler) if sampler is not None and hasattr(sampler, "__len__") else len(ds)
+        opened = ds.skipped_at_open if trainer.is_global_zero else []
+        self.tally = UnreadableTally(total, dm.max_bad, opened, where=f"the training data ({dm.path})")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        from zoo.recipes.task import unreadable_names
+
+        if self.tally is not None:
+            self.tally.add(unreadable_names(batch))
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.tally is None:
+            return
+        counts = torch.tensor([float(len(self.tally.names)), float(self.tally.total)])
+        if trainer.world_size > 1:
+            counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()
+        if trainer.is_global_zero and counts[0] > 0:
+            self.tally.summary(count=int(counts[0]), total=int(counts[1]))
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -363,5 +404,5 @@ def make_callbacks(run_dir: Path, every_n_steps: int, progress: str, progress_ev
     elif progress == "log":
         cbs.append(SparseProgress(progress_every))
     cbs += [LearningRateMonitor(logging_interval="epoch"), FitSummary(run_dir), WorldSizeResume(),
-            EpochMetricsResume()]
+            EpochMetricsResume(), UnreadableFiles()]
     return cbs

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.errors import ConfigError
-from zoo.recipes.task import Task
+from zoo.recipes.task import Task, unreadable_names
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,8 @@ class ClassificationTask(Task):
     def shared_step(self, batch, stage: str):
         x, y = self.unpack(batch)
         if stage == "train" and self.mixup_fn is not None:
+            if x.shape[0] % 2 and x.shape[0] > 1 and unreadable_names(batch):
+                x, y = x[:-1], y[:-1]  # an unreadable file made the batch odd: mixup pairs need an even one
             if x.shape[0] % 2:
                 raise ConfigError(f"mixup/cutmix need an even batch size, got {x.shape[0]}; set "
                                   f"data.batch_size even and data.drop_last true.")

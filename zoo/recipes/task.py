@@ -14,7 +14,8 @@ export. A subclass says what a batch means:
             out = self.net(stage)(x)                    # the compiled model in training, the EMA in eval
             return F.mse_loss(out, y), {"mae": (out - y).abs().mean()}
 
-The base's training/validation/test steps call ``shared_step``; the training loss is the task loss plus the
+The base's training/validation/test steps call ``shared_step``, except for a batch whose files were all
+unreadable (zoo.data.sources.collate_skipping's ``(None, None, names)``), which is skipped; the training loss is the task loss plus the
 sum of every aux loss collected from the model (each logged as ``train/aux/<name>``, statistics as
 ``train/stat/<name>``); the task loss as ``<stage>/loss`` (in training: the total optimised) and each metric as
 ``<stage>/<name>``. A metric may be a tensor or a torchmetrics Metric (logged per epoch, Lightning resets it).
@@ -83,6 +84,18 @@ def batch_size_of(batch: Any) -> Optional[int]:
         if n is not None:
             return n
     return None
+
+
+def unreadable_names(batch: Any) -> list[str]:
+    """Names of the unreadable files a zoo.data.sources.collate_skipping batch ``(x, y, names)`` left out."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 3 and isinstance(batch[2], list):
+        return batch[2]
+    return []
+
+
+def all_unreadable(batch: Any) -> bool:
+    """True for a batch whose every file was unreadable: collate_skipping's ``(None, None, names)``."""
+    return batch[0] is None if unreadable_names(batch) else False
 
 
 class Task(pl.LightningModule):
@@ -270,7 +283,17 @@ class Task(pl.LightningModule):
             self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=True, batch_size=batch_size,
                      prog_bar=stage == "val" and i == 0, sync_dist=stage != "train" and isinstance(value, torch.Tensor))
 
+    def _skipped_step(self) -> Optional[torch.Tensor]:
+        """What a training step over a batch of unreadable files returns: None (Lightning skips the step) in
+        one process; under DDP every rank must join the gradient all-reduce, so a zero loss through all
+        trainable parameters (this rank adds zero gradients)."""
+        if self.trainer.world_size == 1:
+            return None
+        return sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
+
     def training_step(self, batch, batch_idx):
+        if all_unreadable(batch):
+            return self._skipped_step()
         loss, metrics = self.shared_step(batch, "train")
         n = batch_size_of(batch)
         aux = collect_aux_losses(self.model)
@@ -292,6 +315,8 @@ class Task(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch, stage: str):
+        if all_unreadable(batch):
+            return None
         loss, metrics = self.shared_step(batch, stage)
         model = self.net(stage)
         collect_aux_losses(model)   # evaluated on the task loss alone; cleared so nothing is held
