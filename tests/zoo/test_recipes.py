@@ -450,7 +450,8 @@ def test_run_lock_refuses_a_live_run_and_takes_over_a_stale_one(tmp_path, caplog
 
 
 def test_run_lock_is_released_when_the_fit_fails(in_repo, tmp_path, monkeypatch):
-    """A fit that raises leaves no lock behind; one that finds a live lock never starts."""
+    """A fit that raises leaves no lock behind; one that finds a live lock never starts; one that finds a
+    killed run's lock takes it over."""
     import zoo.recipes.cli as cli
     from lightning.pytorch.callbacks import Callback
 
@@ -482,3 +483,6 @@ def test_run_lock_is_released_when_the_fit_fails(in_repo, tmp_path, monkeypatch)
         live.kill()
         live.wait()
     assert not (run / "export.safetensors").exists()
+    _write_lock(run, live.pid)  # that run was killed: --resume takes its lock over
+    assert _fit(args + ["--resume"]) == 0
+    assert (run / "export.safetensors").exists() and not (run / "run.lock").exists()
