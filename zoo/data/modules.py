@@ -7,6 +7,11 @@ home of the zoo's data modules (the recipes import them).
   ``$ZOO_CACHE/datasets``) and augments whole batches on the device: a 1.6M-parameter model on 32-px CIFAR
   trains at tens of thousands of images per second on one GPU, faster than per-sample decoding can feed it.
 
+The streaming modules skip files they cannot decode, as ``zoo eval`` does (zoo.data.sources): their batches
+are ``(inputs, labels, names of the unreadable files left out)``, ``(None, None, names)`` when none was
+readable (the task skips that step), and zoo fit's UnreadableFiles callback logs one line per epoch and raises
+DataError above ``max_bad`` (a fraction, default 1%).
+
 ``path``/``val_path``/``test_path`` take a path or a data set name (``cifar10``, ``fsdd``: zoo.data.catalog,
 files under ``$ZOO_DATA``). All three shuffle training data with ResumableRandomSampler: the order is a
 function of (seed, epoch), and the module's ``state_dict`` (Lightning stores it in every checkpoint) records
