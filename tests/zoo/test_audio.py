@@ -261,7 +261,7 @@ def test_audio_data_module(tmp_path):
                          freqm=8, timem=8, batch_size=3, num_workers=0, seed=1)
     assert dm.num_classes == 2 and dm.class_names == ["down", "up"] and dm.img_size == (128, 32)
     dm.setup("fit")
-    x, y = next(iter(dm.train_dataloader()))
+    x, y, _ = next(iter(dm.train_dataloader()))  # (clips, labels, names of files skipped as unreadable)
     assert x.shape == (3, 1, 128, 32) and y.dtype == torch.int64
     assert dm.train_dataset.training and not dm.val_dataset.training
     cfg = dm.front_end_config()

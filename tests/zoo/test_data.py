@@ -297,7 +297,7 @@ def test_image_data_module(tmp_path):
     assert dm.num_classes == 3 and dm.class_names == ["k0", "k1", "k2"]  # before setup
     dm.setup("fit")
     assert len(dm.train_dataset) == 12 and len(dm.val_dataset) == 18
-    x, y = next(iter(dm.train_dataloader()))
+    x, y, _ = next(iter(dm.train_dataloader()))  # (images, labels, names of files skipped as unreadable)
     assert x.shape == (4, 3, 8, 8) and y.dtype == torch.int64
     order = [b[1].tolist() for b in dm.train_dataloader()]
     assert len(order) == 3  # drop_last with 12 samples
