@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -144,6 +144,8 @@ def prompt_answer_example(tokenizer: CharTokenizer, prompt: str, answer: str, le
 
 try:
     import lightning.pytorch as pl
+
+    from zoo.data.modules import ResumableLoader, _ClassificationDataModule
 except ImportError:  # pragma: no cover - the recipes need lightning; the tokenizers above do not
     pl = None
 
@@ -200,8 +202,7 @@ class TinyShakespeareDataModule(pl.LightningDataModule if pl is not None else ob
         if self._pending_sampler_state is not None:
             self.train_sampler.load_state_dict(self._pending_sampler_state)
             self._pending_sampler_state = None
-        from zoo.data.modules import ResumableLoader  # resumes through this module's state (the sampler's)
-
+        # resumable through this module's state (the sampler's): no false "not resumable" warning
         return ResumableLoader(self.train_data, batch_size=self.batch_size, sampler=self.train_sampler,
                                drop_last=True, collate_fn=_as_batch, num_workers=0,
                                generator=torch.Generator().manual_seed(self.hparams.seed))
@@ -216,24 +217,12 @@ class TinyShakespeareDataModule(pl.LightningDataModule if pl is not None else ob
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader()
 
-    def state_dict(self) -> dict[str, Any]:
-        if self.train_sampler is None:
-            return {}
-        consumed = None
-        trainer = self.trainer
-        if trainer is not None and getattr(trainer, "fit_loop", None) is not None:
-            consumed = (trainer.fit_loop.epoch_loop.batch_progress.current.processed * self.batch_size
-                        * self.train_sampler.num_replicas)
-        return {"sampler": self.train_sampler.state_dict(consumed=consumed)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = state_dict.get("sampler")
-        if state is None:
-            return
-        if self.train_sampler is not None:
-            self.train_sampler.load_state_dict(state)
-        else:
-            self._pending_sampler_state = state
+    # the resume position, as the data layer's modules keep it: the sampler's (epoch, samples consumed by all
+    # ranks), saved by Lightning in every checkpoint and handed back before the loaders are built
+    if pl is not None:
+        _consumed = _ClassificationDataModule._consumed
+        state_dict = _ClassificationDataModule.state_dict
+        load_state_dict = _ClassificationDataModule.load_state_dict
 
 
 class SubwordTokenizer:
