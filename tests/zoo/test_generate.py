@@ -92,3 +92,32 @@ def test_sampling_benchmark_at_a_tiny_size(tmp_path):
         dominated = any(o["tok_per_s"] > r["tok_per_s"] and o["ar_ppl"] < r["ar_ppl"] for o in rows)
         assert not (r["pareto"] and dominated)
     assert any(r["pareto"] for r in rows) and (tmp_path / "lm_sampling.md").exists()
+
+
+def test_a_bare_name_samples_from_random_weights_with_a_warning(capsys, caplog, zoo_cache):
+    """No tag and no --checkpoint: text from a randomly initialised model, and a log warning that says so."""
+    from zoo.generate import main
+
+    with caplog.at_level("WARNING", logger="zoo.generate"):
+        assert main(["mdlm_tiny", "--prompt", "ROMEO:", "--length", "8", "--steps", "4"]) == 0
+    assert capsys.readouterr().out.startswith("ROMEO:")
+    assert "random weights" in caplog.text and "--checkpoint" in caplog.text
+
+
+def test_checkpoint_loads_the_exports_weights(tmp_path, caplog):
+    from zoo import hub
+    from zoo.generate import generate_text, load_lm
+
+    path = _export(tmp_path, "ar_tiny")
+    with caplog.at_level("WARNING", logger="zoo.generate"):
+        model = load_lm("ar_tiny", str(path))
+    assert "random weights" not in caplog.text
+    saved, got = hub.read_state_dict(path), model.state_dict()
+    assert saved.keys() == got.keys() and all(torch.equal(got[k], saved[k].float()) for k in saved)
+    assert model.pretrained_cfg["source"] == str(path) and not model.training
+    ids = torch.tensor([model.tokenizer.encode("ROMEO:")])
+    torch.manual_seed(1)
+    fresh = zoo.create_model("ar_tiny").eval()  # another init: the export's weights, not a random model, sample
+    with torch.no_grad():
+        assert not torch.allclose(model(ids), fresh(ids))
+    assert generate_text(model, "ROMEO:", 8)[0].startswith("ROMEO:")
