@@ -14,13 +14,11 @@ import argparse
 import datetime
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-import zoo.weights
 from zoo.errors import ConfigError, ZooError
-from zoo.weights.manifest import read_manifest, tags_from_manifest, write_record  # noqa: F401  (the manifest's home)
+from zoo.weights.manifest import check_tag, read_manifest, ship_file, tags_from_manifest, write_record  # noqa: F401  (the manifest's home)
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +31,8 @@ def publish(export: str | os.PathLike, tag: str, data: str, split: str = "test",
     from torch.utils.data import DataLoader
 
     from zoo.evaluate import build_dataset, build_model, check_classes, evaluate, export_info, resolve_data
-    from zoo.hub import sha256_of
 
-    if not tag or "." in tag:
-        raise ConfigError(f"tag {tag!r} must be a non-empty name without '.' (e.g. cifar10)")
+    check_tag(tag, example="cifar10")
     export = Path(export)
     info = export_info(export)                 # metadata only: build_model reads the weights once
     name = info.get("model")
@@ -58,12 +54,7 @@ def publish(export: str | os.PathLike, tag: str, data: str, split: str = "test",
     metrics = {k: round(float(result[k]), 2) for k in ("top1", "top5", "mean_per_class_top1") if k in result}
     dataset = f"{path.name.split('.')[0]} ({split}, {result['num_samples']} samples)"
 
-    folder = folder or zoo.weights.weights_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    file = f"{name}.{tag}.safetensors"
-    tmp = folder / (file + ".tmp")
-    shutil.copyfile(export, tmp)
-    os.replace(tmp, folder / file)
+    folder, file, sha256 = ship_file(export, name, tag, folder)
     pre = dict(info.get("preprocess") or {})
     arch = dict(info.get("model_args") or {})
     for key in ("in_chans", "img_size"):
@@ -73,7 +64,7 @@ def publish(export: str | os.PathLike, tag: str, data: str, split: str = "test",
     record = {
         "file": file,
         "kind": "audio" if audio else "image",
-        "sha256": sha256_of(folder / file),
+        "sha256": sha256,
         "license": license,
         "num_classes": model.num_classes,
         "label_names": list(info.get("class_names") or []),

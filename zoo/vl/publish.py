@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -29,16 +28,13 @@ def publish(export: str | os.PathLike, tag: str, data: str = "flickr8k", zero_sh
             subset: Optional[int] = None) -> dict[str, Any]:
     """Evaluate ``export``, ship it as ``<model>.<tag>``; returns the manifest record. ``subset`` (quick
     checks only) measures the first N test images / N per class, and the metric names say so."""
-    import zoo.weights
-    from zoo.hub import sha256_of
     from zoo.vl.evaluate import export_metadata, run
     from zoo.vl.text import MINILM_FP16_SHA256, MINILM_HUB_ID
-    from zoo.weights.manifest import write_record
+    from zoo.weights.manifest import check_tag, ship_file, write_record
 
     import json
 
-    if not tag or "." in tag:
-        raise ConfigError(f"tag {tag!r} must be a non-empty name without '.' (e.g. flickr8k)")
+    check_tag(tag, example="flickr8k")
     export = Path(export)
     meta = export_metadata(export)
     name = meta.get("model")
@@ -58,17 +54,12 @@ def publish(export: str | os.PathLike, tag: str, data: str = "flickr8k", zero_sh
         what = ("test retrieval" if r["task"] == "zeroshot_retrieval" else "test zero-shot")
         what += f", subset {subset}" if subset else ""
         metrics[f"{r['dataset']} ({what})"] = {k: round(100 * v, 2) for k, v in r["metrics"].items()}
-    folder = folder or zoo.weights.weights_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    file = f"{name}.{tag}.safetensors"
-    tmp = folder / (file + ".tmp")
-    shutil.copyfile(export, tmp)
-    os.replace(tmp, folder / file)
+    folder, file, sha256 = ship_file(export, name, tag, folder)
     pre = json.loads(meta.get("preprocess") or "{}")
     record = {
         "file": file,
         "kind": "vision-language",
-        "sha256": sha256_of(folder / file),
+        "sha256": sha256,
         "license": license,
         "num_classes": None,
         "label_names": [],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,6 +20,28 @@ def _folder(folder: Path | None) -> Path:
     from zoo.weights import weights_dir
 
     return Path(folder) if folder is not None else weights_dir()
+
+
+def check_tag(tag: str, example: str) -> None:
+    """A tag is a non-empty name without '.' (``name.tag`` splits at the first dot); checked before evaluating."""
+    from zoo.errors import ConfigError
+
+    if not tag or "." in tag:
+        raise ConfigError(f"tag {tag!r} must be a non-empty name without '.' (e.g. {example})")
+
+
+def ship_file(export: Path, model: str, tag: str, folder: Path | None = None) -> tuple[Path, str, str]:
+    """Copy ``export`` atomically to ``<folder>/<model>.<tag>.safetensors``; returns (folder, file name, sha256).
+
+    The one place both publish commands (classifiers, CLIP) write a shipped weight file.
+    """
+    from zoo.hub import replace_atomically, sha256_of
+
+    folder = _folder(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    file = f"{model}.{tag}.safetensors"
+    replace_atomically(folder / file, lambda tmp: shutil.copyfile(export, tmp))
+    return folder, file, sha256_of(folder / file)
 
 
 def read_manifest(folder: Path | None = None) -> dict[str, dict[str, dict[str, Any]]]:
