@@ -30,7 +30,6 @@ test-kernels: $(STAMP)
 	TRITON_INTERPRET=1 ZOO_OFFLINE=1 $(PY) -m pytest -q -m "not slow and not gpu" tests/kernels
 
 test-rest: $(STAMP)
-	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) || true  # zoo serve's browser test
 	ZOO_OFFLINE=1 $(PY) -m pytest -q -m "not slow and not gpu" tests --ignore=tests/kernels
 
 test-slow: $(STAMP)
