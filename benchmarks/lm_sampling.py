@@ -75,7 +75,9 @@ def pareto(rows: list[dict]) -> None:
 
 
 def run(mdlm_paths: list[str], ar_path: str, length: int, batch_sizes: list[int], block: int, threshold: float,
-        temperature: float, prompt: str, repeats: int, seed: int, num_t: int, device: torch.device) -> list[dict]:
+        temperature: float, prompt: str, repeats: int, seed: int, num_t: int, device: torch.device,
+        on_rows=None) -> list[dict]:
+    """Every row; ``on_rows(rows)`` after each one, so a run cut short by a time limit keeps what it measured."""
     judge = load_language_model(ar_path, device)
     if not judge.causal:
         raise SystemExit(f"--ar {ar_path} is not a causal-lm export")
@@ -93,6 +95,9 @@ def run(mdlm_paths: list[str], ar_path: str, length: int, batch_sizes: list[int]
                      "tok_per_s": round(bs * length / seconds, 1), "ar_ppl": round(ppl, 4),
                      "own_nats": round(own, 4), "temperature": temperature,
                      **{k: v for k, v in kw.items() if k in ("block", "threshold") and v is not None}})
+        pareto(rows)
+        if on_rows is not None:
+            on_rows(rows)
 
     for bs in batch_sizes:
         with amp:
@@ -113,7 +118,6 @@ def run(mdlm_paths: list[str], ar_path: str, length: int, batch_sizes: list[int]
                                          generator=torch.Generator(device=device).manual_seed(seed))
                 record(name, label + (f"@{kw['steps']}" if "steps" in kw else ""), kw, bs, out, sec, stats,
                        float(nats.sum() / tokens.sum()))
-    pareto(rows)
     return rows
 
 
@@ -134,10 +138,14 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="lm_sampling")
     a = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    meta = {"length": a.length, "prompt": a.prompt, "temperature": a.temperature}
+
+    def save(rows):
+        return write_results(a.name, rows, out_dir=a.out, extra_meta=meta)
+
     rows = run(a.mdlm, a.ar, a.length, [int(b) for b in a.batch_sizes.split(",")], a.block, a.threshold,
-               a.temperature, a.prompt, a.repeats, a.seed, a.num_t, device)
-    path = write_results(a.name, rows, out_dir=a.out, extra_meta={"length": a.length, "prompt": a.prompt,
-                                                                  "temperature": a.temperature})
+               a.temperature, a.prompt, a.repeats, a.seed, a.num_t, device, on_rows=save)
+    path = save(rows)
     for r in rows:
         print(f"{r['model']:<18} {r['sampler']:<24} b={r['batch']:<3} {r['tok_per_s']:>10.1f} tok/s "
               f"ar_ppl {r['ar_ppl']:.3f} own {r['own_nats']:.3f}{'  *' if r['pareto'] else ''}")

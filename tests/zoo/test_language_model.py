@@ -239,3 +239,40 @@ def test_gpu_bf16_training_step_and_samplers(size):
     for prefix in ("mdlm", "ar"):
         _fit_one_batch(prefix, size, "cuda", amp=True, batch=16, length=256, lr=1e-3)
     _check_samplers(size, "cuda", amp=True, length=64)
+
+
+def test_export_best_keeps_the_best_validation_weights(shakespeare, tmp_path, monkeypatch):
+    """--export_best val/loss: export.safetensors holds the weights of the lowest validation loss (its step in
+    the metadata matches the logged curve) and the final weights go to export_last.safetensors."""
+    import csv
+
+    from safetensors import safe_open
+
+    monkeypatch.chdir(REPO)
+    run = tmp_path / "run"
+    args = ["--config", "configs/tinyshakespeare_ar_attn.yaml", *TINY, "--model.init_args.model", "ar_tiny",
+            "--trainer.max_steps", "8", "--trainer.val_check_interval", "2", "--model.init_args.lr", "3e-2",
+            "--trainer.default_root_dir", str(run)]
+    assert _fit(args) == 0
+    rows = [r for v in sorted((run / "csv").glob("version_*")) for r in csv.DictReader(open(v / "metrics.csv"))
+            if r.get("val/loss")]
+    curve = {int(r["step"]) + 1: float(r["val/loss"]) for r in rows}   # logged step is 0-based
+    best_step = min(curve, key=curve.get)
+    with safe_open(str(run / "export.safetensors"), "pt") as f:
+        meta = f.metadata()
+        best_w = {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["selected_by"] == f"min val/loss {curve[best_step]:.6g} at step {best_step}", (meta, curve)
+    with safe_open(str(run / "export_last.safetensors"), "pt") as f:
+        assert "selected_by" not in f.metadata()
+        last_w = {k: f.get_tensor(k) for k in f.keys()}
+    assert best_w.keys() == last_w.keys()
+    assert (best_step == 8) == all(torch.equal(best_w[k], last_w[k]) for k in best_w)
+
+
+def test_export_best_refuses_a_bad_mode():
+    from zoo.errors import ConfigError
+    from zoo.recipes.callbacks import BestExport
+
+    with pytest.raises(ConfigError, match="export_best_mode"):
+        BestExport(Path("."), "val/loss", mode="lowest")
+    assert BestExport(Path("."), "val/top1").mode == "max" and BestExport(Path("."), "val/loss").mode == "min"

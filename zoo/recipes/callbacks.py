@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import (Callback, LearningRateMonitor, ModelChe
 
 from torchmetrics.utilities.data import dim_zero_sum
 
+from zoo.distributed import is_fsdp
 from zoo.errors import ConfigError
 from zoo.recipes.task import batch_size_of
 
@@ -386,8 +387,67 @@ class EpochMetricsResume(Callback):
                     rm.cumulated_batch_size.device)
 
 
+class BestExport(Callback):
+    """``zoo fit --export_best val/loss``: keep the weights of the best validation so far as the run's
+    ``export.safetensors`` (rewritten atomically at each improvement, metadata ``selected_by``), so a model
+    that overfits late ships its best point, not its last; the final weights then go to
+    ``export_last.safetensors``. The best value and step are checkpointed, so ``--resume`` keeps comparing
+    against them. ``mode`` 'auto' minimises losses and maximises metrics named like top1 / acc / recall / R@k.
+    Not with FSDP (rank 0 holds only a shard of the weights between steps)."""
+
+    MAXIMISED = ("top1", "top5", "acc", "recall", "r@", "map", "bleu", "cider")
+
+    def __init__(self, run_dir: Path, monitor: str, mode: str = "auto", recipe: str = "custom"):
+        if mode not in ("auto", "min", "max"):
+            raise ConfigError(f"--export_best_mode {mode!r}: choose auto, min or max.")
+        if mode == "auto":
+            mode = "max" if any(m in monitor.lower() for m in self.MAXIMISED) else "min"
+        self.run_dir, self.monitor, self.mode, self.recipe = Path(run_dir), monitor, mode, recipe
+        self.best: Optional[float] = None
+        self.best_step: Optional[int] = None
+        self._warned = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_step": self.best_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.best_step = state_dict.get("best"), state_dict.get("best_step")
+
+    def setup(self, trainer, pl_module, stage=None):
+        if is_fsdp(trainer.strategy):
+            raise ConfigError("--export_best does not work with FSDP (the weights are sharded between steps); "
+                              "use --trainer.strategy ddp, or export the final weights.")
+
+    def improved(self, value: float) -> bool:
+        if self.best is None or math.isnan(self.best):
+            return not math.isnan(value)
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            if not self._warned:
+                log.warning("--export_best %s: no such validation metric (have: %s); exporting the final weights",
+                            self.monitor, ", ".join(sorted(k for k in trainer.callback_metrics if "/" in k)))
+                self._warned = True
+            return
+        value = float(value)
+        if not self.improved(value):
+            return
+        from zoo.recipes.export import export_weights
+
+        self.best, self.best_step = value, trainer.global_step
+        export_weights(pl_module, trainer, self.run_dir, self.recipe,
+                       extra={"selected_by": f"{self.mode} {self.monitor} {value:.6g} at step {trainer.global_step}"})
+        progress_log.info("best %s %.4f at step %d: exported to %s", self.monitor, value, trainer.global_step,
+                          self.run_dir / "export.safetensors")
+
+
 def make_callbacks(run_dir: Path, every_n_steps: int, progress: str, progress_every: int,
-                   checkpoints: bool = True) -> list:
+                   checkpoints: bool = True, export_best: Optional[str] = None,
+                   export_best_mode: str = "auto") -> list:
     """The callbacks every ``zoo fit`` run gets (before any the config adds)."""
     ckpt_dir = run_dir / "checkpoints"
     cbs: list = []
@@ -405,4 +465,6 @@ def make_callbacks(run_dir: Path, every_n_steps: int, progress: str, progress_ev
         cbs.append(SparseProgress(progress_every))
     cbs += [LearningRateMonitor(logging_interval="epoch"), FitSummary(run_dir), WorldSizeResume(),
             EpochMetricsResume(), UnreadableFiles()]
+    if export_best:
+        cbs.append(BestExport(run_dir, export_best, export_best_mode))
     return cbs

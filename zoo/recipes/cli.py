@@ -97,6 +97,12 @@ def build_cli(args: list[str], progress_default: str = "auto", task: Optional[st
                                 help="steps between progress lines with --progress log")
             parser.add_argument("--export", type=bool, default=True,
                                 help="write export.safetensors (fp16, EMA when enabled) at the end of fit")
+            parser.add_argument("--export_best", type=Optional[str], default=None,
+                                help="a validation metric (e.g. val/loss): export.safetensors holds the weights "
+                                     "of its best value, rewritten at each improvement; the final weights go to "
+                                     "export_last.safetensors")
+            parser.add_argument("--export_best_mode", type=str, default="auto",
+                                help="min, max, or auto (max for top1/acc/recall-like names, else min)")
             parser.add_argument("--activation_checkpointing", type=bool, default=False,
                                 help="with --trainer.strategy fsdp: recompute each block's activations in the "
                                      "backward pass (less memory, ~30%% more compute)")
@@ -117,7 +123,9 @@ def build_cli(args: list[str], progress_default: str = "auto", task: Optional[st
             # fast_dev_run: Lightning suppresses checkpoints except save_last's at train end; skip them all
             callbacks = list(callbacks) + _make_callbacks(run_dir, cfg.get("checkpoint_every_n_steps", 500),
                                                           progress, cfg.get("progress_every_n_steps", 50),
-                                                          checkpoints=not config.get("fast_dev_run"))
+                                                          checkpoints=not config.get("fast_dev_run"),
+                                                          export_best=cfg.get("export_best"),
+                                                          export_best_mode=cfg.get("export_best_mode", "auto"))
             if config.get("logger") in (None, True):
                 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -211,20 +219,30 @@ def main(argv: Optional[list[str]] = None) -> int:
                           run_dir / "checkpoints" / "last.ckpt")
     if ckpt:
         progress_log.info("resuming from %s", ckpt)
+    from zoo.recipes.callbacks import BestExport
+
+    recipe = cli.config.get("recipe") or (opts["configs"][-1].stem if opts["configs"] else "custom")
+    best = next((cb for cb in trainer.callbacks if isinstance(cb, BestExport)), None)
+    if best is not None:
+        best.recipe = recipe
     with _run_lock(run_dir):
         trainer.fit(task, datamodule=dm, ckpt_path=ckpt)
         if trainer.interrupted:
             progress_log.info("training interrupted; resume with: zoo fit %s --resume", " ".join(argv))
             return 130
-        recipe = cli.config.get("recipe") or (opts["configs"][-1].stem if opts["configs"] else "custom")
         if cli.config.get("export", True):
             from zoo.recipes.export import export_weights
 
             # FSDP: every rank takes part in gathering the full weights (onto rank 0), so all ranks call this
             full_state = trainer.strategy.lightning_module_state_dict() if is_fsdp(trainer.strategy) else None
             if trainer.is_global_zero:
-                path = export_weights(task, trainer, run_dir, recipe, full_state)
-                progress_log.info("exported weights to %s", path)
+                selected = best is not None and best.best_step is not None
+                path = export_weights(task, trainer, run_dir, recipe, full_state,
+                                      filename="export_last.safetensors" if selected else "export.safetensors")
+                progress_log.info("exported the final weights to %s", path)
+                if selected:
+                    progress_log.info("export.safetensors holds the best %s (%.4f at step %d)", best.monitor,
+                                      best.best, best.best_step)
     val = trainer.callback_metrics.get("val/top1", trainer.callback_metrics.get("val/loss"))
     if val is not None and trainer.is_global_zero:
         name = "val/top1" if "val/top1" in trainer.callback_metrics else "val/loss"

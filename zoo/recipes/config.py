@@ -20,7 +20,7 @@ from zoo.errors import ConfigError
 
 TOP_LEVEL_KEYS = {"model", "data", "trainer", "seed_everything", "config", "print_config", "ckpt_path",
                   "checkpoint_every_n_steps", "progress", "progress_every_n_steps", "export", "recipe",
-                  "activation_checkpointing", "task"}
+                  "activation_checkpointing", "task", "export_best", "export_best_mode"}
 RESUME_AUTO = "auto"
 DEFAULT_TASK = "zoo.recipes.classification.ClassificationTask"
 

@@ -40,15 +40,18 @@ def init_weights(hp) -> str:
 write_safetensors = save_state_dict
 
 
-def export_weights(task, trainer, run_dir: Path, recipe: str, full_state: Optional[dict] = None) -> Path:
-    """fp16 safetensors of the final (EMA when enabled) weights with what a pretrained tag needs.
+def export_weights(task, trainer, run_dir: Path, recipe: str, full_state: Optional[dict] = None,
+                   filename: str = "export.safetensors", extra: Optional[dict] = None) -> Path:
+    """fp16 safetensors of the current (EMA when enabled) weights with what a pretrained tag needs.
 
     ``full_state``: the LightningModule's gathered state dict, for strategies whose module holds only a
-    shard (FSDP); its ``model.*`` entries are exported."""
+    shard (FSDP); its ``model.*`` entries are exported. ``extra``: more metadata (e.g. which validation
+    selected these weights)."""
     from zoo import __version__
 
     meta = {"format": EXPORT_FORMAT, "recipe": recipe}
     meta.update({k: str(v) for k, v in task.export_metadata().items()})
+    meta.update({k: str(v) for k, v in (extra or {}).items()})
     meta.update({
         "init": init_weights(task.hparams),
         "zoo_version": __version__,
@@ -59,6 +62,6 @@ def export_weights(task, trainer, run_dir: Path, recipe: str, full_state: Option
                    for k, v in full_state.items() if k.startswith("model.")}
     else:
         weights = task.export_state_dict(torch.float16)
-    path = save_state_dict(weights, Path(run_dir) / "export.safetensors", meta)
+    path = save_state_dict(weights, Path(run_dir) / filename, meta)
     log.info("exported %s", path)
     return path
