@@ -15,7 +15,7 @@
 #   ".data/flickr8k-train-minilm-int8.safetensors", ".whl"]):   bash benchmarks/train_clip_h200.sh
 # Knobs: EPOCHS (default: the recipes' 50), MAX_TIME (clock budget per run, default 00:00:05:00: a run that has
 # not done its epochs by then stops, annealed, and exports; the table says so), TOWERS (default "vit vim
-# efficientvit"), FIT_ARGS (more zoo fit overrides), TRAIN_TIMEOUT (hard stop, seconds, default 390), ACCEL
+# efficientvit"), THROUGHPUT (default 1; 0 skips the towers' timing, e.g. when other work shares the GPU), FIT_ARGS (more zoo fit overrides), TRAIN_TIMEOUT (hard stop, seconds, default 390), ACCEL
 # (default gpu; "cpu" with TINY=1 checks the script
 # on a CPU: 64 images, batch 16, 1 epoch, no throughput timing).
 # Back in $OUT: export_<tower>.safetensors (image tower + projections, fp16), clip_runs.tgz (curves metrics.csv,
@@ -62,7 +62,7 @@ for t in $TOWERS; do
   [ -f "$RUNS/$t/export.safetensors" ] && cp "$RUNS/$t/export.safetensors" "$OUT/export_$t.safetensors"
 done
 
-if [ "$ACCEL" = gpu ] && [ -z "${TINY:-}" ]; then  # each image tower alone, as the recipes build it
+if [ "$ACCEL" = gpu ] && [ -z "${TINY:-}" ] && [ "${THROUGHPUT:-1}" = 1 ]; then  # each image tower alone, as the recipes build it
   declare -A TOWER=([vit]="vit_tiny_patch16_224 depth=6" [vim]="vim_tiny_patch16_224 depth=12" [efficientvit]="efficientvit_b0")
   for t in $TOWERS; do
     set -- ${TOWER[$t]}; m=$1; shift
