@@ -2,9 +2,12 @@
 measured against. Key names follow timm's ``VisionTransformer`` so its weights load with a prefix change.
 
 The token mixer is a constructor argument (``ViTConfig.mixer``: softmax, window, block_sparse, linear, gla,
-mamba, delta; options in ``mixer_cfg``; see backbones/layers/mixers.py) with patch embedding, MLP, norms and
-depth unchanged, so mixers compare on equal terms. Every mixer sits at ``blocks.i.attn``; ``softmax`` is
-timm's attention and keeps its keys.
+mamba, delta, hybrid; options in ``mixer_cfg``; see backbones/layers/mixers.py) with patch embedding, MLP, norms
+and depth unchanged, so mixers compare on equal terms. Every mixer sits at ``blocks.i.attn``; ``softmax`` is
+timm's attention and keeps its keys. Hybrids are data: ``ViTConfig.layout`` names each block's mixer as a
+pattern (``"gla*3,softmax"`` repeated to the depth, ``"mamba*6,softmax*6"``, or a list; parsed by
+backbones.layers.hybrid.parse_layout) and then wins over ``mixer``, the uniform case; with several mixers in a
+layout ``mixer_cfg`` is keyed by mixer name. ``hybrid`` is the intra-layer (Hymba) mixer.
 
 The backbone ends at its features: ``forward_features`` returns the final-normed tokens ``[B, 1 + M, C]``
 and ``forward_pool`` the pooling chosen by ``global_pool`` (timm's choices: ``'token'``, ``'avg'``,
@@ -21,6 +24,7 @@ import torch.nn as nn
 
 from backbones.layers import (TOKEN_POOLS, DropPath, Mlp, PatchEmbed, PatchInputMixin, check_pool, pool_tokens,
                               resample_pos_embed, resolve_indices, to_2tuple)
+from backbones.layers.hybrid import layout_mixer_cfgs, parse_layout
 from backbones.layers.mixers import MIXERS, build_mixer
 
 
@@ -43,6 +47,7 @@ class ViTConfig:
     drop_path_rate: float = 0.0
     mixer: str = "softmax"  # one of backbones.layers.mixers.MIXERS
     mixer_cfg: dict = field(default_factory=dict)  # mixer options (window_size, block_size, feature_map, ...)
+    layout: str | list[str] | None = None  # per-block mixers, e.g. "gla*3,softmax" (repeats); None: all `mixer`
     extra: dict = field(default_factory=dict)
 
 
@@ -76,8 +81,13 @@ class VisionTransformer(PatchInputMixin, nn.Module):
         if cfg.global_pool == "token" and not cfg.class_token:
             raise ValueError("global_pool='token' needs class_token=True")
         check_pool(cfg.global_pool, self.supported_pools, "ViT")
-        if cfg.mixer not in MIXERS:
-            raise ValueError(f"mixer must be one of {MIXERS}, got {cfg.mixer!r}")
+        if cfg.layout is None:
+            if cfg.mixer not in MIXERS:
+                raise ValueError(f"mixer must be one of {MIXERS}, got {cfg.mixer!r}")
+            self.layout, mixer_cfgs = [cfg.mixer] * cfg.depth, [cfg.mixer_cfg] * cfg.depth
+        else:
+            self.layout = parse_layout(cfg.layout, cfg.depth, MIXERS)
+            mixer_cfgs = layout_mixer_cfgs(self.layout, cfg.mixer_cfg, MIXERS)
         self.cfg = cfg
         self.num_features = self.embed_dim = cfg.embed_dim
         self.global_pool = cfg.global_pool
@@ -89,7 +99,7 @@ class VisionTransformer(PatchInputMixin, nn.Module):
         dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
         self.blocks = nn.ModuleList(
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.norm_eps, cfg.drop_rate,
-                  cfg.attn_drop_rate, dpr[i], cfg.mixer, cfg.mixer_cfg, self.patch_embed.grid_size,
+                  cfg.attn_drop_rate, dpr[i], self.layout[i], mixer_cfgs[i], self.patch_embed.grid_size,
                   self.num_prefix_tokens) for i in range(cfg.depth))
         use_fc_norm = cfg.global_pool in ("avg", "max", "avgmax") if cfg.fc_norm is None else cfg.fc_norm
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
@@ -188,7 +198,7 @@ VIT_CONFIGS: dict[str, dict] = {
 """Architecture configs by registered name (the registry in ``zoo`` composes them with a head)."""
 
 MIXER_NAMES = {"window": "window", "block_sparse": "blocksparse", "linear": "linear", "gla": "gla",
-               "mamba": "mamba", "delta": "delta"}
+               "mamba": "mamba", "delta": "delta", "hybrid": "hybrid"}
 """Mixer -> its infix in registered names (``vit_tiny_<infix>_patch16_224``); softmax is plain ``vit_tiny_*``."""
 
 # Grid-dependent defaults: 14x14 patches at 224 -> 7x7 windows and 4x4 blocks (+ class token); 8x8 at 32 px
@@ -205,10 +215,27 @@ for _mixer, _infix in MIXER_NAMES.items():
 """ViT-Ti with each non-softmax mixer, at 224 (patch 16) and on CIFAR (32 px, patch 4)."""
 
 
+_MICRO = VIT_CONFIGS["vit_micro_patch4_32"]
+VIT_HYBRID_CONFIGS: dict[str, dict] = {
+    "vit_micro_mamba_patch4_32": dict(_MICRO, mixer="mamba"),
+    "vit_micro_gla_patch4_32": dict(_MICRO, mixer="gla"),
+    "vit_micro_gla3softmax1_patch4_32": dict(_MICRO, layout="gla*3,softmax"),
+    "vit_micro_mamba6softmax6_patch4_32": dict(_MICRO, layout="mamba*6,softmax*6"),
+    "vit_micro_hybrid_patch4_32": dict(_MICRO, mixer="hybrid", mixer_cfg=dict(ssm="mamba", ssm_cfg=dict(expand=1))),
+}
+"""The CIFAR hybrid comparison at vit_micro_patch4_32's width and depth (128 wide, 12 deep, 4 heads, MLP ratio
+2): pure Mamba, pure GLA, 3 GLA : 1 softmax (Qwen3-Next's ratio), Mamba first half / softmax last half
+(MambaVision's rule), and the intra-layer hybrid (Hymba: attention heads beside Mamba heads in every block; its
+Mamba branch at expand 1, so the model has the pure-Mamba model's parameter count, 2.42 M vs 2.43 M)."""
+
+
 def build_vit(name: str, **overrides) -> VisionTransformer:
-    if name not in VIT_CONFIGS and name not in VIT_MIXER_CONFIGS:
+    known = {**VIT_CONFIGS, **VIT_MIXER_CONFIGS, **VIT_HYBRID_CONFIGS}
+    if name not in known:
         raise KeyError(name)
-    cfg = dict(VIT_CONFIGS.get(name) or VIT_MIXER_CONFIGS[name])
+    cfg = dict(known[name])
+    if overrides.get("mixer") is not None and overrides.get("layout") is None:
+        cfg.pop("layout", None)  # an explicit uniform mixer replaces the registered pattern
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     if "img_size" in cfg:
         cfg["img_size"] = to_2tuple(cfg["img_size"])

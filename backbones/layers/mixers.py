@@ -25,6 +25,9 @@ everything else (patch embedding, MLP, norms, depth) equal.
 - ``delta``: gated delta rule (Gated DeltaNet), bidirectional as a forward plus a reverse pass, summed,
   through ``kernels.delta_rule``; L2-normalised q, k, β = sigmoid, per-head decay g = logsigmoid(·);
   per-head RMSNorm, SiLU output gate, ``proj``.
+- ``hybrid``: the intra-layer hybrid (Hymba): softmax-attention heads and SSM heads (``ssm="mamba"`` or
+  ``"gla"``) in parallel on the same input, each branch normalised, averaged, then ``proj``
+  (``backbones.layers.hybrid.HybridMixer``; inter-layer layouts are in that module too).
 """
 from __future__ import annotations
 
@@ -184,14 +187,15 @@ class LinearAttentionMixer(nn.Module):
 
 
 class _GatedOutput(nn.Module):
-    """Shared tail of the recurrent mixers: per-head RMSNorm, SiLU output gate, projection."""
+    """Shared tail of the recurrent mixers: per-head RMSNorm, SiLU output gate, projection (``out_proj=False``:
+    none, for the intra-layer hybrid, whose one projection follows the branch average)."""
 
-    def __init__(self, dim: int, num_heads: int, proj_drop: float):
+    def __init__(self, dim: int, num_heads: int, proj_drop: float, out_proj: bool = True):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.o_norm = nn.RMSNorm(self.head_dim, eps=1e-5)
         self.g_proj = nn.Linear(dim, dim)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim) if out_proj else nn.Identity()
         self.proj_drop = nn.Dropout(proj_drop)
 
     def finish(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -204,8 +208,8 @@ class GLAMixer(_GatedOutput):
     """Bidirectional GLA with per-key data-dependent decay (ViG-style), through ``kernels.gla``."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_drop: float = 0.0,
-                 gate_rank: int = 16, gate_norm: float = 16.0):
-        super().__init__(dim, num_heads, proj_drop)
+                 gate_rank: int = 16, gate_norm: float = 16.0, out_proj: bool = True):
+        super().__init__(dim, num_heads, proj_drop, out_proj)
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.gate_norm = gate_norm
@@ -284,6 +288,12 @@ def _mamba(dim, num_heads, qkv_bias, attn_drop, proj_drop, grid_size, num_prefix
     return BiMambaMixer(dim, **cfg)
 
 
+def _hybrid(dim, num_heads, qkv_bias, attn_drop, proj_drop, grid_size, num_prefix_tokens, **cfg):
+    from backbones.layers.hybrid import HybridMixer
+
+    return HybridMixer(dim, num_heads, qkv_bias, attn_drop, proj_drop, **cfg)
+
+
 MIXER_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "softmax": _softmax,
     "window": _masked("window"),
@@ -292,6 +302,7 @@ MIXER_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "gla": _recurrent(GLAMixer),
     "mamba": _mamba,
     "delta": _recurrent(DeltaMixer),
+    "hybrid": _hybrid,
 }
 """Mixer name -> builder ``(dim, num_heads, qkv_bias, attn_drop, proj_drop, grid_size, num_prefix_tokens,
 **options)``; the one table ``build_mixer`` and ``MIXERS`` read."""

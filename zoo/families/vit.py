@@ -1,7 +1,7 @@
 """ViT registry entries and the converter from timm's ``VisionTransformer`` state dicts."""
 from __future__ import annotations
 
-from backbones.vit import MIXER_NAMES, VIT_CONFIGS, VIT_MIXER_CONFIGS, ViTConfig, build_vit
+from backbones.vit import MIXER_NAMES, VIT_CONFIGS, VIT_HYBRID_CONFIGS, VIT_MIXER_CONFIGS, ViTConfig, build_vit
 from zoo.families import PATCH_ADAPT, cifar_cfg, classifier_builder, image_cfg, remap_to_zoo
 from zoo.registry import ModelEntry, PretrainedTag, WeightSource, register
 
@@ -61,9 +61,12 @@ _MIXER_WHAT = {
     "gla": "bidirectional gated linear attention with per-key data-dependent decay (ViG-style) on kernels.gla",
     "mamba": "Vim's bidirectional Mamba mixer (BiMambaMixer) on kernels.selective_scan",
     "delta": "gated delta rule, forward + reverse pass summed, on kernels.delta_rule",
+    "hybrid": "intra-layer hybrid (Hymba): softmax-attention heads beside Vim's Mamba heads on the same input, "
+              "each branch normalised, averaged, one output projection",
 }
 _MIXER_PAPER = {"window": "arXiv:2010.11929", "block_sparse": "arXiv:2010.11929", "linear": "arXiv:2006.16236",
-                "gla": "arXiv:2405.18425", "mamba": "arXiv:2401.09417", "delta": "arXiv:2412.06464"}
+                "gla": "arXiv:2405.18425", "mamba": "arXiv:2401.09417", "delta": "arXiv:2412.06464",
+                "hybrid": "arXiv:2411.13676"}
 
 for _name, _arch in VIT_MIXER_CONFIGS.items():
     _small = _arch["img_size"] == 32
@@ -79,3 +82,31 @@ for _name, _arch in VIT_MIXER_CONFIGS.items():
         paper=_MIXER_PAPER[_mixer],
     ))
 assert set(MIXER_NAMES) == set(_MIXER_WHAT)
+
+
+# The CIFAR hybrid comparison (benchmarks/train_hybrid_h200.sh): vit_micro_patch4_32's width and depth with the
+# mixers laid out as patterns (backbones.layers.hybrid), trained with configs/cifar10_vit_micro.yaml's recipe.
+_HYBRID_WHAT = {
+    "vit_micro_mamba_patch4_32": "every block Vim's bidirectional Mamba mixer",
+    "vit_micro_gla_patch4_32": "every block bidirectional GLA (ViG-style)",
+    "vit_micro_gla3softmax1_patch4_32": "layout 'gla*3,softmax': 3 GLA : 1 softmax attention, repeated (Qwen3-Next's 3:1)",
+    "vit_micro_mamba6softmax6_patch4_32": "layout 'mamba*6,softmax*6': Mamba first half, softmax attention last "
+                                          "(MambaVision's rule)",
+    "vit_micro_hybrid_patch4_32": "every block the intra-layer hybrid (Hymba): attention heads beside Mamba heads "
+                                  "(expand 1, the pure-Mamba model's parameter count)",
+}
+_HYBRID_PAPER = {"vit_micro_mamba_patch4_32": "arXiv:2401.09417", "vit_micro_gla_patch4_32": "arXiv:2405.18425",
+                 "vit_micro_gla3softmax1_patch4_32": "arXiv:2412.06464", "vit_micro_mamba6softmax6_patch4_32":
+                 "arXiv:2407.08083", "vit_micro_hybrid_patch4_32": "arXiv:2411.13676"}
+for _name in VIT_HYBRID_CONFIGS:
+    register(ModelEntry(
+        name=_name, kind="image", family="vit-hybrid",
+        builder=classifier_builder(build_vit, ViTConfig, _name),
+        default_cfg=cifar_cfg(),
+        converter=convert_timm_vit,
+        adapt=PATCH_ADAPT,
+        description=f"ViT 128 wide, 12 deep, 4 heads, MLP ratio 2, patch 4 on 32x32 (vit_micro_patch4_32's shape), "
+                    f"{_HYBRID_WHAT[_name]}",
+        paper=_HYBRID_PAPER[_name],
+    ))
+assert set(VIT_HYBRID_CONFIGS) == set(_HYBRID_WHAT) == set(_HYBRID_PAPER)
