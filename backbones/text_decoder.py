@@ -10,6 +10,11 @@ per-block pattern such as ``"attn,gla,gla,gla"`` or ``"mamba*3,attn"`` (hybrids)
   = the kernel's forward + reversed passes, causal = the forward scan alone.
 - ``mamba``: Vim's bidirectional Mamba mixer (``BiMambaMixer``); the causal twin keeps its forward direction
   only (the backward direction's parameters are dropped).
+- ``hybrid``: the intra-layer hybrid (Hymba; backbones.layers.hybrid): the ``attn`` heads and GLA heads (or
+  Mamba heads, ``mixer_cfg={"hybrid": {"ssm": "mamba"}}``) in parallel on the same input, each branch
+  normalised, averaged, one output projection. It caches both ways at once (keys/values and the GLA state).
+
+Layouts are read by the ViT's pattern reader (``softmax`` is accepted for ``attn``).
 
 ``causal=True`` builds the same network with causal mixers: the AR baseline, and the judge of samples.
 
@@ -25,45 +30,31 @@ Mamba layers have no cache (``supports_cache`` is False; samplers then recompute
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from backbones.layers.hybrid import HYBRID_SSMS, average_branches, branch_norm
+from backbones.layers.hybrid import parse_layout as _parse_layout
 from backbones.layers.mamba import BiMambaMixer
 from backbones.layers.mixers import Attention, GLAMixer
 
 __all__ = ["TextDecoder", "DecoderCache", "DecoderAttention", "DecoderGLA", "DecoderMamba", "SwiGLU",
-           "parse_layout", "swiglu_hidden", "TEXT_DECODER_CONFIGS", "DECODER_MIXERS"]
+           "DecoderHybrid", "parse_layout", "swiglu_hidden", "TEXT_DECODER_CONFIGS", "DECODER_MIXERS"]
 
-DECODER_MIXERS = ("attn", "gla", "mamba")
+DECODER_MIXERS = ("attn", "gla", "mamba", "hybrid")
 
 
 def parse_layout(layout: str | list[str] | tuple[str, ...], depth: int) -> list[str]:
     """Per-block mixer names from ``"gla"``, ``"attn,gla,gla,gla"``, ``"mamba*3,attn"`` or a list.
 
-    A single name fills every block; a pattern shorter than ``depth`` that divides it repeats.
+    A single name fills every block; a pattern shorter than ``depth`` that divides it repeats. The ViT's
+    pattern reader (backbones.layers.hybrid.parse_layout), with ``softmax`` read as ``attn`` so one pattern
+    serves both.
     """
-    parts = list(layout) if isinstance(layout, (list, tuple)) else [p.strip() for p in str(layout).split(",")]
-    names: list[str] = []
-    for part in parts:
-        m = re.fullmatch(r"\s*([a-z_]+)\s*(?:\*\s*(\d+))?\s*", str(part))
-        if not m:
-            raise ValueError(f"layout entry {part!r} is not 'name' or 'name*N' (mixers: {DECODER_MIXERS})")
-        name, n = m.group(1), int(m.group(2) or 1)
-        if name not in DECODER_MIXERS:
-            raise ValueError(f"unknown mixer {name!r} in layout {layout!r}; choose from {DECODER_MIXERS}")
-        names += [name] * n
-    if not names:
-        raise ValueError(f"empty layout {layout!r}")
-    if len(names) == depth:
-        return names
-    if depth % len(names) == 0:
-        return names * (depth // len(names))
-    raise ValueError(f"layout {layout!r} gives {len(names)} blocks, which does not fill depth {depth}; write one "
-                     f"name per block or a pattern whose length divides the depth")
+    return _parse_layout(layout, depth, DECODER_MIXERS, aliases={"softmax": "attn"})
 
 
 def swiglu_hidden(dim: int, mlp_ratio: float = 8 / 3, multiple_of: int = 1) -> int:
@@ -215,6 +206,35 @@ class DecoderMamba(BiMambaMixer):
         return F.linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
 
 
+class DecoderHybrid(nn.Module):
+    """Attention heads (RoPE) beside GLA or Mamba heads on one input (Hymba), causal or bidirectional.
+
+    The branches are the decoder's own mixers without their projections (``attn.*``, ``ssm.*``); one
+    ``LayerCache`` serves both (the attention keeps ``k``/``v``, GLA keeps ``state``). Mamba heads keep no cache.
+    """
+
+    def __init__(self, dim: int, num_heads: int, causal: bool, rope_base: float = 10000.0, dropout: float = 0.0,
+                 ssm: str = "gla", norm: str = "rms", ssm_cfg: dict | None = None):
+        super().__init__()
+        self.attn = DecoderAttention(dim, num_heads, causal, rope_base, dropout)
+        self.attn.proj, self.attn.proj_drop = nn.Identity(), nn.Identity()  # one projection after the merge
+        if ssm == "gla":
+            self.ssm = DecoderGLA(dim, num_heads, causal, 0.0, out_proj=False, **(ssm_cfg or {}))
+        elif ssm == "mamba":
+            self.ssm = DecoderMamba(dim, causal, **(ssm_cfg or {}))  # its out_proj maps the inner width back
+        else:
+            raise ValueError(f"hybrid ssm must be one of {HYBRID_SSMS}, got {ssm!r}")
+        self.supports_cache = ssm == "gla"
+        self.norm_attn, self.norm_ssm = branch_norm(norm, dim), branch_norm(norm, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, start: int = 0, commit: int = 0):
+        a = self.attn(x, cache=cache, start=start, commit=commit)
+        s = self.ssm(x, cache=cache, start=start, commit=commit)
+        return self.drop(self.proj(average_branches(a, s, self.norm_attn, self.norm_ssm)))
+
+
 class DecoderBlock(nn.Module):
     """Pre-norm block: ``x + mixer(norm(x))``, then ``x + SwiGLU(norm(x))``."""
 
@@ -230,6 +250,8 @@ class DecoderBlock(nn.Module):
             self.mixer = DecoderGLA(dim, num_heads, causal, dropout, **cfg)
         elif mixer == "mamba":
             self.mixer = DecoderMamba(dim, causal, **cfg)
+        elif mixer == "hybrid":
+            self.mixer = DecoderHybrid(dim, num_heads, causal, rope_base, dropout, **cfg)
         else:
             raise ValueError(f"unknown mixer {mixer!r}; choose from {DECODER_MIXERS}")
         self.norm2 = nn.RMSNorm(dim, eps=1e-5)
@@ -282,6 +304,12 @@ class TextDecoder(nn.Module):
             mixer = blk.mixer
             if isinstance(mixer, (DecoderAttention, DecoderGLA)):
                 nn.init.normal_(mixer.qkv.weight, std=0.02)
+                nn.init.normal_(mixer.proj.weight, std=resid)
+                nn.init.zeros_(mixer.proj.bias)
+            elif isinstance(mixer, DecoderHybrid):
+                for branch in (mixer.attn, mixer.ssm):
+                    if hasattr(branch, "qkv"):
+                        nn.init.normal_(branch.qkv.weight, std=0.02)
                 nn.init.normal_(mixer.proj.weight, std=resid)
                 nn.init.zeros_(mixer.proj.bias)
 

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from backbones.layers.mixers import Attention, GLAMixer
 
-__all__ = ["parse_layout", "layout_mixer_cfgs", "HybridMixer", "HYBRID_SSMS", "HYBRID_NORMS"]
+__all__ = ["parse_layout", "layout_mixer_cfgs", "HybridMixer", "branch_norm", "average_branches", "HYBRID_SSMS",
+           "HYBRID_NORMS"]
 
 HYBRID_SSMS = ("mamba", "gla")
 HYBRID_NORMS = ("rms", "layer")
@@ -102,12 +103,19 @@ def layout_mixer_cfgs(blocks: list[str], mixer_cfg: Mapping | None, names: Itera
     return [dict(cfg) for _ in blocks]
 
 
-def _norm(kind: str, dim: int) -> nn.Module:
+def branch_norm(kind: str, dim: int) -> nn.Module:
+    """One branch's output norm: ``"rms"`` (RMSNorm) or ``"layer"`` (LayerNorm); its weight is the branch scale."""
     if kind == "rms":
         return nn.RMSNorm(dim, eps=1e-5)
     if kind == "layer":
         return nn.LayerNorm(dim, eps=1e-5)
     raise ValueError(f"hybrid norm must be one of {HYBRID_NORMS}, got {kind!r}")
+
+
+def average_branches(a: torch.Tensor, s: torch.Tensor, norm_a: nn.Module, norm_s: nn.Module) -> torch.Tensor:
+    """Hymba's merge before the output projection: the mean of the two branch outputs, each normalised on its
+    own in fp32 (as the recurrent mixers' norms run), cast back to the input's dtype."""
+    return (0.5 * (norm_a(a.float()) + norm_s(s.float()))).to(a.dtype)
 
 
 class HybridMixer(Attention):
@@ -130,8 +138,8 @@ class HybridMixer(Attention):
         else:
             raise ValueError(f"hybrid ssm must be one of {HYBRID_SSMS}, got {ssm!r}")
         self.ssm_kind, self.norm_kind = ssm, norm
-        self.norm_attn = _norm(norm, dim)
-        self.norm_ssm = _norm(norm, dim)
+        self.norm_attn = branch_norm(norm, dim)
+        self.norm_ssm = branch_norm(norm, dim)
 
     def reset_parameters(self) -> None:
         """The SSM branch's own init (Mamba's A, D, dt; GLA's gate bias); norms at weight 1 (equal branches)."""
@@ -141,17 +149,15 @@ class HybridMixer(Attention):
             n.reset_parameters()
 
     def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two normalised branch outputs ``[B, T, dim]`` (attention, SSM), before averaging."""
+        """The two raw branch outputs ``[B, T, dim]`` (attention heads concatenated, SSM), before the norms."""
         q, k, v = self._qkv(x)
         a = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         B, _, T, _ = a.shape
-        a = a.transpose(1, 2).reshape(B, T, -1)
-        s = self.ssm(x)
-        return self.norm_attn(a.float()), self.norm_ssm(s.float())  # fp32 statistics, as the recurrent mixers do
+        return a.transpose(1, 2).reshape(B, T, -1), self.ssm(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, s = self.branches(x)
-        return self.proj_drop(self.proj((0.5 * (a + s)).to(x.dtype)))
+        return self.proj_drop(self.proj(average_branches(a, s, self.norm_attn, self.norm_ssm)))
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, ssm={self.ssm_kind!r}, norm={self.norm_kind!r}"
