@@ -13,7 +13,10 @@ on every path. fp32, fp16 and bf16 inputs (one dtype for x and the weights); acc
                for the counts); the CPU path;
   'grouped_mm' slots sorted by expert, ``torch._grouped_mm`` for both GEMMs (CUDA needs bf16 and 16-byte
                aligned rows: d and H multiples of 8);
-  'auto'       'loop' (the Triton path joins once it lands).
+  'triton'     kernels.moe.triton: grouped GEMMs with the gather, activation and combine fused, forward and
+               backward (CUDA tensors, or any under TRITON_INTERPRET=1);
+  'auto'       'triton' where kernels.common.use_triton says so (CUDA tensors, the interpreter), else 'loop'.
+``autotune`` (Triton path only; default on, off in the interpreter) autotunes the GEMM launch configs per shape.
 
 ``permute_tokens(expert_idx, E)`` gives the expert-contiguous order (:class:`kernels.moe.permute.Permutation`).
 """
@@ -21,12 +24,13 @@ from __future__ import annotations
 
 import torch
 
-from kernels.moe.permute import Permutation, check_expert_idx, permute_tokens
+from kernels.common import use_triton
+from kernels.moe.permute import Permutation, check_expert_idx, permute_tokens, sort_slots
 from kernels.moe.reference import ACTIVATIONS, activate, expert_mlp_ref
 
 __all__ = ["expert_mlp", "permute_tokens", "Permutation", "expert_mlp_ref", "IMPLS", "ACTIVATIONS"]
 
-IMPLS = ("auto", "reference", "loop", "grouped_mm")
+IMPLS = ("auto", "reference", "loop", "grouped_mm", "triton")
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -66,7 +70,7 @@ def _validate(x, expert_idx, gates, w1, w2, b1, b2, activation, impl):
 
 def _sorted_slots(expert_idx, gates, E):
     """(permutation, token of every sorted slot, gate of every sorted slot, expert of every sorted slot)."""
-    perm = permute_tokens(expert_idx, E)
+    perm = sort_slots(expert_idx, E)
     k = expert_idx.shape[1]
     eid = expert_idx.reshape(-1)[perm.order]
     return perm, perm.order // k, gates.reshape(-1)[perm.order], eid
@@ -116,9 +120,15 @@ def _grouped_mm(x, expert_idx, gates, w1, w2, b1, b2, activation):
     return _combine(x.shape, tok, torch.where(valid[:, 0], gate, 0), torch.where(valid, out, 0), x.dtype)
 
 
-def expert_mlp(x, expert_idx, gates, w1, w2, b1=None, b2=None, activation="gelu", impl="auto"):
+def expert_mlp(x, expert_idx, gates, w1, w2, b1=None, b2=None, activation="gelu", impl="auto", *, autotune=None):
     """y [T, d] in x's dtype: the gate-weighted sum of each token's routed experts' MLPs (see the module doc)."""
     _validate(x, expert_idx, gates, w1, w2, b1, b2, activation, impl)
+    if impl == "auto":
+        impl = "triton" if use_triton(x, w1, w2) else "loop"
+    if impl == "triton":
+        from kernels.moe.triton import expert_mlp_triton
+
+        return expert_mlp_triton(x, expert_idx, gates, w1, w2, b1, b2, activation, autotune)
     if impl == "reference":
         return expert_mlp_ref(x, expert_idx, gates, w1, w2, b1, b2, activation)
     if impl == "grouped_mm":

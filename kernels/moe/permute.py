@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["Permutation", "permute_tokens"]
+__all__ = ["Permutation", "permute_tokens", "sort_slots", "check_expert_idx"]
 
 
 class Permutation(NamedTuple):
@@ -25,7 +25,8 @@ class Permutation(NamedTuple):
 
 
 def check_expert_idx(expert_idx: torch.Tensor, num_experts: int, op: str = "permute_tokens") -> None:
-    """Shape/dtype checks always; the value range [-1, E) only on the CPU (on a GPU it would cost a host sync)."""
+    """Shape/dtype checks always; the value range [-1, E) only on the CPU in eager mode (on a GPU it would cost
+    a host sync, under torch.compile a graph break)."""
     if expert_idx.dim() != 2:
         raise ValueError(f"{op}: expert_idx must be [T, k], got shape {tuple(expert_idx.shape)}")
     if expert_idx.dtype.is_floating_point or expert_idx.dtype == torch.bool or expert_idx.is_complex():
@@ -33,7 +34,7 @@ def check_expert_idx(expert_idx: torch.Tensor, num_experts: int, op: str = "perm
                          f"pass the router's top-k indices (e.g. torch.topk(...).indices)")
     if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
         raise ValueError(f"{op}: num_experts must be a positive int, got {num_experts!r}")
-    if not expert_idx.is_cuda and expert_idx.numel():
+    if not expert_idx.is_cuda and expert_idx.numel() and not torch.compiler.is_compiling():
         lo, hi = int(expert_idx.min()), int(expert_idx.max())
         if lo < -1 or hi >= num_experts:
             raise ValueError(f"{op}: expert_idx values must lie in [0, {num_experts}) or be -1 for a dropped "
@@ -43,6 +44,11 @@ def check_expert_idx(expert_idx: torch.Tensor, num_experts: int, op: str = "perm
 def permute_tokens(expert_idx: torch.Tensor, num_experts: int) -> Permutation:
     """Stable argsort of the flattened expert ids (dropped last), counts by a scatter-add, offsets by cumsum."""
     check_expert_idx(expert_idx, num_experts)
+    return sort_slots(expert_idx, num_experts)
+
+
+def sort_slots(expert_idx: torch.Tensor, num_experts: int) -> Permutation:
+    """:func:`permute_tokens` without the checks, for callers that validated ``expert_idx`` already."""
     ids = expert_idx.reshape(-1).long()
     ids = torch.where(ids < 0, torch.full_like(ids, num_experts), ids)
     order = torch.argsort(ids, stable=True)
