@@ -26,6 +26,7 @@ from backbones.layers import (TOKEN_POOLS, DropPath, Mlp, PatchEmbed, PatchInput
                               resample_pos_embed, resolve_indices, to_2tuple)
 from backbones.layers.hybrid import layout_mixer_cfgs, parse_layout
 from backbones.layers.mixers import MIXERS, build_mixer
+from backbones.layers.moe import MoEMlp, moe_layer_indices
 
 
 @dataclass
@@ -48,6 +49,9 @@ class ViTConfig:
     mixer: str = "softmax"  # one of backbones.layers.mixers.MIXERS
     mixer_cfg: dict = field(default_factory=dict)  # mixer options (window_size, block_size, feature_map, ...)
     layout: str | list[str] | None = None  # per-block mixers, e.g. "gla*3,softmax" (repeats); None: all `mixer`
+    moe: dict | None = None  # MoE MLP options (backbones.layers.moe.MoEMlp: num_experts, k, router, ...); None: dense
+    moe_every: int = 2  # V-MoE layout: the MLP of every other block (1, 3, 5, ...) is a mixture of experts
+    moe_layers: tuple[int, ...] | None = None  # explicit MoE block indices instead of moe_every
     extra: dict = field(default_factory=dict)
 
 
@@ -101,6 +105,11 @@ class VisionTransformer(PatchInputMixin, nn.Module):
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.norm_eps, cfg.drop_rate,
                   cfg.attn_drop_rate, dpr[i], self.layout[i], mixer_cfgs[i], self.patch_embed.grid_size,
                   self.num_prefix_tokens) for i in range(cfg.depth))
+        self.moe_layers = moe_layer_indices(cfg.depth, cfg.moe_every, cfg.moe_layers) if cfg.moe else ()
+        for i in self.moe_layers:  # the MLP of these blocks becomes a mixture of experts (hidden: its width)
+            moe = dict(cfg.moe)
+            self.blocks[i].mlp = MoEMlp(cfg.embed_dim, moe.pop("hidden", int(cfg.embed_dim * cfg.mlp_ratio)),
+                                        drop=cfg.drop_rate, **moe)
         use_fc_norm = cfg.global_pool in ("avg", "max", "avgmax") if cfg.fc_norm is None else cfg.fc_norm
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if use_fc_norm else nn.Identity()
