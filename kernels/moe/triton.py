@@ -24,7 +24,8 @@ in the kernel, gate and activation derivative in the epilogue); ``dx`` per slot 
 scattered to slot rows then reduced over k like the forward's combine; ``dw1[e] = x[tok]^T dpre`` and
 ``dw2[e] = h^T (gate * dy[tok])`` over each expert's rows (grouped X^T Y, gathers fused, bias gradients as
 column sums in the same loop). Every GEMM accumulates in fp32; bf16/fp16 inputs go to tl.dot as they are,
-fp32 inputs with IEEE precision (no TF32), so fp32 means fp32.
+fp32 inputs with IEEE precision (no TF32), so fp32 means fp32 (kernels.gla.triton's ``_dot``, which also
+emulates the low-precision dots in the interpreter, whose own bf16 tl.dot returns garbage in Triton 3.6).
 
 Tile schedule without a host sync: the grouped GEMMs launch cdiv(T*k, BLOCK_M) + E M-tiles (an upper bound
 on sum_e cdiv(count_e, BLOCK_M)); each program reads the E counts, finds its (expert, M-tile) by a prefix sum
@@ -41,6 +42,7 @@ import triton
 import triton.language as tl
 
 from kernels.common import interpreting
+from kernels.gla.triton import _dot, _dot_mode
 from kernels.moe.permute import sort_slots
 
 __all__ = ["ExpertMLPFn", "expert_mlp_triton"]
@@ -91,7 +93,7 @@ def _gmm_kernel(
     A, B, C, Bias, Pre, IdxA, IdxC, Scale, Counts, Offsets,
     K, N, E, sa_m, sa_k, sb_e, sb_k, sb_n, sc_m, s_bias, sp_m,
     GATHER_A: tl.constexpr, SCATTER_C: tl.constexpr, HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
-    ACT: tl.constexpr, GLU: tl.constexpr, STORE_PRE: tl.constexpr, PREC: tl.constexpr,
+    ACT: tl.constexpr, GLU: tl.constexpr, STORE_PRE: tl.constexpr, DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
     """C[rows of one expert tile] = epilogue(A[rows] @ B[e]). EPI 0: plain (+ bias); 1: + bias, activation
@@ -120,10 +122,10 @@ def _gmm_kernel(
         mask_k = (k0 + kk) < K
         a = tl.load(a_ptr, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         b = tl.load(b_ptr, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PREC)
+        acc = acc + _dot(a, b, DOT)
         if GLU:
             b_up = tl.load(b_ptr + N * sb_n, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-            acc_up = tl.dot(a, b_up, acc_up, input_precision=PREC)
+            acc_up = acc_up + _dot(a, b_up, DOT)
         a_ptr += BLOCK_K * sa_k
         b_ptr += BLOCK_K * sb_k
     rows64 = rows.to(tl.int64)
@@ -171,7 +173,7 @@ def _gxty_kernel(
     A, B, Out, DBias, IdxA, IdxB, Scale, Offsets,
     M, N, sa_m, sa_k, sb_m, sb_n, so_e, so_m, so_n, s_db,
     GATHER_A: tl.constexpr, GATHER_B: tl.constexpr, SCALE_B: tl.constexpr, HAS_DBIAS: tl.constexpr,
-    PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Out[e] = sum over expert e's sorted rows r of A[r]^T B[r] ([M, N]); DBias[e] = sum_r B[r] (pid_m 0)."""
     pid_m = tl.program_id(0)
@@ -207,7 +209,7 @@ def _gxty_kernel(
             b = bf.to(b.dtype)
         else:
             bf = b.to(tl.float32)
-        acc = tl.dot(at, b, acc, input_precision=PREC)
+        acc = acc + _dot(at, b, DOT)
         if HAS_DBIAS:
             db += tl.sum(bf, 0)
     out_ptr = Out + e.to(tl.int64) * so_e + mcols[:, None] * so_m + ncols[None, :] * so_n
@@ -288,10 +290,6 @@ def _fixed():
     return _FIXED_CPU if interpreting() else _FIXED_GPU
 
 
-def _prec(dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def _gmm(A, B, C, *, K, N, E, counts, offsets, sa, sb, sc_m, idx_a=None, idx_c=None, bias=None, pre=None,
          scale=None, epi=0, act=0, store_pre=False, autotune=True):
     """One grouped GEMM launch over the (expert, M-tile) pairs (see the module docstring)."""
@@ -303,7 +301,8 @@ def _gmm(A, B, C, *, K, N, E, counts, offsets, sa, sb, sc_m, idx_a=None, idx_c=N
             K, N, E, sa[0], sa[1], sb[0], sb[1], sb[2], sc_m, bias.stride(0) if bias is not None else 0,
             pre.stride(0) if pre is not None and pre.numel() else 0)
     flags = dict(GATHER_A=idx_a is not None, SCATTER_C=idx_c is not None, HAS_BIAS=bias is not None, EPI=epi,
-                 ACT=act, GLU=epi == 1 and act == 3, STORE_PRE=store_pre, PREC=_prec(A.dtype), BLOCK_E=max(2, triton.next_power_of_2(E)))
+                 ACT=act, GLU=epi == 1 and act == 3, STORE_PRE=store_pre, DOT=_dot_mode(A.dtype),
+                 BLOCK_E=max(2, triton.next_power_of_2(E)))
 
     def grid(m):
         return triton.cdiv(N, m["BLOCK_N"]), triton.cdiv(rows, m["BLOCK_M"]) + E
@@ -324,7 +323,7 @@ def _gxty(A, B, out, *, M, N, offsets, sa, sb, idx_a=None, idx_b=None, scale=Non
             M, N, sa[0], sa[1], sb[0], sb[1], out.stride(0), out.stride(1), out.stride(2),
             dbias.stride(0) if dbias is not None else 0)
     flags = dict(GATHER_A=idx_a is not None, GATHER_B=idx_b is not None, SCALE_B=scale is not None,
-                 HAS_DBIAS=dbias is not None, PREC=_prec(A.dtype))
+                 HAS_DBIAS=dbias is not None, DOT=_dot_mode(A.dtype))
 
     def grid(m):
         return triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(N, m["BLOCK_N"]), E
