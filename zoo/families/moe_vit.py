@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+from dataclasses import fields
 from typing import Any
 
 import torch.nn as nn
@@ -67,6 +68,9 @@ def build_moe_vit(name: str, moe: dict | None = None, **overrides) -> VisionTran
 
 
 # -- upcycling ----------------------------------------------------------------------------------------------
+_NOT_DENSE = ("moe", "moe_every", "moe_layers", "extra", "img_size", "in_chans")
+
+
 def _dense_model(model: nn.Module, source: str | os.PathLike | nn.Module, dense_name: str) -> nn.Module:
     """The dense model to upcycle from: a registered ``name.tag`` (its weights), a bare name with a default
     tag, a checkpoint file of ``dense_name`` (this MoE model's dense twin), or a dense classifier itself."""
@@ -75,11 +79,15 @@ def _dense_model(model: nn.Module, source: str | os.PathLike | nn.Module, dense_
 
     if isinstance(source, nn.Module):
         return source
-    if os.path.isfile(source):
+    if os.path.isfile(source):  # the dense twin of this very model: its ViT config without the experts
         bb = model.backbone
+        same = {f.name: getattr(bb.cfg, f.name) for f in fields(ViTConfig) if f.name not in _NOT_DENSE}
         return create_model(dense_name, checkpoint_path=source, num_classes=model.num_classes,
-                            in_chans=bb.in_chans, img_size=bb.img_size)
+                            in_chans=bb.in_chans, img_size=bb.img_size, **same)
     source = str(source)
+    if os.sep in source or source.endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt")):
+        raise ConfigError(f"upcycle_from={source!r}: no such file; give an existing checkpoint of {dense_name} "
+                          f"or a registered 'name.tag' such as vit_micro_patch4_32.cifar10")
     name, tag = split_name(source)
     entry = get_entry(name)
     if tag is None and entry.default_tag is None:
