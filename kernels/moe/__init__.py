@@ -105,6 +105,10 @@ def _grouped_mm(x, expert_idx, gates, w1, w2, b1, b2, activation):
     torch.where before the combine and before the gather's backward (where is NaN-safe, a product is not).
     """
     E = w1.shape[0]
+    if x.is_cuda and (x.dtype != torch.bfloat16 or any(n % 8 for n in (x.shape[1], w1.shape[2], w2.shape[1]))):
+        raise ValueError(f"expert_mlp: impl='grouped_mm' on CUDA needs bf16 inputs with d, H (and 2H) multiples "
+                         f"of 8 (torch._grouped_mm's 16-byte rows), got {x.dtype}, d={x.shape[1]}, "
+                         f"H={w2.shape[1]}; cast to bf16 or use impl='triton'")
     perm, tok, gate, eid = _sorted_slots(expert_idx, gates, E)
     valid = (eid >= 0)[:, None]
     eid = eid.clamp(min=0)

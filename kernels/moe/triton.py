@@ -99,8 +99,9 @@ def _gmm_kernel(
     """C[rows of one expert tile] = epilogue(A[rows] @ B[e]). EPI 0: plain (+ bias); 1: + bias, activation
     (ACT 3: SwiGLU over columns n and N + n of B), pre-activation stored when STORE_PRE; 2: the backward of
     the activation, rows scaled by Scale (the gates), C = dpre (width 2N for SwiGLU)."""
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
+    n_tiles_n = tl.cdiv(N, BLOCK_N)
+    pid_m = tl.program_id(0) // n_tiles_n  # the N tiles of one M tile run side by side: the gathered rows stay in L2
+    pid_n = tl.program_id(0) % n_tiles_n
     expert, start, end = _find_tile(Counts, Offsets, pid_m, E, BLOCK_M, BLOCK_E)
     if expert >= E:
         return
@@ -278,7 +279,17 @@ def _gxty_configs():
 
 _GMM_KEY = ["K", "N", "E", "GATHER_A", "SCATTER_C", "EPI", "ACT", "GLU"]
 _GXTY_KEY = ["M", "N", "GATHER_A", "GATHER_B"]
-_gmm_tuned = triton.autotune(_gmm_configs(), key=_GMM_KEY)(_gmm_kernel)
+
+
+def _prune_gmm(configs, named_args, **kwargs):
+    """SwiGLU's forward keeps two fp32 accumulators: no 256-wide N tiles there (they would spill)."""
+    if not kwargs.get("GLU"):
+        return configs
+    return [c for c in configs if c.kwargs["BLOCK_N"] <= 128]
+
+
+_gmm_tuned = triton.autotune(_gmm_configs(), key=_GMM_KEY, prune_configs_by={"early_config_prune": _prune_gmm})(
+    _gmm_kernel)
 _gxty_tuned = triton.autotune(_gxty_configs(), key=_GXTY_KEY)(_gxty_kernel)
 
 # The interpreter's tiles: tl.dot's minimum, so the CPU tests run in seconds.
@@ -305,7 +316,7 @@ def _gmm(A, B, C, *, K, N, E, counts, offsets, sa, sb, sc_m, idx_a=None, idx_c=N
                  BLOCK_E=max(2, triton.next_power_of_2(E)))
 
     def grid(m):
-        return triton.cdiv(N, m["BLOCK_N"]), triton.cdiv(rows, m["BLOCK_M"]) + E
+        return (triton.cdiv(N, m["BLOCK_N"]) * (triton.cdiv(rows, m["BLOCK_M"]) + E),)
 
     if autotune and not interpreting():
         _gmm_tuned[grid](*args, **flags)
