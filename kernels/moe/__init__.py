@@ -125,7 +125,14 @@ def _grouped_mm(x, expert_idx, gates, w1, w2, b1, b2, activation):
 
 
 def expert_mlp(x, expert_idx, gates, w1, w2, b1=None, b2=None, activation="gelu", impl="auto", *, autotune=None):
-    """y [T, d] in x's dtype: the gate-weighted sum of each token's routed experts' MLPs (see the module doc)."""
+    """y [T, d] in x's dtype: the gate-weighted sum of each token's routed experts' MLPs (see the module doc).
+
+    Under torch.autocast the GEMMs run in the autocast dtype, as nn.Linear's would: x and the weights are cast
+    (their gradients flow back through the casts) and y comes out in that dtype.
+    """
+    if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+        dt = torch.get_autocast_dtype(x.device.type)
+        x, w1, w2, b1, b2 = (t.to(dt) if t is not None and t.is_floating_point() else t for t in (x, w1, w2, b1, b2))
     _validate(x, expert_idx, gates, w1, w2, b1, b2, activation, impl)
     if impl == "auto":
         impl = "triton" if use_triton(x, w1, w2) else "loop"

@@ -89,6 +89,20 @@ def test_triton_other_activations_without_bias(activation):
     _check("triton", idx, leaves, activation, FP32_TOL)
 
 
+def test_autocast_runs_the_gemms_in_its_dtype():
+    """fp32 weights under autocast(bf16): a bf16 result equal to the bf16 run, gradients back to the fp32 leaves."""
+    idx, leaves = _make(13, 16, 16, 3, 2, "gelu", "mixed")
+    x, gates, w1, w2, b1, b2 = [t.clone().requires_grad_() for t in leaves]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = expert_mlp(x, idx, gates, w1, w2, b1, b2, impl="loop")
+    assert y.dtype == torch.bfloat16
+    want = expert_mlp(*(t.detach().bfloat16() for t in (x,)), idx, gates.detach(),
+                      *(t.detach().bfloat16() for t in (w1, w2, b1, b2)), impl="loop")
+    assert rel_rms(y, want) < 1e-2
+    y.float().sum().backward()
+    assert w1.grad.dtype == torch.float32 and w1.grad.abs().sum() > 0
+
+
 def test_every_slot_dropped_gives_zero_and_zero_grads():
     idx, leaves = _make(9, 16, 16, 3, 2, "gelu", "mixed")
     idx = torch.full_like(idx, -1)
