@@ -39,7 +39,7 @@ from kernels.moe.routing import (PRIORITIES, SCORES, apply_capacity, balance_los
                                  expert_load, router_scores, router_z_loss, soft_moe_weights, top_k_route,
                                  update_bias)
 
-__all__ = ["ROUTERS", "MoEMlp", "moe_layer_indices"]
+__all__ = ["ROUTERS", "MoEMlp", "moe_layer_indices", "active_params"]
 
 ROUTERS = ("topk", "expert_choice", "soft")
 
@@ -134,6 +134,16 @@ class MoEMlp(nn.Module):
         self.b1.copy_((fc1.bias if fc1.bias is not None else torch.zeros_like(self.b1[0])).expand_as(self.b1))
         self.b2.copy_((fc2.bias if fc2.bias is not None else torch.zeros_like(self.b2[0])).expand_as(self.b2))
 
+    def experts_per_token(self, num_tokens: int) -> float:
+        """Experts one token passes through on average in a group (image) of ``num_tokens``: k for token
+        choice (no drops), E * C / n for expert choice, E * slots / n for Soft MoE (its slot computations)."""
+        if self.router_type == "topk":
+            return float(self.k)
+        if self.router_type == "expert_choice":
+            cap = min(num_tokens, capacity(num_tokens, self.num_experts, self.k, self.capacity_factor or 1.0))
+            return self.num_experts * cap / num_tokens
+        return self.num_experts * self.slots_per_expert / num_tokens
+
     # -- forward ------------------------------------------------------------------------------------------
     def _experts(self, x: torch.Tensor, expert_idx: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         return expert_mlp(x, expert_idx, gates.to(x.dtype), self.w1, self.w2, b1=self.b1, b2=self.b2,
@@ -222,3 +232,14 @@ def moe_layer_indices(depth: int, every: int = 2, layers=None) -> tuple[int, ...
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"moe_every must be a positive int, got {every!r}")
     return tuple(i for i in range(depth) if i % every == every - 1)
+
+
+def active_params(model: nn.Module, num_tokens: int) -> int:
+    """Parameters a token's forward uses: all of ``model``'s, with each MoE layer's experts counted
+    ``experts_per_token`` times one expert (so a dense model's count is its total)."""
+    total = sum(p.numel() for p in model.parameters())
+    for m in model.modules():
+        if isinstance(m, MoEMlp):
+            experts = sum(p.numel() for p in (m.w1, m.b1, m.w2, m.b2))
+            total += round(experts / m.num_experts * m.experts_per_token(num_tokens)) - experts
+    return total

@@ -303,3 +303,18 @@ def test_moe_layer_indices():
     assert moe_layer_indices(12, layers=[-1, 0]) == (0, 11)
     with pytest.raises(ValueError, match="out of range"):
         moe_layer_indices(4, layers=[4])
+
+
+def test_active_params_count_the_experts_a_token_uses():
+    from backbones.layers import Mlp
+    from backbones.layers.moe import active_params
+
+    per_expert = 6 * 10 + 10 + 10 * 6 + 6
+    top2 = MoEMlp(6, 10, num_experts=4, k=2)
+    assert active_params(top2, 8) == 4 * 6 + 2 * per_expert  # router + two experts
+    ec = MoEMlp(6, 10, num_experts=4, k=1, router="expert_choice")  # 4 experts x 2 tokens of 8: one per token
+    assert ec.experts_per_token(8) == 1.0 and active_params(ec, 8) == 4 * 6 + per_expert
+    soft = MoEMlp(6, 10, num_experts=4, router="soft", slots_per_expert=4)  # 16 slots for 8 tokens
+    assert active_params(soft, 8) == 6 * 16 + 1 + 2 * per_expert
+    dense = Mlp(6, 10)
+    assert active_params(dense, 8) == sum(p.numel() for p in dense.parameters())
