@@ -310,8 +310,8 @@ class MambaVision(nn.Module):
             raise ValueError(f"window sizes must be positive, got {cfg.window_size}")
         self.cfg = cfg
         self.global_pool = check_pool(cfg.global_pool, POOLS, "MambaVision")
-        self._img_size = to_2tuple(cfg.img_size)
-        self._in_chans = cfg.in_chans
+        self.img_size = to_2tuple(cfg.img_size)   # nominal, for preprocessing; any size runs
+        self.in_chans = cfg.in_chans
         self.num_features = cfg.dim * 8
         self.patch_embed = Stem(cfg.in_chans, cfg.in_dim, cfg.dim)
         dpr = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
@@ -340,18 +340,10 @@ class MambaVision(nn.Module):
                 nn.init.zeros_(m.bias)
 
     # -- contract -----------------------------------------------------------------------------------------
-    @property
-    def img_size(self) -> tuple[int, int]:
-        return self._img_size
-
-    @property
-    def in_chans(self) -> int:
-        return self._in_chans
-
     def check_input(self, x: torch.Tensor) -> None:
         """ValueError naming the fix for an input that is not [B, in_chans, H, W] (any H, W runs)."""
-        if x.ndim != 4 or x.shape[1] != self._in_chans:
-            raise ValueError(f"expected [B, {self._in_chans}, H, W], got shape {tuple(x.shape)}; build the model "
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected [B, {self.in_chans}, H, W], got shape {tuple(x.shape)}; build the model "
                              f"with in_chans=C for C-channel inputs")
 
     def no_weight_decay(self) -> set[str]:
