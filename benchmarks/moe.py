@@ -121,6 +121,7 @@ def main(argv=None) -> int:
     from kernels.moe import expert_mlp, expert_mlp_ref
     from zoo.bench.results import write_results
 
+    started = time.perf_counter()
     device = "cuda" if cuda else "cpu"
     dtype = torch.bfloat16
     name = "moe_tiny" if args.tiny else "moe"
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
 
     path = write_results(name, rows, out_dir=args.out, extra_meta={"notes": notes})
-    print(f"\nwrote {path}")
+    print(f"\nwrote {path} ({time.perf_counter() - started:.0f} s)")
     for n in notes:
         print("note:", n)
     return 0
