@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from backbones.layers.mixers import Attention, GLAMixer
 
-__all__ = ["parse_layout", "layout_mixer_cfgs", "HybridMixer", "branch_norm", "average_branches", "HYBRID_SSMS",
+__all__ = ["parse_layout", "format_layout", "layout_mixer_cfgs", "HybridMixer", "branch_norm", "average_branches", "HYBRID_SSMS",
            "HYBRID_NORMS"]
 
 HYBRID_SSMS = ("mamba", "gla")
@@ -76,6 +76,22 @@ def parse_layout(layout: str | Iterable[str], depth: int, names: Iterable[str],
         return out * (depth // len(out))
     raise ValueError(f"layout {layout!r} gives {len(out)} blocks, which does not fill depth {depth}; write one "
                      f"name per block or a pattern whose length divides the depth")
+
+
+def format_layout(blocks: list[str]) -> str:
+    """The shortest pattern :func:`parse_layout` reads back to ``blocks`` at their depth: its smallest repeating
+    period, run-length coded (``["gla", "gla", "gla", "softmax"] * 3`` -> ``"gla*3,softmax"``)."""
+    n = len(blocks)
+    if not n:
+        raise ValueError("format_layout needs at least one block")
+    period = next(p for p in range(1, n + 1) if n % p == 0 and list(blocks[:p]) * (n // p) == list(blocks))
+    runs: list[list] = []
+    for name in blocks[:period]:
+        if runs and runs[-1][0] == name:
+            runs[-1][1] += 1
+        else:
+            runs.append([name, 1])
+    return ",".join(name if k == 1 else f"{name}*{k}" for name, k in runs)
 
 
 def layout_mixer_cfgs(blocks: list[str], mixer_cfg: Mapping | None, names: Iterable[str]) -> list[dict]:
