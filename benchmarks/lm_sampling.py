@@ -30,10 +30,11 @@ from zoo.bench.timing import sync
 from zoo.kinds.language_model import load_language_model
 
 
-def sampler_grid(length: int, block: int, threshold: float) -> list[tuple[str, dict]]:
-    """(label, generate kwargs) of every diffusion configuration measured."""
+def sampler_grid(length: int, block: int, threshold: float, graphs: bool = False) -> list[tuple[str, dict]]:
+    """(label, generate kwargs) of every diffusion configuration measured; ``graphs`` adds each uncached one
+    replayed from a CUDA graph (label ``+graphs``)."""
     full, half, quarter = length, length // 2, length // 4
-    return [
+    grid = [
         ("low_confidence", dict(sampler="low_confidence", steps=full, block=block)),
         ("low_confidence", dict(sampler="low_confidence", steps=half, block=block)),
         ("low_confidence", dict(sampler="low_confidence", steps=quarter, block=block)),
@@ -44,6 +45,9 @@ def sampler_grid(length: int, block: int, threshold: float) -> list[tuple[str, d
         ("ddpm", dict(sampler="ddpm", steps=full)),
         ("ddpm_cache", dict(sampler="ddpm_cache", steps=full)),
     ]
+    if graphs:
+        grid += [(label + "+graphs", dict(kw, graphs=True)) for label, kw in grid if not kw.get("cache")]
+    return grid
 
 
 @torch.no_grad()
@@ -76,7 +80,7 @@ def pareto(rows: list[dict]) -> None:
 
 def run(mdlm_paths: list[str], ar_path: str, length: int, batch_sizes: list[int], block: int, threshold: float,
         temperature: float, prompt: str, repeats: int, seed: int, num_t: int, device: torch.device,
-        on_rows=None) -> list[dict]:
+        on_rows=None, graphs: bool = False) -> list[dict]:
     """Every row; ``on_rows(rows)`` after each one, so a run cut short by a time limit keeps what it measured."""
     judge = load_language_model(ar_path, device)
     if not judge.causal:
@@ -106,10 +110,17 @@ def run(mdlm_paths: list[str], ar_path: str, length: int, batch_sizes: list[int]
                                       device, repeats)
             own = float(ar_nll(judge, out, len(ids)).mean())
         record(judge.pretrained_cfg.get("architecture", "ar"), "ar+kv_cache", {}, bs, out, sec, stats, own)
+        if graphs:  # the graphable AR: full padded window per token, no key/value cache
+            with amp:
+                (out, stats), sec = timed(lambda: generate(judge, ids, length, temperature=temperature, seed=seed,
+                                                           batch_size=bs, return_stats=True, graphs=True),
+                                          device, repeats)
+                own = float(ar_nll(judge, out, len(ids)).mean())
+            record(judge.pretrained_cfg.get("architecture", "ar"), "ar+graphs", {}, bs, out, sec, stats, own)
         for path in mdlm_paths:
             model = load_language_model(path, device)
             name = model.pretrained_cfg.get("architecture", Path(path).stem)
-            for label, kw in sampler_grid(length, block, threshold):
+            for label, kw in sampler_grid(length, block, threshold, graphs):
                 with amp:
                     (out, stats), sec = timed(lambda: generate(model, ids, length, temperature=temperature,
                                                                seed=seed, batch_size=bs, return_stats=True, **kw),
@@ -134,6 +145,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-t", type=int, default=8, help="antithetic t per sample for its own NELBO")
+    p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time every uncached sampler (and the AR twin on its full window) replayed from CUDA "
+                        "graphs (default: on with CUDA)")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--name", default="lm_sampling")
     a = p.parse_args(argv)
@@ -144,7 +158,8 @@ def main(argv=None) -> int:
         return write_results(a.name, rows, out_dir=a.out, extra_meta=meta)
 
     rows = run(a.mdlm, a.ar, a.length, [int(b) for b in a.batch_sizes.split(",")], a.block, a.threshold,
-               a.temperature, a.prompt, a.repeats, a.seed, a.num_t, device, on_rows=save)
+               a.temperature, a.prompt, a.repeats, a.seed, a.num_t, device, on_rows=save,
+               graphs=device.type == "cuda" if a.graphs is None else a.graphs)
     path = save(rows)
     for r in rows:
         print(f"{r['model']:<18} {r['sampler']:<24} b={r['batch']:<3} {r['tok_per_s']:>10.1f} tok/s "

@@ -24,8 +24,16 @@ Masked diffusion (``diffusion-lm``), the sequence starts as ``prompt + [MASK] * 
 Autoregressive (``causal-lm``): one token at a time from softmax(logits / temperature) (greedy at 0),
 through the key/value cache and carried state when every layer keeps one, by recomputation otherwise.
 
-Random numbers come from one CPU ``torch.Generator`` seeded by ``seed`` and are drawn in the same order
-whatever the cache, so a run is deterministic under its seed and cached and uncached samplers draw alike.
+Random numbers come from one ``torch.Generator`` seeded by ``seed`` on the model's device (a CPU generator on
+the CPU, the GPU's own on CUDA, so a batch-64 step does not draw and copy megabytes of noise from the host) and
+are drawn in the same order whatever the cache: a run is deterministic under its seed on a device, and cached,
+uncached and graphed samplers draw alike.
+
+``graphs=True`` (CUDA): every decoding step is the same full forward of a fixed ``[B, P + length]`` window, so
+it is captured once in a CUDA graph and replayed (a small decoder's step is a few hundred kernel launches,
+bound by the host, not the GPU). For diffusion without the prefix cache; for the AR twin it decodes on the
+padded full window without a key/value cache (positions after the current one are ignored by causality), the
+graphable form of AR decoding.
 """
 from __future__ import annotations
 
@@ -110,23 +118,52 @@ def check_generate_args(model, prompt: torch.Tensor, length: int, steps: int | N
 
 
 class _Rng:
-    """All random numbers of one generation, from one seeded CPU generator, moved to the model's device."""
+    """All random numbers of one generation, from one generator seeded by ``seed`` on the model's device."""
 
     def __init__(self, seed: int, device):
-        self.g = torch.Generator().manual_seed(int(seed))
-        self.device = device
+        self.device = torch.device(device)
+        self.g = torch.Generator(device=self.device).manual_seed(int(seed))
 
     def uniform(self, *shape) -> torch.Tensor:
-        return torch.rand(*shape, generator=self.g, dtype=torch.float64).to(self.device)
+        return torch.rand(*shape, generator=self.g, dtype=torch.float64, device=self.device)
+
+
+class _GraphedForward:
+    """``model(x)`` for one fixed input shape, captured once in a CUDA graph and replayed per call.
+
+    Warm-up runs on a side stream first (kernel autotuning and lazy initialisation must not happen inside the
+    capture); autocast, when active, is re-entered without its weight-cast cache, whose tensors would be freed
+    under the graph when the caller's autocast context exits."""
+
+    def __init__(self, model, example: torch.Tensor):
+        self.model = model
+        self.x = example.clone()
+        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        self.amp = lambda: torch.autocast("cuda", dtype=dtype, enabled=dtype is not None, cache_enabled=False)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), self.amp():
+            for _ in range(2):
+                model(self.x)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), self.amp():
+            self.out = model(self.x)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.x.copy_(x)
+        self.graph.replay()
+        return self.out
 
 
 def _predict(model, x: torch.Tensor, cache: "_PrefixCache | None", start: int, refresh: bool,
-             stats: SampleStats) -> torch.Tensor:
+             stats: SampleStats, graphed: "_GraphedForward | None" = None) -> torch.Tensor:
     """Logits of positions ``start:`` (fp32). With a cache: ``refresh`` stores the prefix ``[0, start)`` from
-    a full pass; otherwise only the window ``x[:, start:]`` runs, on the stored prefix."""
+    a full pass; otherwise only the window ``x[:, start:]`` runs, on the stored prefix. ``graphed``: the full
+    pass replayed from its CUDA graph."""
     if cache is None:
         stats.forwards += 1
-        return model(x)[:, start:].float()
+        return (graphed or model)(x)[:, start:].float()
     if refresh:
         stats.forwards += 1
         cache.clear()
@@ -137,7 +174,8 @@ def _predict(model, x: torch.Tensor, cache: "_PrefixCache | None", start: int, r
 
 @torch.no_grad()
 def _diffusion(model, prompt: torch.Tensor, length: int, steps: int, block: int, sampler: str,
-               threshold: float | None, temperature: float, rng: _Rng, use_cache: bool, stats: SampleStats):
+               threshold: float | None, temperature: float, rng: _Rng, use_cache: bool, stats: SampleStats,
+               graphs: bool = False):
     mask_id, end_id = model.tokenizer.mask_id, model.tokenizer.end_id
     B, P = prompt.shape
     L = P + length
@@ -145,6 +183,7 @@ def _diffusion(model, prompt: torch.Tensor, length: int, steps: int, block: int,
     blocks = length // block
     per_block = steps // blocks
     cache = _PrefixCache(model) if use_cache else None
+    graphed = _GraphedForward(model, x) if graphs else None
     V = model.vocab_size
     for b in range(blocks):
         lo, hi = P + b * block, P + (b + 1) * block
@@ -156,7 +195,7 @@ def _diffusion(model, prompt: torch.Tensor, length: int, steps: int, block: int,
             if sampler == "ddpm_cache" and logits is not None and not changed:
                 pass  # nothing was revealed last step: the prediction is the same
             else:
-                logits = _predict(model, x, cache, lo, fresh, stats)  # positions lo .. L - 1
+                logits = _predict(model, x, cache, lo, fresh, stats, graphed)  # positions lo .. L - 1
             fresh = False
             logits[..., mask_id] = float("-inf")
             window_masked = x[:, lo:] == mask_id
@@ -221,9 +260,11 @@ class _PrefixCache:
 
 @torch.no_grad()
 def _autoregressive(model, prompt: torch.Tensor, length: int, temperature: float, rng: _Rng, use_cache: bool,
-                    stats: SampleStats) -> torch.Tensor:
+                    stats: SampleStats, graphs: bool = False) -> torch.Tensor:
     end_id, mask_id = model.tokenizer.end_id, model.tokenizer.mask_id
     B, P = prompt.shape
+    if graphs:
+        return _autoregressive_graphed(model, prompt, length, temperature, rng, stats)
     x = prompt
     cache = model.new_cache() if use_cache else None
     stats.forwards += 1
@@ -251,17 +292,44 @@ def _autoregressive(model, prompt: torch.Tensor, length: int, temperature: float
     return x
 
 
+@torch.no_grad()
+def _autoregressive_graphed(model, prompt: torch.Tensor, length: int, temperature: float, rng: _Rng,
+                            stats: SampleStats) -> torch.Tensor:
+    """AR decoding on the full ``[B, P + length]`` window (not yet generated positions hold the end token; a
+    causal network never reads them), each step one replay of the captured forward; same draws as above."""
+    end_id, mask_id = model.tokenizer.end_id, model.tokenizer.mask_id
+    B, P = prompt.shape
+    x = torch.cat([prompt, torch.full((B, length), end_id, dtype=prompt.dtype, device=prompt.device)], 1)
+    graphed = _GraphedForward(model, x)
+    done = torch.zeros(B, dtype=torch.bool, device=x.device)
+    for i in range(length):
+        stats.forwards += 1
+        logits = graphed(x)[:, P + i - 1].float()
+        logits[:, mask_id] = float("-inf")
+        noise = rng.uniform(B, logits.shape[-1]) if temperature > 0 else None
+        nxt = gumbel_argmax(logits, temperature, noise)
+        nxt = torch.where(done, torch.full_like(nxt, end_id), nxt)
+        done |= nxt == end_id
+        x[:, P + i] = nxt
+        stats.steps += 1
+        if bool(done.all()):
+            break
+    return x
+
+
 def generate(model, prompt_ids, length: int, steps: int | None = None, block: int | None = None,
              sampler: str | None = None, threshold: float | None = None, temperature: float = 0.0,
-             seed: int = 0, cache: bool = False, batch_size: int | None = None, return_stats: bool = False):
+             seed: int = 0, cache: bool = False, batch_size: int | None = None, return_stats: bool = False,
+             graphs: bool = False):
     """Sample ``length`` tokens after ``prompt_ids`` (``[P]``, a list, or ``[B, P]``) with ``model``.
 
     ``sampler``: one of :data:`DIFFUSION_SAMPLERS` for a diffusion model (default ``low_confidence``), ``ar``
     for a causal one (the default there). ``steps`` (default: one per token) and ``block`` (default: the
     whole length) shape the diffusion schedule; ``threshold`` is the parallel decoder's tau; ``temperature``
     0 is greedy. ``cache=True``: the prefix cache (diffusion) / the key-value and state cache (AR); ignored
-    for layouts without one (Mamba). ``batch_size`` repeats a single prompt. Returns ids ``[B, P + length]``
-    (and :class:`SampleStats` with ``return_stats``).
+    for layouts without one (Mamba). ``batch_size`` repeats a single prompt. ``graphs=True`` (CUDA, without
+    ``cache``): each step replays one captured CUDA graph of the full-window forward. Returns ids
+    ``[B, P + length]`` (and :class:`SampleStats` with ``return_stats``).
     """
     device = next(model.parameters()).device
     prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
@@ -274,16 +342,19 @@ def generate(model, prompt_ids, length: int, steps: int | None = None, block: in
     sampler = sampler or ("ar" if model.causal else "low_confidence")
     steps, block = check_generate_args(model, prompt, length, steps, block, sampler, threshold, temperature)
     use_cache = bool(cache) and model.backbone.supports_cache
+    if graphs and (device.type != "cuda" or cache):
+        raise ValueError("graphs=True replays a CUDA graph of the full-window forward: it needs the model on a "
+                         "CUDA device and cache=False" + ("" if device.type == "cuda" else f" (it is on {device})"))
     was_training = model.training
     model.eval()
     stats = SampleStats(tokens=length * prompt.shape[0])
     rng = _Rng(seed, device)
     try:
         if model.causal:
-            out = _autoregressive(model, prompt, length, temperature, rng, use_cache, stats)
+            out = _autoregressive(model, prompt, length, temperature, rng, use_cache, stats, graphs)
         else:
             out = _diffusion(model, prompt.clone(), length, steps, block, sampler, threshold, temperature, rng,
-                             use_cache, stats)
+                             use_cache, stats, graphs)
     finally:
         model.train(was_training)
     return (out, stats) if return_stats else out
