@@ -170,7 +170,8 @@ class MambaVisionMixer(nn.Module):
         y = selective_scan(x, dt, -torch.exp(self.A_log.float()), x_dbl[:, r:r + n].contiguous(),
                            x_dbl[:, r + n:].contiguous(), self.D.float(), z=None,
                            delta_bias=2 * self.dt_proj.bias.float(), delta_softplus=True, **self.scan_options)
-        return F.linear(torch.cat([y, z], dim=1).transpose(1, 2), self.out_proj.weight)
+        # out_proj against the channel-first concat, returned as a [B, L, C] view (no transposed copy in)
+        return torch.matmul(self.out_proj.weight, torch.cat([y, z], dim=1)).transpose(1, 2)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, d_state={self.d_state}, d_conv={self.d_conv}, dt_rank={self.dt_rank}"
