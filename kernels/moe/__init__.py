@@ -88,13 +88,13 @@ def _loop(x, expert_idx, gates, w1, w2, b1, b2, activation):
     kept = int(perm.offsets[-1])  # host sync: the loop's slices need the counts on the host
     tok, gate = tok[:kept], gate[:kept]
     outs = []
+    # empty experts too (a zero-row matmul): every weight stays in the graph and gets a zero gradient, as on
+    # the other paths, instead of None (which autograd.grad and DDP's unused-parameter check refuse)
     for e, rows in enumerate(x[tok].split(perm.counts.tolist())):
-        if rows.shape[0] == 0:
-            continue
         pre = rows @ w1[e] if b1 is None else torch.addmm(b1[e], rows, w1[e])
         h = activate(pre, activation)
         outs.append(h @ w2[e] if b2 is None else torch.addmm(b2[e], h, w2[e]))
-    out = torch.cat(outs) if outs else x.new_zeros(0, x.shape[1])
+    out = torch.cat(outs)
     return _combine(x.shape, tok, gate, out, x.dtype)
 
 
