@@ -9,13 +9,16 @@ on every path. fp32, fp16 and bf16 inputs (one dtype for x and the weights); acc
 
 ``impl`` picks the path (all give the same function):
   'reference'  kernels.moe.reference: per-expert masks in fp32, the truth of the tests;
-  'loop'       slots sorted by expert, one matmul pair per non-empty expert in the input dtype (a host sync
-               for the counts); the CPU path;
+  'loop'       slots sorted by expert, one matmul pair per expert in the input dtype (a host sync for the
+               counts); the CPU path;
   'grouped_mm' slots sorted by expert, ``torch._grouped_mm`` for both GEMMs (CUDA needs bf16 and 16-byte
                aligned rows: d and H multiples of 8);
   'triton'     kernels.moe.triton: grouped GEMMs with the gather, activation and combine fused, forward and
                backward (CUDA tensors, or any under TRITON_INTERPRET=1);
   'auto'       'triton' where kernels.common.use_triton says so (CUDA tensors, the interpreter), else 'loop'.
+               benchmarks/moe.py times triton against grouped_mm at the issue's shapes; no H200 figures yet, so
+               auto does not switch to grouped_mm anywhere (a measured rule belongs here once they exist).
+Under torch.autocast the GEMMs run in the autocast dtype. Bad arguments raise ValueError naming the fix.
 ``autotune`` (Triton path only; default on, off in the interpreter) autotunes the GEMM launch configs per shape.
 
 ``permute_tokens(expert_idx, E)`` gives the expert-contiguous order (:class:`kernels.moe.permute.Permutation`).
