@@ -298,8 +298,9 @@ def check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a weight file: safetensors (recognised by content) or a torch checkpoint through
-    ``torch.load(weights_only=True)``; NaN/inf values are refused (:func:`check_finite`).
+    """Tensors of a weight file: safetensors (recognised by content; an int8 file of zoo.weights.quant comes
+    back dequantized) or a torch checkpoint through ``torch.load(weights_only=True)``; NaN/inf values are
+    refused (:func:`check_finite`).
 
     Official pickles often carry an ``argparse.Namespace`` of training args, which is allow-listed; weights
     nested under ``model``, ``state_dict`` or ``module`` are unwrapped (Lightning's ``model.`` prefix too).
@@ -312,12 +313,17 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise WeightLoadError(f"weight file {path} is a folder; pass the weight file inside it")
     kind = _file_kind(path)
     if kind == "safetensors":
-        from safetensors.torch import load_file
+        from safetensors import safe_open
+
+        from zoo.weights.quant import dequantize
 
         try:
-            obj = load_file(str(path))
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+                obj = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:
             raise _bad_file(path, f"a damaged or truncated safetensors file ({e})") from None
+        obj = dequantize(obj, meta, source=str(path))  # int8 shipped files (zoo.weights.quant); others as stored
     else:
         obj = load_torch_file(path)
         for key in ("model", "state_dict", "module"):
