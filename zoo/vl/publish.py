@@ -1,8 +1,9 @@
 """Ship a CLIP export as a pretrained tag: ``python -m zoo.vl.publish EXPORT --tag flickr8k``.
 
-The vision-language counterpart of ``zoo publish`` (which measures classifiers): it evaluates the export
-(Flickr8k test retrieval, CIFAR-10 zero-shot: zoo.vl.evaluate), copies the fp16 file to
-``zoo/weights/<model>.<tag>.safetensors`` and writes the tag into the manifest (zoo.weights.manifest) with
+The vision-language publisher (``zoo publish`` dispatches a vision-language export here): it evaluates the
+file as it ships (Flickr8k test retrieval, CIFAR-10 zero-shot: zoo.vl.evaluate; ``--int8``: the int8
+weight-only copy, zoo.weights.quant), writes it to ``zoo/weights/<model>.<tag>.safetensors`` (within the
+size budget of zoo.weights.manifest) and writes the tag into the manifest (zoo.weights.manifest) with
 its sha256, kind ``vision-language``, preprocessing and metrics in percent. The file holds the image tower,
 the projections and the temperature; the locked text tower is not copied: the record names it by Hub id and
 the sha256 of the fp16 weights it was trained against (the zoo's data set ``minilm``), and loading fills it
@@ -20,17 +21,17 @@ from typing import Any, Optional
 
 from zoo.errors import ConfigError, ZooError
 
-MAX_FILE_BYTES = 8 * 10**6  # issue #17: what a CLIP tag ships stays under 8 MB
-
 
 def publish(export: str | os.PathLike, tag: str, data: str = "flickr8k", zero_shot: str = "cifar10",
             license: str = "apache-2.0", folder: Optional[Path] = None, device: str = "cpu",
-            subset: Optional[int] = None) -> dict[str, Any]:
-    """Evaluate ``export``, ship it as ``<model>.<tag>``; returns the manifest record. ``subset`` (quick
-    checks only) measures the first N test images / N per class, and the metric names say so."""
+            subset: Optional[int] = None, int8: bool = False) -> dict[str, Any]:
+    """Evaluate the shipped copy of ``export`` (``int8``: its int8 copy), ship it as ``<model>.<tag>``;
+    returns the manifest record. ``subset`` (quick checks only) measures the first N test images / N per
+    class, and the metric names say so."""
     from zoo.vl.evaluate import export_metadata, run
     from zoo.vl.text import MINILM_FP16_SHA256, MINILM_HUB_ID
     from zoo.weights.manifest import check_tag, ship_file, write_record
+    from zoo.weights.quant import FORMAT, storage
 
     import json
 
@@ -44,17 +45,17 @@ def publish(export: str | os.PathLike, tag: str, data: str = "flickr8k", zero_sh
     if meta.get("text_included") == "True":
         raise ConfigError(f"{export} carries its own (fine-tuned) text tower; only locked-text (LiT) exports, "
                           f"which reference the pretrained MiniLM, are shipped.")
-    size = export.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ConfigError(f"{export} is {size / 1e6:.1f} MB; shipped CLIP weights must stay under "
-                          f"{MAX_FILE_BYTES / 1e6:.0f} MB (choose a smaller tower)")
-    results = run(str(export), data=data, zero_shot=zero_shot, device=device, subset=subset)
+    measured: list = []
+
+    def measure(shipped):
+        measured.extend(run(str(shipped), data=data, zero_shot=zero_shot, device=device, subset=subset))
+
+    folder, file, sha256 = ship_file(export, name, tag, folder, int8=int8, check=measure)
     metrics = {}
-    for r in results:
+    for r in measured:
         what = ("test retrieval" if r["task"] == "zeroshot_retrieval" else "test zero-shot")
         what += f", subset {subset}" if subset else ""
         metrics[f"{r['dataset']} ({what})"] = {k: round(100 * v, 2) for k, v in r["metrics"].items()}
-    folder, file, sha256 = ship_file(export, name, tag, folder)
     pre = json.loads(meta.get("preprocess") or "{}")
     record = {
         "file": file,
@@ -69,9 +70,11 @@ def publish(export: str | os.PathLike, tag: str, data: str = "flickr8k", zero_sh
         "text_tower": {"hub_id": MINILM_HUB_ID, "sha256": meta.get("text_tower_sha256") or MINILM_FP16_SHA256,
                        "pooling": "mean", "dtype": "float16"},
         "notes": f"trained with `zoo fit` ({meta.get('recipe') or export.parent.name}, {meta.get('epochs')} epochs, "
-                 f"{meta.get('loss', 'clip')} loss, text tower locked); measured by zoo.vl.publish on "
-                 f"{datetime.date.today().isoformat()}",
+                 f"{meta.get('loss', 'clip')} loss, text tower locked); {storage(int8)} weights measured by zoo publish "
+                 f"on {datetime.date.today().isoformat()}",
     }
+    if int8:
+        record["weights_format"] = FORMAT
     write_record(name, tag, record, folder)
     return {"model": f"{name}.{tag}", **record}
 
@@ -84,9 +87,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--zero-shot", default="cifar10")
     p.add_argument("--license", default="apache-2.0")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--int8", action="store_true", help="ship int8 weight-only storage (about half of fp16)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        rec = publish(args.export, args.tag, args.data, args.zero_shot, args.license, device=args.device)
+        rec = publish(args.export, args.tag, args.data, args.zero_shot, args.license, device=args.device,
+                      int8=args.int8)
     except ZooError as e:
         print(f"error: {e}")
         return 2

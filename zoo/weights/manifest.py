@@ -3,15 +3,19 @@
 ``zoo publish`` writes a record per tag; the registry turns every record into a :class:`PretrainedTag` at
 import. A record carries the tag's kind and preprocessing: an audio tag (its ``preprocess.audio`` holds the
 Kaldi fbank front end) is of kind ``audio``, with the spectrogram's input size and the front end's
-normalisation as its ``mean`` / ``std``.
+normalisation as its ``mean`` / ``std``; a vision-language record names its text tower; a language-model
+record (kind ``diffusion-lm`` / ``causal-lm``) carries its character vocabulary in ``arch_overrides.chars``
+(the builder's argument) and the evaluation settings its nats/char was measured with. Shipped files are fp16,
+or int8 (``weights_format`` ``int8-rowwise-v1``, zoo.weights.quant) within :data:`MAX_FILE_BYTES` /
+:data:`MAX_TOTAL_BYTES`.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 MANIFEST = "manifest.json"
 
@@ -30,17 +34,64 @@ def check_tag(tag: str, example: str) -> None:
         raise ConfigError(f"tag {tag!r} must be a non-empty name without '.' (e.g. {example})")
 
 
-def ship_file(export: Path, model: str, tag: str, folder: Path | None = None) -> tuple[Path, str, str]:
-    """Copy ``export`` atomically to ``<folder>/<model>.<tag>.safetensors``; returns (folder, file name, sha256).
+MAX_FILE_BYTES = 8 * 10**6
+"""What one shipped weight file may weigh (issues #16/#17: a tag ships under 8 MB)."""
+MAX_TOTAL_BYTES = 20 * 10**6
+"""What all shipped weight files weigh together: every tracked file travels with each checkout and GPU run."""
 
-    The one place both publish commands (classifiers, CLIP) write a shipped weight file.
+
+def check_budget(size: int, folder: Path, file: str) -> None:
+    """ConfigError unless a ``size``-byte ``file`` fits the per-file limit and, with the folder's other
+    weight files (the one it replaces not counted), the total."""
+    from zoo.errors import ConfigError
+
+    if size > MAX_FILE_BYTES:
+        raise ConfigError(f"{file} would be {size / 1e6:.2f} MB; a shipped weight file must stay under "
+                          f"{MAX_FILE_BYTES / 1e6:.0f} MB: publish with --int8 (int8 weight storage, about half "
+                          f"the fp16 size) or choose a smaller config")
+    others = sum(p.stat().st_size for p in Path(folder).glob("*.safetensors") if p.name != file)
+    if others + size > MAX_TOTAL_BYTES:
+        raise ConfigError(f"{file} ({size / 1e6:.2f} MB) with the {others / 1e6:.2f} MB already in {folder} would "
+                          f"ship {(others + size) / 1e6:.2f} MB of weights, over the {MAX_TOTAL_BYTES / 1e6:.0f} MB "
+                          f"budget: publish with --int8, or re-publish a shipped tag with --int8 first")
+
+
+def shipped_bytes(export: Path, int8: bool = False) -> bytes:
+    """The bytes a tag ships for ``export``: the file itself, or (``int8``) its int8-rowwise-v1 copy with
+    the export's metadata (zoo.weights.quant). An export already in int8 ships as it is."""
+    from zoo.hub import read_state_dict
+    from zoo.vl.evaluate import export_metadata
+    from zoo.weights.quant import int8_bytes, is_int8
+
+    meta = export_metadata(export)
+    if not int8 or is_int8(meta):
+        return Path(export).read_bytes()
+    return int8_bytes(read_state_dict(export), meta)   # read_state_dict refuses NaN/inf before anything ships
+
+
+def ship_file(export: Path, model: str, tag: str, folder: Path | None = None, int8: bool = False,
+              check: Callable[[Path], Any] | None = None) -> tuple[Path, str, str]:
+    """Write ``export`` (``int8``: its int8 copy) atomically to ``<folder>/<model>.<tag>.safetensors``;
+    returns (folder, file name, sha256).
+
+    The one place every publish command (classifiers, CLIP, language models) writes a shipped weight file.
+    The size budget (:func:`check_budget`) is checked first; then ``check(path)`` runs on the exact bytes
+    that will ship, staged in a temporary folder under the final name, before anything in ``folder`` is
+    replaced: publishers measure the shipped file there, and an error leaves the folder as it was.
     """
     from zoo.hub import replace_atomically, sha256_of
 
     folder = _folder(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     file = f"{model}.{tag}.safetensors"
-    replace_atomically(folder / file, lambda tmp: shutil.copyfile(export, tmp))
+    blob = shipped_bytes(Path(export), int8)
+    check_budget(len(blob), folder, file)
+    if check is not None:
+        with tempfile.TemporaryDirectory(prefix="zoo-publish-") as tmp:
+            staged = Path(tmp) / file
+            staged.write_bytes(blob)
+            check(staged)
+    folder.mkdir(parents=True, exist_ok=True)
+    replace_atomically(folder / file, lambda tmp: tmp.write_bytes(blob))
     return folder, file, sha256_of(folder / file)
 
 
@@ -88,10 +139,11 @@ def tags_from_manifest(folder: Path | None = None) -> Iterator[tuple[str, Any]]:
         for tag, t in tags.items():
             yield model, PretrainedTag(
                 tag=tag, source=WeightSource(package_file=t["file"]), kind=record_kind(t), sha256=t["sha256"],
-                license=t.get("license", ""), num_classes=t["num_classes"],
+                license=t.get("license", ""), num_classes=t.get("num_classes"),
                 label_names=tuple(t["label_names"]) if t.get("label_names") else None,
                 preprocess=record_preprocess(t), metrics=t.get("metrics", {}), notes=t.get("notes", ""),
                 arch_overrides=t.get("arch_overrides", {}))
 
 
-__all__ = ["MANIFEST", "read_manifest", "write_record", "record_kind", "record_preprocess", "tags_from_manifest"]
+__all__ = ["MANIFEST", "MAX_FILE_BYTES", "MAX_TOTAL_BYTES", "check_tag", "check_budget", "ship_file",
+           "shipped_bytes", "read_manifest", "write_record", "record_kind", "record_preprocess", "tags_from_manifest"]
