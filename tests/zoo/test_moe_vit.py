@@ -154,3 +154,13 @@ def test_training_forward_records_losses_and_expert_load():
     ds(torch.randn(2, 3, 32, 32))
     assert not torch.equal(before, ds.backbone.blocks[1].mlp.expert_bias)
     assert "backbone.blocks.1.mlp.expert_bias" in ds.state_dict()
+
+
+def test_bad_input_is_refused_by_the_image_kind():
+    from zoo.errors import InputShapeError
+
+    model = create_model("vit_micro_moe_patch4_32", depth=2).eval()
+    with pytest.raises(InputShapeError):
+        model(torch.randn(2, 1, 32, 32))
+    with pytest.raises(InputShapeError):
+        model(torch.randn(3, 32, 32))
