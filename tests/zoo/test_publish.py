@@ -73,3 +73,71 @@ def test_publish_refuses_a_non_export(tmp_path):
         publish(plain, "x", "cifar10", folder=tmp_path / "w")
     with pytest.raises(ConfigError, match="without '.'"):
         publish(plain, "a.b", "cifar10", folder=tmp_path / "w")
+
+
+def test_publish_int8_measures_and_ships_the_int8_copy(tmp_path, tiny_test_split, zoo_cache, monkeypatch):
+    """--int8: the shipped file is the int8 copy (about half the fp16 export), the tag loads the dequantized
+    weights, and the registered figure is the int8 file's (zoo eval of the shipped file gives it back)."""
+    from zoo.cli import main as zoo_main
+    from zoo.weights.quant import dequantize, quantize_int8
+
+    torch.manual_seed(0)
+    model = zoo.create_model(ARCH, depth=1).eval()
+    export = tmp_path / "run" / "export.safetensors"
+    _export(export, model, list(model.pretrained_cfg["label_names"]), depth=1)
+    shipped = tmp_path / "weights"
+    monkeypatch.setattr(zoo.weights, "weights_dir", lambda: shipped)
+    assert zoo_main(["publish", str(export), "--tag", "unittest8", "--data", str(tiny_test_split), "--int8"]) == 0
+    rec = json.loads((shipped / "manifest.json").read_text())[ARCH]["unittest8"]
+    assert rec["weights_format"] == "int8-rowwise-v1" and "int8 weight-only" in rec["notes"]
+    assert (shipped / rec["file"]).stat().st_size < 0.7 * export.stat().st_size
+    (name, tag), = list(tags_from_manifest(shipped))
+    monkeypatch.setitem(get_entry(name).tags, tag.tag, tag)
+    loaded = zoo.create_model(f"{ARCH}.unittest8", pretrained=True).eval()
+    expect = dequantize(*quantize_int8(hub.read_state_dict(export)))
+    assert all(torch.equal(loaded.state_dict()[k], expect[k].float()) for k in expect)
+    out = tmp_path / "eval.csv"
+    assert zoo_main(["eval", f"{ARCH}.unittest8", "--data", str(tiny_test_split), "--split", "test",
+                     "--csv", str(out)]) == 0
+    (metrics,) = rec["metrics"].values()
+    import csv
+
+    (row,) = csv.DictReader(open(out))
+    assert float(row["top1"]) == pytest.approx(metrics["top1"], abs=0.01)
+
+
+def test_publish_needs_data_for_a_classifier_and_keeps_the_budget(tmp_path, monkeypatch):
+    from zoo.publish import main as publish_main
+    from zoo.weights import manifest
+
+    model = zoo.create_model(ARCH, depth=1)
+    export = tmp_path / "export.safetensors"
+    _export(export, model, list(model.pretrained_cfg["label_names"]), depth=1)
+    assert publish_main([str(export), "--tag", "x"]) == 2                 # classifiers name their --data
+    monkeypatch.setattr(manifest, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(ConfigError, match="must stay under"):
+        publish(export, "x", "cifar10", folder=tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_vl_publish_int8_with_the_real_text_tower(tmp_path, shared_data, monkeypatch):
+    """A one-block CLIP export through `zoo publish --int8` (4 test images): int8 file, record, metrics."""
+    from zoo.cli import main as zoo_main
+    from zoo.hub import save_state_dict
+    from zoo.recipes.contrastive import ContrastiveTask
+
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
+    task = ContrastiveTask("clip_vit_tiny_d6_minilm_128", model_args={"depth": 1})
+    meta = {"model": "clip_vit_tiny_d6_minilm_128", "kind": "vision-language", "model_args": '{"depth": 1}',
+            "text_included": "False"}
+    export = save_state_dict(task.export_state_dict(), tmp_path / "export.safetensors", metadata=meta)
+    from zoo.vl.publish import publish as publish_vl
+
+    folder = tmp_path / "weights"
+    rec = publish_vl(export, "unittest", folder=folder, subset=4, int8=True)
+    assert rec["kind"] == "vision-language" and rec["weights_format"] == "int8-rowwise-v1"
+    assert (folder / rec["file"]).stat().st_size < 0.7 * export.stat().st_size
+    assert rec["sha256"] == hub.sha256_of(folder / rec["file"])
+    assert set(rec["metrics"]) == {"flickr8k (test retrieval, subset 4)", "cifar10 (test zero-shot, subset 4)"}
+    assert zoo_main(["publish", str(export), "--tag", "a.b", "--int8"]) == 2   # the dispatcher reaches check_tag
