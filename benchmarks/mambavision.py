@@ -1,14 +1,15 @@
 """MambaVision against timm's peers, side by side in one run, and against the official code's H200 figures.
 
-    python -m benchmarks.mambavision [--models t,t2,s,b] [--sizes 224,512] [--variants eager,channels_last]
-                                     [--compile] [--peers deit_tiny_patch16_224,...]
+    python -m benchmarks.mambavision [--models t,t2,s,b] [--large-models t] [--sizes 224,512]
+                                     [--variants eager,channels_last] [--compile [--compile-mode reduce-overhead]]
+                                     [--peers deit_tiny_patch16_224,...]
 
 Inference (``model(x)``: stem to logits, 1000 classes) under bf16 autocast in ``torch.inference_mode``, batch
 128 at 224 px and 16 above (``--batch-224`` / ``--batch``). Ours: the registered ``mambavision_*_224`` built at
-each size, in each ``--variants`` form: ``eager``; ``channels_last`` (model and input in channels-last memory,
+each size (above 224 px only the ``--large-models``), in each ``--variants`` form: ``eager``; ``channels_last`` (model and input in channels-last memory,
 so the conv stages run NHWC and the 224-px window partition is a view); ``--compile`` adds ``compile`` and
-``compile_channels_last`` (``torch.compile``, default mode: the Triton scan and conv run as opaque calls
-between compiled regions). timm's peers (built without weights, SDPA attention) run in the same process
+``compile_channels_last`` (``torch.compile`` in ``--compile-mode``: ``default``, or ``reduce-overhead`` for
+CUDA graphs; the Triton scan and conv run as opaque calls between compiled regions). timm's peers (built without weights, SDPA attention) run in the same process
 right after. Images/s from the median of CUDA-event-timed iterations after warm-up (the first call, which
 compiles and autotunes, is not timed); peak memory is ``torch.cuda.max_memory_allocated`` over the timed
 calls (weights and input included).
@@ -72,11 +73,12 @@ def build_peer(name: str, img_size: int, device: torch.device, depth: int | None
 
 
 def measure(model: torch.nn.Module, img_size: int, batch: int, device: torch.device, dtype: torch.dtype,
-            warmup: int, iters: int, channels_last: bool = False, compiled: bool = False) -> dict[str, Any]:
+            warmup: int, iters: int, channels_last: bool = False, compiled: bool = False,
+            compile_mode: str = "default") -> dict[str, Any]:
     """img/s and peak GiB of ``model(x)``; an OOM or an error is a row with a note, not a crash."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    fn = torch.compile(model) if compiled else model
+    fn = torch.compile(model, mode=compile_mode) if compiled else model
     x = torch.randn(batch, 3, img_size, img_size, device=device).contiguous(memory_format=fmt)
 
     def step():
@@ -105,24 +107,26 @@ def measure(model: torch.nn.Module, img_size: int, batch: int, device: torch.dev
 def _with_official(row: dict[str, Any]) -> dict[str, Any]:
     ref = OFFICIAL.get((row["model"], row["img_size"]))
     row["official_img_per_s"] = ref
-    row["vs_official"] = round(row["img_per_s"] / ref, 3) if ref and row.get("img_per_s") else None
+    row["vs_official"] = round(row["img_per_s"] / ref, 4) if ref and row.get("img_per_s") is not None else None
     return row
 
 
 def run(models: list[str], peers: list[str], sizes: list[int], variants: list[str], device: torch.device,
         dtype: torch.dtype = torch.bfloat16, batch_224: int = 128, batch_large: int = 16, warmup: int = 10,
-        iters: int = 30, depth: int | None = None, scan_options: dict | None = None) -> list[dict[str, Any]]:
-    """Every size: ours in each variant, then each peer (eager, its default memory format), one process."""
+        iters: int = 30, depth: int | None = None, scan_options: dict | None = None,
+        large_models: list[str] | None = None, compile_mode: str = "default") -> list[dict[str, Any]]:
+    """Every size: ours in each variant (above 224 px only ``large_models``, default all), then each peer
+    (eager, its default memory format), one process."""
     rows: list[dict[str, Any]] = []
     for s in sizes:
         batch = batch_224 if s <= 224 else batch_large
-        for name in models:
+        for name in (models if s <= 224 or large_models is None else large_models):
             model = build_ours(name, s, device, depth)
             if scan_options:
                 set_scan_options(model, **scan_options)
             for variant in variants:
                 res = measure(model, s, batch, device, dtype, warmup, iters, channels_last="channels_last" in variant,
-                              compiled=variant.startswith("compile"))
+                              compiled=variant.startswith("compile"), compile_mode=compile_mode)
                 rows.append(_with_official({"model": name, "img_size": s, "mode": "infer", "impl": "ours",
                                             "variant": variant, "dtype": dtype_name(dtype), "batch": batch, **res}))
                 log.info("%s %s %d px: %s", name, variant, s, res)
@@ -146,10 +150,13 @@ def run(models: list[str], peers: list[str], sizes: list[int], variants: list[st
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.mambavision", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="t", help=f"comma-separated sizes of ours: {','.join(OURS)}")
+    p.add_argument("--large-models", default="t", help="which of --models also run above 224 px")
     p.add_argument("--peers", default=",".join(PEERS), help="comma-separated timm models ('' for none)")
     p.add_argument("--sizes", default="224,512", help="comma-separated square input sizes")
     p.add_argument("--variants", default="eager,channels_last", help=f"forms of ours: {','.join(VARIANTS[:2])}")
     p.add_argument("--compile", action="store_true", help="also torch.compile variants (adds compile time)")
+    p.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile mode of the compiled variants (reduce-overhead: CUDA graphs)")
     p.add_argument("--scan-variant", default=None, choices=("auto", "sequential", "chunked"),
                    help="selective-scan kernel variant (default: its heuristic)")
     add_model_bench_options(p, "mambavision")
@@ -159,7 +166,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    unknown = [m for m in args.models.split(",") if m and m not in OURS]
+    large = [m for m in args.large_models.split(",") if m]
+    unknown = [m for m in args.models.split(",") + large if m and m not in OURS]
     variants = [v for v in args.variants.split(",") if v]
     if args.compile:
         variants += [f"compile{'_' + v if v != 'eager' else ''}" for v in variants]
@@ -174,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     models = [OURS[m] for m in args.models.split(",") if m]
     peers = [p for p in args.peers.split(",") if p]
     rows = run(models, peers, parse_sizes(args.sizes), variants, device, torch.bfloat16, args.batch_224, args.batch,
-               args.warmup, args.iters, args.depth, {"variant": args.scan_variant})
+               args.warmup, args.iters, args.depth, {"variant": args.scan_variant}, [OURS[m] for m in large],
+               args.compile_mode)
     from zoo.bench.results import write_results
 
     extra = {"kernels": backend(), "timing": f"median of {args.iters} after {args.warmup} warm-up (+1 untimed) "
@@ -189,10 +198,10 @@ def main(argv: list[str] | None = None) -> int:
 def _print_table(rows: list[dict[str, Any]]) -> None:
     print(f"{'model':<24}{'variant':<24}{'px':>5}{'batch':>6}{'img/s':>10}{'peak GiB':>10}{'official':>10}{'ratio':>7}")
     for r in rows:
-        ips = f"{r['img_per_s']:.1f}" if r.get("img_per_s") else r.get("note", "-")[:10]
+        ips = f"{r['img_per_s']:.1f}" if r.get("img_per_s") is not None else r.get("note", "-")[:10]
         peak = f"{r['peak_gib']:.3f}" if r.get("peak_gib") is not None else "-"
         off = str(r["official_img_per_s"]) if r.get("official_img_per_s") else "-"
-        ratio = f"{r['vs_official']:.3f}" if r.get("vs_official") else "-"
+        ratio = f"{r['vs_official']:.3f}" if r.get("vs_official") is not None else "-"
         print(f"{r['model']:<24}{r['variant']:<24}{r['img_size']:>5}{r['batch']:>6}{ips:>10}{peak:>10}{off:>10}{ratio:>7}")
 
 
