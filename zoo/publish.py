@@ -28,7 +28,7 @@ from zoo.weights.manifest import check_tag, read_manifest, ship_file, tags_from_
 
 log = logging.getLogger(__name__)
 
-LM_DATA_LICENSE = "Tiny Shakespeare text: public domain"
+LM_DATA_LICENSES = {"tinyshakespeare": "Tiny Shakespeare text: public domain"}
 
 
 def _trained(info: dict[str, Any], export: Path) -> str:
@@ -100,8 +100,10 @@ def publish_language_model(export: str | os.PathLike, tag: str, data: str | None
                            max_windows: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Measure the shipped copy of a language-model ``export`` on the validation split (nats/char and
     bits/char through ``evaluate_language_model``: MDLM NELBO over ``num_t`` antithetic t per window, exact
-    for AR; fp32, so ``zoo eval <model>.<tag>`` with the same settings reproduces it on any CPU), ship it as
-    ``<model>.<tag>``; returns the manifest record. Defaults are the recipes' (256-character windows, 32 t)."""
+    for AR; fp32, so ``zoo eval <model>.<tag>`` with the same settings reproduces it), ship it as
+    ``<model>.<tag>``; returns the manifest record. Defaults are the recipes' (256-character windows, 32 t).
+    The NELBO's t and masks come from a seeded generator of ``device``'s type, so a figure measured on the
+    CPU (the default) is reproduced on a CPU, one measured on a GPU on a GPU."""
     from zoo.data.text import CharTokenizer, shakespeare_path
     from zoo.kinds.language_model import LM_KINDS, evaluate_language_model, load_language_model, parse_lm_name
     from zoo.vl.evaluate import export_metadata
@@ -133,7 +135,11 @@ def publish_language_model(export: str | os.PathLike, tag: str, data: str | None
     folder, file, sha256 = ship_file(export, name, tag, folder, int8=int8, check=measure)
     res = measured
     split = f"val, {'first ' if max_windows else ''}{res['windows']} windows of {context}"
-    dataset = f"{text.name.split('.')[0]} ({split}, {res['estimator']}, seed {seed})"
+    data_name = text.name.split(".")[0]
+    dataset = f"{data_name} ({split}, {res['estimator']}, seed {seed})"
+    again = f"zoo eval {name}.{tag}" + (f" --data {data}" if data else "") + (
+        f" --num-t {num_t} --context {context} --batch-size {batch_size} --device {device}")
+    again += f" --max-windows {max_windows}" if max_windows else ""
     record = {
         "file": file,
         "kind": meta["kind"],
@@ -146,12 +152,13 @@ def publish_language_model(export: str | os.PathLike, tag: str, data: str | None
         "metrics": {dataset: {"nats_per_char": round(res["nats_per_char"], 4),
                               "bits_per_char": round(res["bits_per_char"], 4)}},
         "eval": {"data": text.name, "context": context, "num_t": num_t, "batch_size": batch_size, "seed": seed,
-                 "windows": res["windows"], "max_windows": max_windows, "chars_scored": res["chars_scored"]},
-        "notes": f"trained with `zoo fit` ({_trained(meta, export)}, {meta.get('global_step', '?')} steps"
+                 "windows": res["windows"], "max_windows": max_windows, "chars_scored": res["chars_scored"],
+                 "device": str(device)},
+        "notes": f"trained with `zoo fit` ({_trained({**meta, 'epochs': None}, export)}, "
+                 f"{meta.get('global_step', '?')} steps"
                  f"{', ' + meta['selected_by'] if meta.get('selected_by') else ''}); weights {license}, "
-                 f"{LM_DATA_LICENSE}; {storage(int8)} weights measured by `zoo publish` (fp32 compute) on "
-                 f"{datetime.date.today().isoformat()}; reproduce: zoo eval {name}.{tag} --num-t {num_t} "
-                 f"--context {context} --batch-size {batch_size}" + (f" --max-windows {max_windows}" if max_windows else ""),
+                 f"{LM_DATA_LICENSES.get(data_name, data_name + ' text: see its source')}; {storage(int8)} weights "
+                 f"measured by `zoo publish` (fp32 compute) on {datetime.date.today().isoformat()}; reproduce: {again}",
     }
     if int8:
         record["weights_format"] = FORMAT

@@ -53,8 +53,9 @@ def test_published_lm_tag_loads_generates_and_reproduces(shipped, tmp_path, caps
     assert (folder / rec["file"]).stat().st_size < 0.75 * export.stat().st_size
     assert rec["arch_overrides"]["max_len"] == 64 and len(rec["arch_overrides"]["chars"]) == 65
     assert rec["eval"] == {"data": "tinyshakespeare.txt", "context": 16, "num_t": 2, "batch_size": 64, "seed": 0,
-                           "windows": 3, "max_windows": 3, "chars_scored": 48}
+                           "windows": 3, "max_windows": 3, "chars_scored": 48, "device": "cpu"}
     assert "public domain" in rec["notes"] and rec["license"] == "apache-2.0"
+    assert "reproduce: zoo eval mdlm_tiny.unittest --num-t 2 --context 16 --batch-size 64 --device cpu --max-windows 3" in rec["notes"]
     (dataset, figures), = rec["metrics"].items()
     assert dataset.startswith("tinyshakespeare (val, first 3 windows of 16, nelbo, 2 antithetic t")
     assert 0 < figures["nats_per_char"] < 10
