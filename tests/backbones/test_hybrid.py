@@ -214,3 +214,27 @@ def test_decoder_hybrid_layouts_run_and_cache(causal):
     assert not mamba.supports_cache and mamba(x).shape == (2, 14, 32)
     with pytest.raises(ValueError, match="unknown mixer 'window'.*attn.*hybrid"):
         _decoder("window,attn")
+
+
+# -- on the GPU (the H200): the registered CIFAR models on the Triton paths -------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", sorted(VIT_HYBRID_CONFIGS))
+def test_gpu_hybrid_models_match_cpu_and_train_in_bf16(name):
+    """fp32 logits on CUDA (fused Mamba / chunked GLA Triton kernels) against the CPU's PyTorch paths, then one
+    bf16-autocast training step with finite gradients everywhere."""
+    from kernels.common import rel_rms
+
+    torch.manual_seed(0)
+    model = zoo.create_model(name).eval()
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        model.cuda()
+        out = model(x.cuda()).float().cpu()
+    assert rel_rms(out, ref) < 2e-3
+    model.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = torch.nn.functional.cross_entropy(model(x.cuda()).float(), torch.arange(16, device="cuda") % 10)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
