@@ -128,8 +128,13 @@ def reading(rows: list[dict[str, Any]]) -> list[str]:
                     " (speed not measured)")
         verdicts.append(beats and equal)
         lines.append(f"- {r['model']} ({layout}): {mine} vs {vs}: {verdict}.")
-    lines += ["", f"Answer: {'yes' if any(verdicts) else 'no'}, "
-                  f"{sum(verdicts)} of {len(verdicts)} hybrids beat both pure parents on top-1 at equal speed."]
+    if verdicts:
+        lines += ["", f"Answer: {'yes' if any(verdicts) else 'no'}, "
+                      f"{sum(verdicts)} of {len(verdicts)} hybrids beat both pure parents on top-1 at equal speed."]
+    else:
+        lines += ["", "Answer: none; no hybrid has its pure parents' figures in this table."]
+    lines += ["", "fit_img_per_s is the fits' own rate while all shared the GPU; img_per_s and peak_gib come from "
+                  "zoo bench throughput with each model alone."]
     return lines
 
 

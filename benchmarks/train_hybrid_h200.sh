@@ -5,7 +5,7 @@
 # trainer.max_time), then top-1 of each export on the test set (zoo eval), then images/s and peak memory of each
 # model measured ALONE (zoo bench throughput, batch 512 at 32 px, bf16; concurrent fits distort speed), joined by
 # benchmarks/hybrid_cifar10.py into hybrid_cifar10.{json,md} (copied into benchmarks/results/ and $OUT/hybrid/).
-#   bash benchmarks/train_hybrid_h200.sh                          # the configs' budget (4 min of training each)
+#   bash benchmarks/train_hybrid_h200.sh                          # the configs' budget (3 min of training each)
 #   BUDGET=00:00:03:00 bash benchmarks/train_hybrid_h200.sh       # another budget for all six
 #   MODELS="softmax hybrid" bash benchmarks/train_hybrid_h200.sh --trainer.max_steps 20   # any zoo fit override
 # Env: OUT (default out/), DATA (folder with cifar10-{train,test}.zip, default .data), RUNS (default runs/),

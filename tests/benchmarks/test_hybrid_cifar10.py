@@ -62,6 +62,7 @@ def test_losing_hybrids(tmp_path, top1, speed, verdict):
 def test_missing_outputs_give_no_verdict_and_unknown_models_fail(tmp_path):
     args = _outputs(tmp_path, {"softmax": 80.0, "gla3softmax1": 81.0}, {"softmax": 10000, "gla3softmax1": 9000})
     assert hc.main(args) == 0
-    assert "no verdict" in (tmp_path / "res" / "hybrid_cifar10.md").read_text()
+    md = (tmp_path / "res" / "hybrid_cifar10.md").read_text()
+    assert "no verdict" in md and "Answer: none" in md
     with pytest.raises(SystemExit, match="known models:.*gla3softmax1"):
         hc.config_model("performer")
