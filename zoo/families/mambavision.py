@@ -67,7 +67,7 @@ def _tag(tag: str, repo: str, file: str, top1: float, top5: float, crop_pct: flo
         license=_LICENSE, num_classes=1000, preprocess=pre,
         metrics={"imagenet-1k (published)": {"top1": top1, "top5": top5}},
         notes=(f"Official NVlabs MambaVision weights ({what}); CC-BY-NC-SA-4.0, non-commercial use only. A "
-               "pickled .pth.tar (timm checkpoint: weights under 'state_dict'), read with weights_only=True. "
+               "pickled .pth.tar (weights under 'state_dict' or 'model'), read with weights_only=True. "
                "sha256 is recorded once a file has been seen."))
 
 
