@@ -164,3 +164,48 @@ def test_bad_input_is_refused_by_the_image_kind():
         model(torch.randn(2, 1, 32, 32))
     with pytest.raises(InputShapeError):
         model(torch.randn(3, 32, 32))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", MICRO)
+def test_gpu_bf16_training_step_and_fp32_agreement(name):
+    """On CUDA: the features in fp32 with the experts' reference path vs the default path (fp32 and bf16 autocast;
+    bf16 may flip a few top-k choices, hence 5e-2), then a bf16 training step with finite losses and gradients and an expert load over all experts."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    model = create_model(name).cuda().eval()
+    x = torch.randn(64, 3, 32, 32, device="cuda")
+    moes = [m for m in model.modules() if isinstance(m, MoEMlp)]
+
+    def run(impl, amp):
+        for m in moes:
+            m.impl = impl
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            return model.forward_features(x).float()  # features: fresh logits are ~0, their relative error noise
+
+    ref = run("reference", False)
+    fast = run("auto", False)
+    assert (fast - ref).norm() / ref.norm() < 1e-4
+    half = run("auto", True)
+    assert torch.isfinite(half).all() and (half - ref).norm() / ref.norm() < 5e-2
+    model.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = torch.nn.functional.cross_entropy(model(x).float(), torch.randint(0, 10, (64,), device="cuda"))
+    aux = collect_aux_losses(model)
+    loss = loss + sum(aux.values())
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    load = collect_aux_stats(model)["expert_load"]
+    assert load.shape == (moes[0].num_experts,) and load.sum().item() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_upcycled_equals_dense(zoo_cache):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dense = create_model("vit_micro_patch4_32.cifar10", pretrained=True).cuda().eval()
+    moe = create_model("vit_micro_moe_patch4_32", upcycle_from="vit_micro_patch4_32.cifar10").cuda().eval()
+    x = torch.randn(32, 3, 32, 32, device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(moe(x), dense(x), rtol=0, atol=1e-4)
