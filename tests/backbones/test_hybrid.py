@@ -120,6 +120,7 @@ def test_registered_hybrid_models():
         cfg = ViTConfig(**VIT_HYBRID_CONFIGS[name])
         assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.patch_size) == (128, 12, 4, 2.0, 4)
         assert VisionTransformer(cfg).layout == layout
+        assert parse_layout(get_entry(name).default_cfg["layout"], 12, MIXERS) == layout  # pretrained_cfg names it
     assert base.layout == ["softmax"] * 12
     # an explicit uniform mixer replaces a registered pattern; depth overrides refill it
     m = zoo.create_model("vit_micro_gla3softmax1_patch4_32", depth=2, mixer="linear")

@@ -1,6 +1,8 @@
 """ViT registry entries and the converter from timm's ``VisionTransformer`` state dicts."""
 from __future__ import annotations
 
+from backbones.layers.hybrid import format_layout, parse_layout
+from backbones.layers.mixers import MIXERS
 from backbones.vit import MIXER_NAMES, VIT_CONFIGS, VIT_HYBRID_CONFIGS, VIT_MIXER_CONFIGS, ViTConfig, build_vit
 from zoo.families import PATCH_ADAPT, cifar_cfg, classifier_builder, image_cfg, remap_to_zoo
 from zoo.registry import ModelEntry, PretrainedTag, WeightSource, register
@@ -98,11 +100,12 @@ _HYBRID_WHAT = {
 _HYBRID_PAPER = {"vit_micro_mamba_patch4_32": "arXiv:2401.09417", "vit_micro_gla_patch4_32": "arXiv:2405.18425",
                  "vit_micro_gla3softmax1_patch4_32": "arXiv:2412.06464", "vit_micro_mamba6softmax6_patch4_32":
                  "arXiv:2407.08083", "vit_micro_hybrid_patch4_32": "arXiv:2411.13676"}
-for _name in VIT_HYBRID_CONFIGS:
+for _name, _arch in VIT_HYBRID_CONFIGS.items():
+    _layout = format_layout(parse_layout(_arch.get("layout") or _arch["mixer"], _arch["depth"], MIXERS))
     register(ModelEntry(
         name=_name, kind="image", family="vit-hybrid",
         builder=classifier_builder(build_vit, ViTConfig, _name),
-        default_cfg=cifar_cfg(),
+        default_cfg=cifar_cfg(layout=_layout),
         converter=convert_timm_vit,
         adapt=PATCH_ADAPT,
         description=f"ViT 128 wide, 12 deep, 4 heads, MLP ratio 2, patch 4 on 32x32 (vit_micro_patch4_32's shape), "
