@@ -5,14 +5,15 @@
 # (configs/cifar10_vit_micro[_moe*].yaml), the same epoch cap and the same clock; then each model's training
 # images/s timed alone (zoo bench throughput, batch 512, bf16) and the table (benchmarks/moe_cifar_table.py:
 # total / active params, active GMACs, images/s, top-1) into $OUT/moe/cifar10_moe.{json,md}.
-#   bash benchmarks/train_moe_h200.sh                        # <= 150 epochs or MAX_TIME (4.5 min) per fit
+#   bash benchmarks/train_moe_h200.sh                        # <= 150 epochs or MAX_TIME (4 min) per fit
 #   RECIPES="dense moe" bash benchmarks/train_moe_h200.sh --trainer.max_steps 20   # any zoo fit override
 # Inputs: $DATA/cifar10-train.zip and, for test-set top-1, $DATA/cifar10-test.zip (copies of $ZOO_DATA's);
 # without the test zip validation runs on 2,000 training images (the table's note says so). zoo fit needs
 # jsonargparse, docstring_parser and typeshed_client: wheels in .whl/ are installed when present.
-# Device call (run tool, kind nvidia-h200, carry [".data/cifar10-train.zip", ".data/cifar10-test.zip", ".whl"]).
+# Device call (run tool, kind nvidia-h200, timeout 600; carry ".data/cifar10-train.zip", ".data/cifar10-test.zip" and
+# the three wheels .whl/{jsonargparse,docstring_parser,typeshed_client}-*.whl: all of .whl would pass 64 MiB).
 # Env: OUT (default out/), DATA (default .data), RUNS (default runs/moe_h200), MAX_TIME (per fit, default
-# 00:00:04:30; the cosine anneals by it), TRAIN_TIMEOUT (hard stop per fit, s, default 360), RECIPES (default
+# 00:00:04:00; the cosine anneals by it), TRAIN_TIMEOUT (hard stop per fit, s, default 330), RECIPES (default
 # all: dense moe moe_ec moe_soft moe_ds moe_upcycled dense_continued), ACCEL (gpu; cpu with TINY=1 checks the
 # script on a CPU: small subsets, batch 16, no timing alone), THROUGHPUT (default 1), EVAL_ARGS (more zoo eval
 # options, e.g. "--subset 2"), PYTHON (default python3).
@@ -48,8 +49,8 @@ pids=()
 for r in $RECIPES; do
   init=(); [ "$r" = dense_continued ] && init=(--model.model vit_micro_patch4_32.cifar10 --model.pretrained true)
   rm -rf "$RUNS/$r"
-  timeout -k 10 "${TRAIN_TIMEOUT:-360}" $PY -m zoo.cli fit --config "$(config "$r")" "${init[@]}" "${val[@]}" \
-    --trainer.accelerator "$ACCEL" --trainer.default_root_dir "$RUNS/$r" --trainer.max_time "${MAX_TIME:-00:00:04:30}" \
+  timeout -k 10 "${TRAIN_TIMEOUT:-330}" $PY -m zoo.cli fit --config "$(config "$r")" "${init[@]}" "${val[@]}" \
+    --trainer.accelerator "$ACCEL" --trainer.default_root_dir "$RUNS/$r" --trainer.max_time "${MAX_TIME:-00:00:04:00}" \
     --progress log "${tiny[@]}" "$@" > "$OUT/moe/fit_$r.log" 2>&1 &
   pids+=($!)
 done
@@ -73,7 +74,7 @@ for r in $RECIPES; do  # top-1 of the final weights (the fits' last validation m
     ${EVAL_ARGS:-} > "$OUT/moe/eval_$r.log" 2>&1; echo "eval $r: rc=$? $(tail -n 1 "$RUNS/$r/eval.csv" 2>/dev/null | cut -d, -f1-3)"
 done
 $PY -m benchmarks.moe_cifar_table --runs "$RUNS" --recipes $RECIPES --out "$OUT/moe" \
-  --note "same recipe, <= ${MAX_TIME:-00:00:04:30} of training per fit, $(echo $RECIPES | wc -w) fits side by side on one $ACCEL; $note"
+  --note "same recipe, <= ${MAX_TIME:-00:00:04:00} of training per fit, $(echo $RECIPES | wc -w) fits side by side on one $ACCEL; $note"
 for r in $RECIPES; do
   [ -f "$RUNS/$r/export.safetensors" ] && cp "$RUNS/$r/export.safetensors" "$OUT/moe/cifar10_$r.safetensors"
   for v in "$RUNS/$r"/csv/version_*; do cp "$v/metrics.csv" "$OUT/moe/curve_${r}_$(basename "$v").csv" 2>/dev/null; done
