@@ -106,6 +106,12 @@ class DecoderCache:
     def clone(self) -> "DecoderCache":
         return DecoderCache([LayerCache(c.k, c.v, c.state) for c in self.layers], self.length)
 
+    def repeat(self, n: int) -> "DecoderCache":
+        """The cache of a batch stacked ``n`` times along the batch (``torch.cat([x] * n)`` order): one prefix
+        serving several noised copies of its sequences."""
+        rep = (lambda t: None if t is None else torch.cat([t] * n))
+        return DecoderCache([LayerCache(rep(c.k), rep(c.v), rep(c.state)) for c in self.layers], self.length)
+
 
 class DecoderAttention(Attention):
     """Softmax attention with RoPE on SDPA, causal or bidirectional, with a prefix key/value cache."""
@@ -268,6 +274,8 @@ class TextDecoder(nn.Module):
 
     ``forward_features(tokens, cache=None, start=0, commit=0)``: ``tokens`` are positions ``[start, start + T)``;
     with a cache the blocks read its prefix and append the first ``commit`` positions (see the module doc).
+    ``embeds [B, T, dim]`` in place of ``tokens`` feeds vectors instead of token ids (a captioner's projected
+    image tokens, cached as the prefix the text attends to).
     """
 
     def __init__(self, vocab_size: int, dim: int = 256, depth: int = 5, num_heads: int = 4,
@@ -329,8 +337,14 @@ class TextDecoder(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         return {"stem": r"^embed", "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
 
-    def forward_features(self, tokens: torch.Tensor, cache: DecoderCache | None = None, start: int | None = None,
-                         commit: int = 0) -> torch.Tensor:
+    def forward_features(self, tokens: torch.Tensor | None, cache: DecoderCache | None = None, start: int | None = None,
+                         commit: int = 0, embeds: torch.Tensor | None = None) -> torch.Tensor:
+        if embeds is not None:
+            if tokens is not None:
+                raise ValueError("pass token ids or embeds, not both")
+            if embeds.dim() != 3 or embeds.shape[-1] != self.dim:
+                raise ValueError(f"expected embeds [B, T, {self.dim}], got shape {tuple(embeds.shape)}")
+            tokens = embeds[..., 0]  # stands in for the ids' [B, T] in the checks below
         if tokens.dim() != 2:
             raise ValueError(f"expected token ids [B, T], got shape {tuple(tokens.shape)}")
         if cache is not None:
@@ -342,7 +356,7 @@ class TextDecoder(nn.Module):
         start = start or 0
         if start + tokens.shape[1] > self.max_len:
             raise ValueError(f"sequence of {start + tokens.shape[1]} tokens exceeds max_len {self.max_len}")
-        x = self.drop(self.embed(tokens))
+        x = self.drop(self.embed(tokens) if embeds is None else embeds)
         for i, blk in enumerate(self.blocks):
             x = blk(x, cache.layers[i] if cache is not None else None, start, commit)
         if cache is not None:

@@ -57,6 +57,8 @@ _TABLE = (
          "CLIP: encode_image / encode_text, forward(images, text) -> (image_features, text_features, logit_scale)"),
     Kind("diffusion-lm", "zoo.kinds.language_model", "masked diffusion LM: forward(tokens) -> logits, generate(prompt, length, ...)"),
     Kind("causal-lm", "zoo.kinds.language_model", "autoregressive LM: forward(tokens) -> logits, generate(prompt, length)"),
+    Kind("captioner", "zoo.kinds.captioner",
+         "image tower -> projector -> text decoder prefix: generate_caption(images, steps=, block=, threshold=) -> list[str]"),
 )
 
 KIND_TABLE: dict[str, Kind] = {k.name: k for k in _TABLE}

@@ -1,0 +1,359 @@
+"""The captioner kind: a zoo image tower -> 2-layer MLP projector -> prefix of a text decoder -> token head.
+
+Two twins share the network and differ only in the decoder's mixers and the objective (zoo.recipes.captioning):
+
+- ``diffusion-captioner`` (LLaDA-V / LaViDa style): the decoder is bidirectional within the text (prompt +
+  answer) and attends to the image prefix; only answer tokens are masked in training; the masked-diffusion
+  samplers of ``heads.lm.sampling`` decode the answer.
+- ``causal-captioner``: the same network with causal mixers, next-token loss on the answer, AR decoding.
+
+The image prefix is a prefix-LM block: the projected image tokens attend among themselves and never to the
+text, so their keys/values (GLA: the carried state) do not depend on the caption and are computed once per
+generation (``image_prefix``, the decoder's ``DecoderCache``) and reused by every decoding step, exactly. The
+same two-pass forward (image prefix into the cache, then the text on it) is what training runs, so training and
+cached decoding see the same network. Mamba layers keep no cache and are refused as captioner layouts.
+
+Contract: ``forward(images, tokens, prefix=None) -> logits [B, T, vocab]`` (``prefix``: an ``image_prefix``
+cache to reuse), ``image_prefix(images) -> DecoderCache``, ``generate_caption(images, steps=, block=,
+threshold=, temperature=, seed=) -> list[str]``, ``tokenizer`` (zoo.data.captions.CaptionVocab),
+``pretrained_cfg`` (the tower's preprocessing: input_size, mean, std).
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from backbones.layers.mlp import Mlp
+from backbones.text_decoder import DecoderCache, TextDecoder
+from heads.lm import TokenHead
+from zoo.errors import ConfigError, InputShapeError, WeightLoadError, ZooError
+from zoo.inputs import check_image_batch
+
+__all__ = ["Captioner", "captioner_builder", "load_captioner", "evaluate_captioner", "CAPTION_KINDS"]
+
+CAPTION_KINDS = ("diffusion-captioner", "causal-captioner")
+KIND_NAME = "captioner"
+"""The registry kind of both twins (zoo.kinds.KINDS); ``Captioner.kind`` says which twin."""
+
+
+class _Conditioned(nn.Module):
+    """The language-model face the samplers need (``heads.lm.sampling.generate``), bound to one image prefix.
+
+    ``forward(x, cache=None, commit=0)``: token logits of text positions; ``new_cache()`` starts from the image
+    prefix, so the samplers' own prefix cache (Fast-dLLM's, the AR key/value cache) extends it. Without a cache
+    the image prefix is reused as it is (``recompute=False``) or computed again from the images on every call
+    (``recompute=True``: the reference the cached decoding is tested against).
+    """
+
+    def __init__(self, captioner: "Captioner", images: torch.Tensor, recompute: bool = False):
+        super().__init__()
+        self.captioner = captioner
+        self.backbone = captioner.decoder
+        self.tokenizer = captioner.tokenizer
+        self.__dict__["images"] = images
+        self.recompute = recompute
+        self.prefix = None if recompute else captioner.image_prefix(images)
+        self.prefix_len = captioner.num_image_tokens
+
+    causal = property(lambda self: self.captioner.decoder.causal)
+    vocab_size = property(lambda self: self.captioner.vocab_size)
+    max_len = property(lambda self: self.captioner.decoder.max_len - self.prefix_len)
+
+    def new_cache(self) -> DecoderCache:
+        return (self.captioner.image_prefix(self.images) if self.recompute else self.prefix).clone()
+
+    def forward(self, x: torch.Tensor, cache: Optional[DecoderCache] = None, commit: int = 0) -> torch.Tensor:
+        if cache is None:
+            cache = self.new_cache()
+        return self.captioner.head(self.captioner.decoder.forward_features(x, cache=cache, commit=commit))
+
+
+class Captioner(nn.Module):
+    """Image tower + projector + text decoder + tied token head + caption vocabulary.
+
+    Args:
+        visual: a zoo image model without classifier (``num_classes=0``) whose ``forward_features`` gives
+            tokens ``[B, T, C]`` (``backbone.num_prefix_tokens`` leading class tokens are dropped) or a map
+            ``[B, C, H, W]``.
+        decoder: the text decoder (causal for the AR twin); its layout must keep a cache (no Mamba).
+        tokenizer: a ``CaptionVocab`` of the decoder's vocabulary size.
+        pool: average-pool the tower's patch grid to ``pool x pool`` tokens (None: every patch token).
+        answer_length: caption + end positions a generation writes.
+    """
+
+    def __init__(self, visual: nn.Module, decoder: TextDecoder, tokenizer, kind: str, pool: Optional[int] = None,
+                 answer_length: int = 32, pretrained_cfg: Optional[dict] = None):
+        super().__init__()
+        if kind not in CAPTION_KINDS:
+            raise ConfigError(f"a captioner's kind is one of {CAPTION_KINDS}, got {kind!r}")
+        if (kind == "causal-captioner") != decoder.causal:
+            raise ConfigError(f"{kind} needs a {'causal' if kind == 'causal-captioner' else 'bidirectional'} decoder")
+        if not decoder.supports_cache:
+            raise ConfigError(f"decoder layout {decoder.layout} has Mamba layers, which keep no cache; a captioner's "
+                              f"image prefix is cached, so choose attn, gla or hybrid (gla) mixers")
+        if tokenizer.vocab_size != decoder.vocab_size:
+            raise ConfigError(f"the vocabulary has {tokenizer.vocab_size} ids but the decoder {decoder.vocab_size}")
+        if pool is not None and (not isinstance(pool, int) or pool < 1):
+            raise ConfigError(f"pool must be a positive grid side or None, got {pool!r}")
+        self.visual = visual
+        width = getattr(visual, "num_features", None) or visual.backbone.num_features
+        self.projector = Mlp(width, decoder.dim, decoder.dim)
+        self.decoder = decoder
+        self.head = TokenHead(decoder.dim, decoder.vocab_size, decoder.embed)
+        self.tokenizer = tokenizer
+        self.kind, self.pool, self.answer_length = kind, pool, int(answer_length)
+        self.pretrained_cfg = dict(pretrained_cfg or {})
+        self.num_image_tokens = self._count_image_tokens()
+        if self.num_image_tokens + 1 + self.answer_length > decoder.max_len:
+            raise ConfigError(f"{self.num_image_tokens} image tokens + prompt + {self.answer_length} answer positions "
+                              f"exceed the decoder's max_len {decoder.max_len}; raise max_len or pool the image")
+
+    @property
+    def causal(self) -> bool:
+        return self.decoder.causal
+
+    @property
+    def vocab_size(self) -> int:
+        return self.decoder.vocab_size
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return tuple(self.pretrained_cfg.get("input_size", (3, 128, 128)))
+
+    def _count_image_tokens(self) -> int:
+        with torch.no_grad():
+            was = self.training
+            self.eval()
+            n = self.image_tokens(torch.zeros(1, *self.input_size)).shape[1]
+            self.train(was)
+        return int(n)
+
+    def no_weight_decay(self) -> set[str]:
+        inner = getattr(self.visual, "no_weight_decay", lambda: set())()
+        return {f"visual.{n}" for n in inner} | {f"decoder.{n}" for n in self.decoder.no_weight_decay()}
+
+    # -- the image prefix ---------------------------------------------------------------------------------
+    def check_images(self, images) -> None:
+        check_image_batch(images, next(self.parameters()).dtype)
+        c = self.input_size[0]
+        if images.shape[1] != c:
+            raise InputShapeError(f"the image tower takes {c}-channel images, got {images.shape[1]} channels "
+                                  f"(shape {tuple(images.shape)}); convert them (PIL: .convert('RGB')).")
+
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Projected image tokens ``[B, N, dim]``: the tower's patch tokens (pooled to ``pool x pool``)."""
+        feats = self.visual.forward_features(images)
+        if feats.dim() == 4:                      # a feature map [B, C, H, W]
+            grid = feats
+        else:
+            n_prefix = getattr(getattr(self.visual, "backbone", self.visual), "num_prefix_tokens", 0)
+            feats = feats[:, n_prefix:]
+            side = int(round(feats.shape[1] ** 0.5))
+            grid = feats.transpose(1, 2).reshape(feats.shape[0], feats.shape[2], side, -1) \
+                if self.pool is not None and side * side == feats.shape[1] else None
+            if grid is None:
+                if self.pool is not None:
+                    raise ConfigError(f"pool needs a square patch grid, got {feats.shape[1]} tokens")
+                return self.projector(feats)
+        if self.pool is not None:
+            grid = F.adaptive_avg_pool2d(grid, self.pool)
+        return self.projector(grid.flatten(2).transpose(1, 2))
+
+    def image_prefix(self, images: torch.Tensor) -> DecoderCache:
+        """The decoder's cache after the image tokens (prefix-LM: they attend only among themselves)."""
+        self.check_images(images)
+        cache = self.decoder.new_cache()
+        emb = self.image_tokens(images)
+        self.decoder.forward_features(None, cache=cache, commit=emb.shape[1], embeds=emb)
+        return cache
+
+    # -- training forward ---------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, prefix: Optional[DecoderCache] = None) -> torch.Tensor:
+        """Logits ``[B, T, vocab]`` of the text ``tokens`` (prompt + answer) after the images' prefix."""
+        from zoo.inputs import check_token_batch
+
+        if tokens.device.type == "cpu":  # the id range needs min/max: a host sync on a GPU, so CPU batches only
+            check_token_batch(tokens, self.vocab_size, self.decoder.max_len - self.num_image_tokens)
+        elif tokens.dim() != 2 or tokens.is_floating_point():
+            raise InputShapeError(f"expected integer token ids [B, T], got {tokens.dtype} {tuple(tokens.shape)}")
+        cache = self.image_prefix(images) if prefix is None else prefix
+        if cache.length != self.num_image_tokens:
+            raise ValueError(f"the prefix holds {cache.length} positions, not the {self.num_image_tokens} image tokens")
+        return self.head(self.decoder.forward_features(tokens.long(), cache=cache))
+
+    # -- generation -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_ids(self, images: torch.Tensor, steps: Optional[int] = None, block: Optional[int] = None,
+                     threshold: Optional[float] = None, temperature: float = 0.0, seed: int = 0,
+                     sampler: Optional[str] = None, cache: bool = True, recompute_prefix: bool = False,
+                     length: Optional[int] = None, return_stats: bool = False):
+        """Answer ids ``[B, length]`` (end-padded) for ``images``; ``threshold`` picks Fast-dLLM's parallel
+        decoder (diffusion), ``cache`` the samplers' text cache on top of the image prefix, ``recompute_prefix``
+        runs the image tower again at every step (the reference for the cached prefix)."""
+        from heads.lm.sampling import generate
+
+        length = self.answer_length if length is None else length
+        was = self.training
+        self.eval()
+        try:
+            self.check_images(images)
+            if steps is not None and (not isinstance(steps, int) or steps <= 0):
+                raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+            if sampler is None and not self.causal:
+                sampler = "threshold" if threshold is not None else "low_confidence"
+            lm = _Conditioned(self, images, recompute=recompute_prefix)
+            prompt = torch.full((images.shape[0], 1), self.tokenizer.bos_id, dtype=torch.long, device=images.device)
+            out = generate(lm, prompt, length, steps=None if self.causal else steps, block=None if self.causal else block,
+                           sampler=sampler, threshold=threshold, temperature=temperature, seed=seed, cache=cache,
+                           return_stats=return_stats)
+        except ValueError as e:
+            if isinstance(e, ZooError):
+                raise
+            raise ConfigError(f"generate_caption: {e}") from None
+        finally:
+            self.train(was)
+        ids, stats = out if return_stats else (out, None)
+        ids = ids[:, 1:]
+        return (ids, stats) if return_stats else ids
+
+    def generate_caption(self, images: torch.Tensor, steps: Optional[int] = None, block: Optional[int] = None,
+                         threshold: Optional[float] = None, temperature: float = 0.0, seed: int = 0, **kw) -> list[str]:
+        """One caption per image of the normalised batch ``images [B, 3, H, W]``."""
+        ids = self.generate_ids(images, steps=steps, block=block, threshold=threshold, temperature=temperature,
+                                seed=seed, **kw)
+        return [self.tokenizer.decode(row) for row in ids]
+
+
+# -- building -------------------------------------------------------------------------------------------------
+def load_tower(model: Captioner, path: str) -> None:
+    """Initialise the image tower from a CLIP export (``visual.*`` keys) or a captioner export."""
+    from zoo import hub
+
+    try:
+        state = hub.read_state_dict(path)
+    except ZooError:
+        raise
+    except Exception as e:  # safetensors' own error types
+        raise WeightLoadError(f"tower_from={path}: not a readable weight file ({e})") from None
+    own = model.visual.state_dict()
+    tower = {k[len("visual."):]: v.float() for k, v in state.items() if k.startswith("visual.")}
+    missing = [k for k in own if k not in tower]
+    bad = [k for k in own if k in tower and tower[k].shape != own[k].shape]
+    if missing or bad:
+        raise WeightLoadError(f"tower_from={path} does not hold this image tower: missing {missing[:4]}, shape "
+                              f"mismatch {bad[:4]}; pass a CLIP export of the same tower (e.g. "
+                              f"clip_vit_tiny_d6_minilm_128 for vit_tiny_patch16_224 depth 6)")
+    model.visual.load_state_dict({k: tower[k] for k in own})
+
+
+def captioner_builder(kind: str, image_tower: str, tower_args: Optional[dict] = None, img_size: int = 128,
+                      decoder: Optional[dict] = None, mean=None, std=None):
+    """A registry builder: ``builder(vocab=None, pool=None, answer_length=32, tower_from=None, img_size=,
+    drop_path_rate=None, **decoder overrides)``; ``vocab`` is a CaptionVocab or a vocabulary file (default the
+    packaged Flickr8k list)."""
+    tower_defaults, dec_defaults = dict(tower_args or {}), dict(decoder or {})
+
+    def build(vocab=None, pool: Optional[int] = None, answer_length: int = 32, tower_from: Optional[str] = None,
+              img_size: int = img_size, drop_path_rate: Optional[float] = None, tower_args: Optional[dict] = None,
+              **overrides: Any) -> Captioner:
+        from zoo.data.captions import CaptionVocab
+        from zoo.factory import create_model
+
+        tok = vocab if isinstance(vocab, CaptionVocab) else CaptionVocab.load(vocab)
+        targs = {**tower_defaults, **dict(tower_args or {})}
+        if drop_path_rate is not None:
+            targs["drop_path_rate"] = drop_path_rate
+        visual = create_model(image_tower, num_classes=0, img_size=img_size, **targs)
+        cfg = {**dec_defaults, **{k: v for k, v in overrides.items() if v is not None}}
+        try:
+            dec = TextDecoder(tok.vocab_size, causal=kind == "causal-captioner", **cfg)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"cannot build the captioner's text decoder with {overrides}: {e}") from None
+        pcfg = dict(input_size=(3, img_size, img_size), mean=tuple(mean or visual.pretrained_cfg.get("mean")),
+                    std=tuple(std or visual.pretrained_cfg.get("std")), interpolation="bicubic", crop_pct=1.0,
+                    kind=kind, image_tower=image_tower, tower_args=targs)
+        model = Captioner(visual, dec, tok, kind, pool=pool, answer_length=answer_length, pretrained_cfg=pcfg)
+        if tower_from:
+            load_tower(model, tower_from)
+        return model
+
+    build.__name__ = f"build_{kind.replace('-', '_')}_{image_tower}"
+    return build
+
+
+def load_captioner(path, device: str | torch.device = "cpu") -> Captioner:
+    """A captioner from an export of ``zoo.recipes.captioning`` (its metadata names the model, the builder
+    arguments and the vocabulary), weights in fp32."""
+    from safetensors import safe_open
+
+    from zoo import create_model, hub
+    from zoo.data.captions import CaptionVocab
+    from zoo.factory import load_weights
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except FileNotFoundError:
+        raise WeightLoadError(f"{path} does not exist; pass a captioner export (runs/<recipe>/export.safetensors)") from None
+    except Exception as e:  # safetensors raises its own error types for unreadable files
+        raise WeightLoadError(f"{path} is not a readable safetensors export ({e})") from None
+    if meta.get("kind") not in CAPTION_KINDS or "vocab" not in meta:
+        raise WeightLoadError(f"{path} is not a captioner export (no captioner kind/vocab metadata); export one "
+                              f"with zoo fit --config configs/flickr8k_caption_mdlm.yaml")
+    args = json.loads(meta.get("model_args") or "{}")
+    args.pop("tower_from", None)  # the export holds the trained tower
+    args.pop("vocab", None)       # ... and its vocabulary
+    model = create_model(meta["model"], vocab=CaptionVocab.from_json(meta["vocab"]), **args)
+    load_weights(model, {k: v.float() for k, v in hub.read_state_dict(path).items()}, source=str(path))
+    model.pretrained_cfg.update(architecture=meta["model"], source=str(path))
+    return model.to(device).eval()
+
+
+# -- evaluation -------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_captioner(model: Captioner, data: str = "flickr8k", split: str = "test", limit: Optional[int] = None,
+                       batch_size: int = 100, settings: Optional[list[dict]] = None, amp: bool = True,
+                       warmup: bool = True) -> list[dict[str, Any]]:
+    """Caption every image of ``split`` once per sampler setting; BLEU-1..4 and CIDEr against its references
+    (zoo.vl.caption_metrics), decoding tokens/s (caption pieces up to the end token, over the wall time of the
+    generation) and seconds per image at ``batch_size``. ``settings``: dicts of generate_caption arguments."""
+    from zoo.data.image_text import decode_images, normalise, open_image_text
+    from zoo.vl.caption_metrics import caption_scores
+
+    ds = open_image_text(data, split, limit)
+    images = decode_images(ds, model.input_size[1:])
+    refs = {i: caps for i, caps in enumerate(ds.captions)}
+    device = next(model.parameters()).device
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    settings = settings or [{}]
+    rows = []
+    for setting in settings:
+        setting = dict(setting)
+        if warmup:  # first-call costs (allocator, kernels) are not decoding speed
+            model.generate_ids(normalise(images[:batch_size].float().to(device), mean, std), **setting)
+        preds, pieces, seconds = {}, 0, 0.0
+        for lo in range(0, len(images), batch_size):
+            x = normalise(images[lo:lo + batch_size].float().to(device), mean, std)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with torch.autocast(device.type, torch.bfloat16, enabled=amp and device.type == "cuda"):
+                ids, stats = model.generate_ids(x, return_stats=True, **setting)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds += time.perf_counter() - t0
+            ended = (ids == model.tokenizer.end_id).long().cumsum(-1) == 0
+            pieces += int(ended.sum()) + int(((ids == model.tokenizer.end_id).any(-1)).sum())
+            for j, row in enumerate(ids):
+                preds[lo + j] = model.tokenizer.decode(row)
+        scores = caption_scores(preds, refs)
+        rows.append({"model": model.pretrained_cfg.get("architecture", ""), "kind": model.kind, **setting,
+                     "images": len(images), "batch_size": batch_size, **scores,
+                     "tokens_per_s": pieces / max(seconds, 1e-9), "ms_per_image": 1000 * seconds / len(images),
+                     "seconds": round(seconds, 3), "examples": [preds[i] for i in range(min(3, len(preds)))]})
+    return rows
