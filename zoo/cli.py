@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("serve", help="web page for a vision-language model on 127.0.0.1: zoo serve MODEL[.tag]",
                    add_help=False)
+    sub.add_parser("caption", help="caption images: zoo caption IMAGE... --checkpoint EXPORT [--steps --block --threshold]",
+                   add_help=False)
     sub.add_parser("bench", help=f"measure on your device: zoo bench {{{','.join(BENCHMARKS)}}} [args]; "
                                  "zoo bench lists them", add_help=False)
     return p
@@ -143,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_passthrough("zoo.generate", argv[1:])
         if argv and argv[0] == "serve":
             return _cmd_passthrough("zoo.serve", argv[1:])
+        if argv and argv[0] == "caption":
+            return _cmd_passthrough("zoo.kinds.captioner", argv[1:])
         if argv and argv[0] == "bench":
             return _cmd_bench(argv[1:])
         args = build_parser().parse_args(argv)

@@ -357,3 +357,106 @@ def evaluate_captioner(model: Captioner, data: str = "flickr8k", split: str = "t
                      "tokens_per_s": pieces / max(seconds, 1e-9), "ms_per_image": 1000 * seconds / len(images),
                      "seconds": round(seconds, 3), "examples": [preds[i] for i in range(min(3, len(preds)))]})
     return rows
+
+
+# -- zoo caption ------------------------------------------------------------------------------------------------
+def read_image(path, size: tuple[int, int], channels: int = 3, rgb: bool = False) -> torch.Tensor:
+    """An image file as uint8 ``[C, H, W]`` resized to ``size`` (bicubic, as the training data was). An image
+    whose channel count is not the tower's is refused (InputShapeError) unless ``rgb`` converts it."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from zoo.errors import DataError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"image file {p} does not exist" + (" (it is a folder)" if p.is_dir() else "")
+                        + "; pass the path of a JPEG or PNG")
+    try:
+        with Image.open(p) as im:
+            bands = 3 if im.mode == "P" else len(im.getbands())  # a palette image is a colour image
+            if bands != channels and not rgb:
+                raise InputShapeError(f"{p} has {bands} channel(s) (mode {im.mode}) but the image tower takes "
+                                      f"{channels}; convert it to RGB (--rgb, or PIL .convert('RGB')).")
+            im = im.convert("RGB" if channels == 3 else "L")
+            if im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BICUBIC)
+            arr = np.asarray(im, dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        if isinstance(e, ZooError):
+            raise
+        raise InputShapeError(f"{p} is not an image file this can read ({e}); pass a JPEG or PNG.") from None
+    t = torch.from_numpy(arr)
+    return (t[None] if t.dim() == 2 else t.permute(2, 0, 1)).contiguous()
+
+
+def load_model(name: Optional[str], checkpoint: Optional[str] = None, device: str = "cpu") -> Captioner:
+    """The captioner ``name`` (``name.tag`` with its weights), or the export at ``checkpoint``."""
+    import logging
+
+    import zoo
+    from zoo.registry import get_entry, split_name
+
+    if checkpoint:
+        model = load_captioner(checkpoint, device)
+        if name and split_name(name)[0] != model.pretrained_cfg.get("architecture"):
+            raise ConfigError(f"{checkpoint} holds {model.pretrained_cfg.get('architecture')}, not {name}; name that "
+                              f"model or drop --model")
+        return model
+    base, tag = split_name(name)
+    entry = get_entry(base)
+    if entry.kind != KIND_NAME:
+        raise ConfigError(f"{base} is a {entry.kind} model; zoo caption needs a captioner (zoo list --kind captioner)")
+    if tag is None:
+        logging.getLogger(__name__).warning(
+            "%s without a tag has random weights; name a tag (zoo list --pretrained) or pass --checkpoint EXPORT", base)
+    return zoo.create_model(name, pretrained=tag is not None).to(device).eval()
+
+
+def caption_files(model: Captioner, files, batch_size: int = 32, rgb: bool = False, **kw) -> list[str]:
+    """One caption per image file (``kw``: generate_caption's sampler arguments)."""
+    from zoo.data.image_text import normalise
+
+    c, h, w = model.input_size
+    device = next(model.parameters()).device
+    images = [read_image(f, (h, w), c, rgb) for f in files]  # every file is checked before any decoding
+    out = []
+    for lo in range(0, len(images), batch_size):
+        x = normalise(torch.stack(images[lo:lo + batch_size]).float().to(device), model.pretrained_cfg["mean"],
+                      model.pretrained_cfg["std"])
+        out += model.generate_caption(x, **kw)
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``zoo caption IMAGE... [--model NAME | --checkpoint EXPORT] [--steps N] [--block B] [--threshold T]
+    [--temperature T] [--seed S] [--device cpu]``: one line ``file<TAB>caption`` per image."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="zoo caption", description="Caption images with a captioner (diffusion or AR).")
+    p.add_argument("images", nargs="+", help="image files (JPEG, PNG)")
+    p.add_argument("--model", default=None, help="a captioner (zoo list --kind captioner), .tag for its weights")
+    p.add_argument("--checkpoint", default=None, help="a zoo fit export of a captioner")
+    p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: one per answer position)")
+    p.add_argument("--block", type=int, default=None, help="semi-autoregressive block length (divides the answer)")
+    p.add_argument("--threshold", type=float, default=None, help="Fast-dLLM parallel decoding: commit above it")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--rgb", action="store_true", help="convert grayscale / RGBA images to RGB instead of refusing")
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    if a.steps is not None and a.steps <= 0:
+        raise ConfigError(f"--steps must be a positive integer, got {a.steps}")
+    if a.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {a.batch_size}")
+    if not a.model and not a.checkpoint:
+        raise ConfigError("name a captioner: --checkpoint EXPORT (a zoo fit export) or --model NAME[.tag]")
+    model = load_model(a.model, a.checkpoint, a.device)
+    caps = caption_files(model, a.images, a.batch_size, a.rgb, steps=a.steps, block=a.block, threshold=a.threshold,
+                         temperature=a.temperature, seed=a.seed)
+    for f, c in zip(a.images, caps):
+        print(f"{f}\t{c}")
+    return 0
