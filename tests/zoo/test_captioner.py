@@ -173,6 +173,13 @@ def test_bad_input(tmp_path, capsys):
         read_image(tmp_path / "missing.jpg", (128, 128))
     with pytest.raises(InputShapeError, match="3-channel"):
         model.generate_caption(torch.randn(1, 1, 128, 128))
+    for bad, words in ((torch.zeros(1, 3, 128, 128, dtype=torch.uint8), "x.float() / 255"),
+                       (torch.zeros(3, 128, 128), "x.unsqueeze(0)"), (torch.zeros(0, 3, 128, 128), "at least one"),
+                       (torch.zeros(1, 3, 128, 128, dtype=torch.float64), "x.to(torch.float32)")):
+        with pytest.raises(InputShapeError, match=words.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+            model.generate_caption(bad)
+    with pytest.raises(InputShapeError, match="token ids"):
+        model(torch.randn(1, 3, 128, 128), torch.full((1, 4), model.vocab_size))
     with pytest.raises(ConfigError, match="steps"):
         model.generate_caption(torch.randn(1, 3, 128, 128), steps=0)
     with pytest.raises(ConfigError, match="block"):
