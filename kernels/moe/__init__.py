@@ -15,9 +15,11 @@ on every path. fp32, fp16 and bf16 inputs (one dtype for x and the weights); acc
                aligned rows: d and H multiples of 8);
   'triton'     kernels.moe.triton: grouped GEMMs with the gather, activation and combine fused, forward and
                backward (CUDA tensors, or any under TRITON_INTERPRET=1);
-  'auto'       'triton' where kernels.common.use_triton says so (CUDA tensors, the interpreter), else 'loop'.
-               benchmarks/moe.py times triton against grouped_mm at the issue's shapes; no H200 figures yet, so
-               auto does not switch to grouped_mm anywhere (a measured rule belongs here once they exist).
+  'auto'       'triton' where kernels.common.use_triton says so (CUDA tensors, the interpreter), else 'loop';
+               except when training on CUDA in bf16 at d * H <= 768 * 3072 (widths multiples of 8), where
+               'grouped_mm' is taken: on the H200 (benchmarks/results/moe.md, 2026-12-02) our forward beats it at
+               all three shapes (1.45x, 1.84x, 1.61x) but forward+backward loses at (384, 1536) and (768, 3072)
+               (0.84x, 0.81x) and wins only at (1024, 4096) (1.11x).
 Under torch.autocast the GEMMs run in the autocast dtype. Bad arguments raise ValueError naming the fix.
 ``autotune`` (Triton path only; default on, off in the interpreter) autotunes the GEMM launch configs per shape.
 
@@ -127,6 +129,21 @@ def _grouped_mm(x, expert_idx, gates, w1, w2, b1, b2, activation):
     return _combine(x.shape, tok, torch.where(valid[:, 0], gate, 0), torch.where(valid, out, 0), x.dtype)
 
 
+GROUPED_MM_TRAIN_MAX_DH = 768 * 3072
+"""Largest d * H at which training takes torch._grouped_mm over our kernels (the module doc's measurements)."""
+
+
+def _auto_impl(x, gates, w1, w2, b1, b2) -> str:
+    if not use_triton(x, w1, w2):
+        return "loop"
+    d, H = w2.shape[2], w2.shape[1]
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, gates, w1, w2, b1, b2))
+    if (training and x.is_cuda and x.dtype == torch.bfloat16 and d % 8 == 0 and H % 8 == 0
+            and d * H <= GROUPED_MM_TRAIN_MAX_DH):
+        return "grouped_mm"
+    return "triton"
+
+
 def expert_mlp(x, expert_idx, gates, w1, w2, b1=None, b2=None, activation="gelu", impl="auto", *, autotune=None):
     """y [T, d] in x's dtype: the gate-weighted sum of each token's routed experts' MLPs (see the module doc).
 
@@ -138,7 +155,7 @@ def expert_mlp(x, expert_idx, gates, w1, w2, b1=None, b2=None, activation="gelu"
         x, w1, w2, b1, b2 = (t.to(dt) if t is not None and t.is_floating_point() else t for t in (x, w1, w2, b1, b2))
     _validate(x, expert_idx, gates, w1, w2, b1, b2, activation, impl)
     if impl == "auto":
-        impl = "triton" if use_triton(x, w1, w2) else "loop"
+        impl = _auto_impl(x, gates, w1, w2, b1, b2)
     if impl == "triton":
         from kernels.moe.triton import expert_mlp_triton
 
