@@ -130,3 +130,92 @@ def test_damaged_package_data_says_reinstall(tmp_path, monkeypatch):
     (tmp_path / "data" / "train" / "questions.json").write_text("{not json")
     with pytest.raises(DataError, match="force-reinstall"):
         ev.open_easy_vqa("train")
+
+
+# ---------------------------------------------------------------- question answering as captioning
+
+@pytest.fixture(scope="module")
+def vocab():
+    """The packaged easy-VQA vocabulary on the MiniLM tokenizer of ZOO_DATA (the shared data, see conftest)."""
+    from zoo.data.captions import CaptionVocab
+
+    v = CaptionVocab.load(str(ev.DEFAULT_VOCAB))
+    try:
+        v.table()
+    except DataError as e:
+        pytest.skip(f"the MiniLM tokenizer is not available: {e}")
+    return v
+
+
+def test_packaged_vocabulary_covers_every_question_and_answer(vocab):
+    assert vocab.vocab_size == 34
+    texts = [q for split in ("train", "test") for q, _, _ in _package_questions(split)] + ev.answer_vocabulary()
+    ids = vocab.encode_batch(texts)
+    assert all(vocab.unk_id not in row for row in ids)
+    assert max(len(row) for row in ids) == ev.PROMPT_LENGTH - 1        # the longest question fills the prompt
+    assert [vocab.decode(vocab.encode(a)) for a in ev.answer_vocabulary()] == ev.answer_vocabulary()
+
+
+def test_qa_batch_layout_masks_only_the_answer(vocab):
+    b = ev.qa_batch(vocab, ["what color is the shape?", "is there a circle?"], ["teal", "yes"], 12, 4)
+    tokens, maskable = b["tokens"], b["maskable"]
+    assert tokens.shape == maskable.shape == (2, 16)
+    assert (tokens[:, 0] == vocab.bos_id).all()
+    assert vocab.decode(tokens[0, 1:12]) == "what color is the shape?"
+    assert [vocab.decode(r[12:]) for r in tokens] == ["teal", "yes"]
+    assert tokens[0, 12:].tolist() == vocab.encode("teal") + [vocab.end_id] * 2     # "tea ##l" + end padding
+    assert tokens[1, 6:12].tolist() == [vocab.end_id] * 6                          # the prompt's padding
+    assert not maskable[:, :12].any() and maskable[:, 12:].all()
+    with pytest.raises(DataError, match="raise prompt_length"):
+        ev.qa_batch(vocab, ["what color is the shape in the image?"], ["red"], 4, 4)
+
+
+def test_data_module_gives_the_captioning_tasks_batches(vocab):
+    from zoo.data.image_text import CLIP_MEAN
+
+    dm = ev.EasyVQADataModule(batch_size=8, train_subset=3, val_subset=2, tokenizer=vocab.tokenizer_path)
+    dm.setup("fit")
+    images, text = next(iter(dm.train_dataloader()))
+    assert images.shape == (8, 3, 64, 64) and images.dtype == torch.float32
+    assert text["tokens"].shape == text["maskable"].shape == (8, 16)
+    assert dm.tokenizer.pieces == vocab.pieces and dm.data_config["input_size"] == (3, 64, 64)
+    val_images, val_text = next(iter(dm.val_dataloader()))
+    ds = dm.sets["test"]
+    # the first validation row: test question 0 on its own image, normalised with the tower's mean/std
+    expected = (ds.images[ds.image_index[0]].float() - torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255)
+    assert torch.allclose(val_images[0] * (torch.tensor(ev.CLIP_STD).view(3, 1, 1) * 255), expected, atol=1e-3)
+    assert vocab.decode(val_text["tokens"][0, 12:]) == ds.answers[0]
+    with pytest.raises(ConfigError, match="answer_length"):
+        ev.EasyVQADataModule(answer_length=1)
+
+
+@pytest.mark.parametrize("name", ["caption_mdlm_tiny_test", "caption_ar_tiny_test"])
+def test_answer_questions_on_a_tiny_captioner(vocab, name):
+    from heads.lm.diffusion import LogLinearSchedule
+    from zoo import create_model
+    from zoo.recipes.captioning import answer_masked_loss, answer_next_token_loss
+
+    torch.manual_seed(0)
+    model = create_model(name, vocab=vocab, img_size=64, answer_length=4)
+    ds = ev.open_easy_vqa("test", limit=2)
+    x = ev.normalise(ds.images[ds.image_index[:4]].float(), ev.CLIP_MEAN, ev.CLIP_STD)
+    batch = ev.qa_batch(vocab, ds.questions[:4], ds.answers[:4])
+    # the captioning task's losses run on the layout (finite, and they reach the tower)
+    if model.causal:
+        loss = answer_next_token_loss(model, x, batch["tokens"], batch["maskable"])
+    else:
+        loss = answer_masked_loss(model, x, batch["tokens"], batch["maskable"], LogLinearSchedule(1e-3))
+    loss.backward()
+    tower_grads = [p.grad for p in model.visual.parameters() if p.grad is not None]
+    assert torch.isfinite(loss) and tower_grads and sum(float(g.abs().sum()) for g in tower_grads) > 0
+    answers = ev.answer_questions(model, x, ds.questions[:4], steps=None if model.causal else 2)
+    assert len(answers) == 4 and all(set(a.split()) <= set(vocab.pieces) for a in answers)
+    # the cached image prefix and text cache decode what the uncached reference decodes
+    assert ev.answer_questions(model, x, ds.questions[:4], cache=False) == ev.answer_questions(model, x, ds.questions[:4])
+    with pytest.raises(DataError, match="one question per image"):
+        ev.answer_questions(model, x, ds.questions[:3])
+    if not model.causal:
+        with pytest.raises(ConfigError, match="steps"):
+            ev.answer_questions(model, x, ds.questions[:4], steps=0)
+    rows = ev.evaluate_vqa(model, limit=1, settings=[{}])
+    assert rows[0]["questions"] == len(ev.open_easy_vqa("test", limit=1)) and 0 <= rows[0]["accuracy"] <= 1

@@ -10,28 +10,44 @@ image-conditioned decoding where each image has several questions); items are ``
 uint8 [3, 64, 64], text, text, so torch's default collate gives ``(images [B, 3, 64, 64], questions, answers)``.
 ``vqa_accuracy`` scores answers as easy-VQA's classification demo does: exact match, after the caption metrics'
 tokenisation (lower case, punctuation dropped) so a decoder's ``"Yes."`` counts as ``yes``.
+
+Question answering as captioning (zoo.recipes.captioning trains it, configs/easyvqa_{mdlm,ar}.yaml):
+``EasyVQADataModule`` gives the captioning task's batches ``(images, {"tokens", "maskable"})`` with the question as
+the prompt: ``[CLS] + question pieces + [SEP] padding`` to ``prompt_length``, then the answer's pieces and ``[SEP]``
+to ``answer_length``; ``maskable`` (the answer mask) is True on the answer positions only, so the diffusion
+captioner masks and predicts the answer (LLaDA-V) and the AR twin is scored on it. The vocabulary is the 30 MiniLM
+pieces of easy-VQA's training questions and answers (``easyvqa_vocab.txt`` beside this file; ``python -m
+zoo.data.easy_vqa --write-vocab`` rebuilds it). ``answer_questions`` decodes answers after such prompts, and
+``evaluate_vqa`` reports test accuracy and decoding speed.
 """
 from __future__ import annotations
 
 import json
 import logging
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
+import lightning.pytorch as pl
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from zoo.data.image_text import ImageTextSet, decode_images
+from zoo.data.image_text import CLIP_MEAN, CLIP_STD, ImageTextSet, decode_images, normalise
 from zoo.data.images import _normalise_split
+from zoo.data.sampling import ResumableRandomSampler, shard_kwargs
 from zoo.data.sources import FileTree
-from zoo.errors import ConfigError, DataError
+from zoo.errors import ConfigError, DataError, ZooError
 from zoo.vl.caption_metrics import ptb_tokenize
 
 log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 64
 PIN = "easy-vqa==1.0"
+DEFAULT_VOCAB = Path(__file__).with_name("easyvqa_vocab.txt")
+PROMPT_LENGTH = 12   # [CLS] + the longest question (11 MiniLM pieces)
+ANSWER_LENGTH = 4    # the longest answer (2 pieces: "rec ##tangle", "tea ##l") + end, one spare
 
 
 def package_root() -> Path:
@@ -133,3 +149,202 @@ def vqa_accuracy(predicted: Sequence[str], answers: Sequence[str]) -> float:
         raise DataError("vqa_accuracy got no questions to score; pass at least one prediction and answer.")
     hits = sum(normalise_answer(p) == normalise_answer(a) for p, a in zip(predicted, answers))
     return hits / len(answers)
+
+
+# -- question answering as captioning ------------------------------------------------------------------------
+def qa_batch(vocab, questions: Sequence[str], answers: Optional[Sequence[str]] = None,
+             prompt_length: int = PROMPT_LENGTH, answer_length: int = ANSWER_LENGTH) -> dict[str, torch.Tensor]:
+    """``{"tokens": [B, prompt_length + answer_length], "maskable": same}`` (see the module doc); without
+    ``answers`` the answer positions are end tokens (only the prompt matters then: ``tokens[:, :prompt_length]``)."""
+    B = len(questions)
+    tokens = torch.full((B, prompt_length + answer_length), vocab.end_id, dtype=torch.long)
+    tokens[:, 0] = vocab.bos_id
+    for i, ids in enumerate(vocab.encode_batch(list(questions))):
+        if len(ids) > prompt_length - 1:
+            raise DataError(f"question {questions[i]!r} is {len(ids)} pieces, longer than prompt_length - 1 = "
+                            f"{prompt_length - 1}; raise prompt_length.")
+        tokens[i, 1:1 + len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+    if answers is not None:
+        for i, ids in enumerate(vocab.encode_batch(list(answers))):
+            ids = ids[: answer_length - 1]
+            tokens[i, prompt_length:prompt_length + len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+    maskable = torch.zeros_like(tokens, dtype=torch.bool)
+    maskable[:, prompt_length:] = True
+    return {"tokens": tokens, "maskable": maskable}
+
+
+class _Rows(Dataset):
+    """Question indices; the data module's collate builds the batch (one tensor gather, no per-item work)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class EasyVQADataModule(pl.LightningDataModule):
+    """easy-VQA batches for the captioning task: ``(images [B, 3, 64, 64] normalised, {"tokens", "maskable"})``.
+
+    Args: ``vocab``: the vocabulary file (default the packaged easy-VQA one; the model must use the same);
+    ``tokenizer``: the MiniLM zip or folder (default ZOO_DATA's); ``prompt_length`` / ``answer_length``: the
+    text layout (module doc); ``train_subset`` / ``val_subset``: the first N images of each split (quick checks).
+    Validation is easy-VQA's test split (it has no other). ``mean``/``std``: the image tower's normalisation.
+    """
+
+    def __init__(self, batch_size: int = 256, eval_batch_size: int = 1000, vocab: Optional[str] = None,
+                 tokenizer: Optional[str] = None, prompt_length: int = PROMPT_LENGTH,
+                 answer_length: int = ANSWER_LENGTH, train_subset: Optional[int] = None,
+                 val_subset: Optional[int] = None, seed: int = 0, drop_last: bool = True, num_workers: int = 0,
+                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
+        from zoo.data.captions import CaptionVocab
+
+        super().__init__()
+        self.save_hyperparameters()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size} / eval_batch_size={eval_batch_size} must be >= 1.")
+        if prompt_length < 2 or answer_length < 2:
+            raise ConfigError(f"data.prompt_length={prompt_length} and data.answer_length={answer_length} must be "
+                              f">= 2 (the start token and a piece; an answer piece and the end token).")
+        self.batch_size = batch_size
+        self.vocab = CaptionVocab.load(vocab or str(DEFAULT_VOCAB), tokenizer)
+        self.sets: dict[str, EasyVQASet] = {}
+        self.text: dict[str, dict[str, torch.Tensor]] = {}
+        self.train_sampler: Optional[ResumableRandomSampler] = None
+
+    @property
+    def tokenizer(self):
+        """What the captioning task reads to check the model's vocabulary."""
+        return self.vocab
+
+    @property
+    def data_config(self) -> dict:
+        hp = self.hparams
+        return {"input_size": (3, IMAGE_SIZE, IMAGE_SIZE), "mean": tuple(hp.mean), "std": tuple(hp.std),
+                "interpolation": "bicubic", "crop_pct": 1.0}
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        hp = self.hparams
+        wanted = (["train"] if stage in (None, "fit") else []) + ["test"]
+        for split in wanted:
+            if split not in self.sets:
+                ds = open_easy_vqa(split, hp.train_subset if split == "train" else hp.val_subset)
+                self.sets[split] = ds
+                self.text[split] = qa_batch(self.vocab, ds.questions, ds.answers, hp.prompt_length, hp.answer_length)
+
+    def _collate(self, split: str):
+        ds, text, hp = self.sets[split], self.text[split], self.hparams
+
+        def collate(rows: list[int]):
+            idx = torch.as_tensor(rows, dtype=torch.long)
+            images = normalise(ds.images[ds.image_index[idx]].float(), hp.mean, hp.std)
+            return images, {"tokens": text["tokens"][idx], "maskable": text["maskable"][idx]}
+        return collate
+
+    def train_dataloader(self) -> DataLoader:
+        if "train" not in self.sets:
+            self.setup("fit")
+        replicas, rank = shard_kwargs(self.trainer)
+        self.train_sampler = ResumableRandomSampler(len(self.sets["train"]), seed=self.hparams.seed,
+                                                    num_replicas=replicas, rank=rank)
+        return DataLoader(_Rows(len(self.sets["train"])), batch_size=self.batch_size, sampler=self.train_sampler,
+                          drop_last=self.hparams.drop_last, collate_fn=self._collate("train"),
+                          num_workers=self.hparams.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        if "test" not in self.sets:
+            self.setup("validate")
+        return DataLoader(_Rows(len(self.sets["test"])), batch_size=self.hparams.eval_batch_size,
+                          collate_fn=self._collate("test"), num_workers=self.hparams.num_workers)
+
+
+@torch.no_grad()
+def answer_questions(model, images: torch.Tensor, questions: Sequence[str], prompt_length: int = PROMPT_LENGTH,
+                     answer_length: int = ANSWER_LENGTH, return_stats: bool = False, **sampler: Any):
+    """One answer per (normalised image, question) from a captioner trained on ``qa_batch`` layouts: the question
+    is the prompt of ``Captioner.generate_ids``; ``sampler``: its arguments (steps, block, threshold, seed, cache)."""
+    if len(questions) != images.shape[0]:
+        raise DataError(f"answer_questions needs one question per image: {len(questions)} questions for "
+                        f"{images.shape[0]} images.")
+    prompt = qa_batch(model.tokenizer, questions, None, prompt_length, answer_length)["tokens"][:, :prompt_length]
+    out = model.generate_ids(images, prompt=prompt, length=answer_length, return_stats=return_stats, **sampler)
+    ids, stats = out if return_stats else (out, None)
+    answers = [model.tokenizer.decode(row) for row in ids]
+    return (answers, stats) if return_stats else answers
+
+
+@torch.no_grad()
+def evaluate_vqa(model, split: str = "test", limit: Optional[int] = None, batch_size: int = 500,
+                 settings: Optional[list[dict]] = None, amp: bool = True, prompt_length: int = PROMPT_LENGTH,
+                 answer_length: int = ANSWER_LENGTH) -> list[dict[str, Any]]:
+    """easy-VQA accuracy of a captioner per sampler setting, with decoding tokens/s and ms per question."""
+    ds = open_easy_vqa(split, limit)
+    device = next(model.parameters()).device
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    rows = []
+    for setting in settings or [{}]:
+        preds, seconds = [], 0.0
+        for lo in range(0, len(ds), batch_size):
+            idx = torch.arange(lo, min(lo + batch_size, len(ds)))
+            x = normalise(ds.images[ds.image_index[idx]].float().to(device), mean, std)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with torch.autocast(device.type, torch.bfloat16, enabled=amp and device.type == "cuda"):
+                preds += answer_questions(model, x, ds.questions[lo:lo + len(idx)], prompt_length, answer_length,
+                                          **dict(setting))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds += time.perf_counter() - t0
+        rows.append({"model": model.pretrained_cfg.get("architecture", ""), "kind": model.kind, **setting,
+                     "split": ds.split, "questions": len(ds), "accuracy": vqa_accuracy(preds, ds.answers),
+                     "tokens_per_s": len(ds) * answer_length / max(seconds, 1e-9),
+                     "ms_per_question": 1000 * seconds / len(ds), "examples": list(zip(ds.questions[:3], preds[:3]))})
+    return rows
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m zoo.data.easy_vqa --write-vocab`` (the vocabulary) or ``--evaluate EXPORT`` (test accuracy)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m zoo.data.easy_vqa", description=__doc__.split("\n\n")[0])
+    p.add_argument("--write-vocab", action="store_true")
+    p.add_argument("--out", default=str(DEFAULT_VOCAB))
+    p.add_argument("--evaluate", metavar="EXPORT", help="a captioner export trained on easy-VQA")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--steps", type=int, nargs="*", default=[None], help="diffusion steps per setting")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = p.parse_args(argv)
+    if not (a.write_vocab or a.evaluate):
+        p.error("give --write-vocab or --evaluate EXPORT")
+    try:
+        _run(a)
+    except ZooError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(a) -> None:
+    if a.write_vocab:
+        from zoo.data.captions import SPECIALS, build_vocab
+        from zoo.vl.text import load_tokenizer
+
+        rows = json.loads((package_root() / "train" / "questions.json").read_text())
+        pieces = build_vocab([q for q, _, _ in rows] + answer_vocabulary(), load_tokenizer(), min_count=1)
+        Path(a.out).write_text("\n".join(list(SPECIALS) + pieces) + "\n", encoding="utf-8")
+        print(f"{a.out}: {len(pieces)} pieces + {len(SPECIALS)} specials")
+    if a.evaluate:
+        from zoo.kinds.captioner import load_captioner
+
+        model = load_captioner(a.evaluate, a.device)
+        settings = [{} if s is None else {"steps": s} for s in a.steps]
+        for row in evaluate_vqa(model, "test", a.limit, settings=settings):
+            print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
