@@ -64,6 +64,10 @@ def test_cached_prefix_equals_recomputation():
             cached = model.generate_ids(images, length=8, **s)
             ref = model.generate_ids(images, length=8, cache=False, recompute_prefix=True, **s)
             assert torch.equal(cached, ref), (kind, s)
+        question = torch.tensor([[1, 20, 30], [1, 40, 50]])  # a prompt after the image (short answers)
+        cached = model.generate_ids(images, length=4, prompt=question)
+        assert cached.shape == (2, 4) and torch.equal(
+            cached, model.generate_ids(images, length=4, prompt=question, cache=False, recompute_prefix=True))
     # the AR twin's two passes (image prefix into the cache, then the text) are one causal pass over both
     ar = _tiny("ar")
     _, tokens, _ = _batch(ar)

@@ -191,10 +191,11 @@ class Captioner(nn.Module):
     def generate_ids(self, images: torch.Tensor, steps: Optional[int] = None, block: Optional[int] = None,
                      threshold: Optional[float] = None, temperature: float = 0.0, seed: int = 0,
                      sampler: Optional[str] = None, cache: bool = True, recompute_prefix: bool = False,
-                     length: Optional[int] = None, return_stats: bool = False):
+                     length: Optional[int] = None, return_stats: bool = False, prompt: Optional[torch.Tensor] = None):
         """Answer ids ``[B, length]`` (end-padded) for ``images``; ``threshold`` picks Fast-dLLM's parallel
         decoder (diffusion), ``cache`` the samplers' text cache on top of the image prefix, ``recompute_prefix``
-        runs the image tower again at every step (the reference for the cached prefix)."""
+        runs the image tower again at every step (the reference for the cached prefix). ``prompt``: text ids
+        ``[B, P]`` after the image (a question; default the start token), never rewritten."""
         from heads.lm.sampling import generate
 
         length = self.answer_length if length is None else length
@@ -207,7 +208,12 @@ class Captioner(nn.Module):
             if sampler is None and not self.causal:
                 sampler = "threshold" if threshold is not None else "low_confidence"
             lm = _Conditioned(self, images, recompute=recompute_prefix)
-            prompt = torch.full((images.shape[0], 1), self.tokenizer.bos_id, dtype=torch.long, device=images.device)
+            if prompt is None:
+                prompt = torch.full((images.shape[0], 1), self.tokenizer.bos_id, dtype=torch.long, device=images.device)
+            prompt = torch.as_tensor(prompt, dtype=torch.long, device=images.device)
+            if prompt.dim() != 2 or prompt.shape[0] != images.shape[0]:
+                raise InputShapeError(f"prompt ids must be [B, P] with one row per image ({images.shape[0]}), got "
+                                      f"shape {tuple(prompt.shape)}")
             out = generate(lm, prompt, length, steps=None if self.causal else steps, block=None if self.causal else block,
                            sampler=sampler, threshold=threshold, temperature=temperature, seed=seed, cache=cache,
                            return_stats=return_stats)
@@ -218,7 +224,7 @@ class Captioner(nn.Module):
         finally:
             self.train(was)
         ids, stats = out if return_stats else (out, None)
-        ids = ids[:, 1:]
+        ids = ids[:, prompt.shape[1]:]
         return (ids, stats) if return_stats else ids
 
     def generate_caption(self, images: torch.Tensor, steps: Optional[int] = None, block: Optional[int] = None,
