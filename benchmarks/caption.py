@@ -23,6 +23,13 @@ from zoo.bench.results import write_results
 from zoo.kinds.captioner import evaluate_captioner, load_captioner
 
 
+def export_meta(path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata() or {}
+
+
 def diffusion_settings(length: int = 32) -> list[dict]:
     """LLaDA's low-confidence remasking at 1, 2 and 4 tokens a step (one block, then semi-AR blocks of 8), and
     Fast-dLLM's threshold decoder on blocks of 8."""
@@ -32,7 +39,8 @@ def diffusion_settings(length: int = 32) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.caption", description=__doc__.split("\n\n")[0])
-    p.add_argument("--mdlm", required=True, help="export of the diffusion captioner")
+    p.add_argument("--mdlm", required=True, nargs="+", help="exports of the diffusion captioner (e.g. with and "
+                   "without complementary masking)")
     p.add_argument("--ar", required=True, help="export of its AR twin")
     p.add_argument("--data", default="flickr8k")
     p.add_argument("--split", default="test")
@@ -47,14 +55,18 @@ def main(argv=None) -> int:
     ar = load_captioner(a.ar, a.device)
     (ar_row,) = evaluate_captioner(ar, a.data, a.split, a.limit, a.batch_size, [{}])
     rows.append({**ar_row, "setting": "ar greedy, kv cache", "cider_vs_ar": 1.0, "speedup_vs_ar": 1.0})
-    mdlm = load_captioner(a.mdlm, a.device)
-    for row in evaluate_captioner(mdlm, a.data, a.split, a.limit, a.batch_size, diffusion_settings(mdlm.answer_length)):
-        how = (f"threshold {row['threshold']}, block {row['block']}" if row.get("threshold") is not None
-               else f"{row['steps']} steps, block {row['block']}")
-        row.update(setting=how, cider_vs_ar=row["cider"] / max(ar_row["cider"], 1e-9),
-                   speedup_vs_ar=ar_row["ms_per_image"] / max(row["ms_per_image"], 1e-9))
-        rows.append(row)
-    cols = ("model", "kind", "setting", "bleu1", "bleu4", "cider", "tokens_per_s", "ms_per_image", "cider_vs_ar",
+    rows[0]["masking"] = "-"
+    for path in a.mdlm:
+        mdlm = load_captioner(path, a.device)
+        masking = "complementary" if export_meta(path).get("complementary") == "True" else "answer-only"
+        for row in evaluate_captioner(mdlm, a.data, a.split, a.limit, a.batch_size,
+                                      diffusion_settings(mdlm.answer_length)):
+            how = (f"threshold {row['threshold']}, block {row['block']}" if row.get("threshold") is not None
+                   else f"{row['steps']} steps, block {row['block']}")
+            row.update(setting=how, masking=masking, cider_vs_ar=row["cider"] / max(ar_row["cider"], 1e-9),
+                       speedup_vs_ar=ar_row["ms_per_image"] / max(row["ms_per_image"], 1e-9))
+            rows.append(row)
+    cols = ("model", "kind", "masking", "setting", "bleu1", "bleu4", "cider", "tokens_per_s", "ms_per_image", "cider_vs_ar",
             "speedup_vs_ar", "images", "batch_size", "bleu2", "bleu3", "seconds", "examples")
     table = [{k: r[k] for k in cols if k in r} for r in rows]
     for r in table:
@@ -62,7 +74,7 @@ def main(argv=None) -> int:
         r["dtype"] = "bf16" if a.device.startswith("cuda") else "fp32"
         r["examples"] = " / ".join(r.get("examples", []))
     path = write_results(a.name, table, out_dir=a.out_dir,
-                         extra_meta={"mdlm": a.mdlm, "ar": a.ar, "split": a.split, "wall_s": round(time.perf_counter() - t0, 1)})
+                         extra_meta={"mdlm": " ".join(a.mdlm), "ar": a.ar, "split": a.split, "wall_s": round(time.perf_counter() - t0, 1)})
     print(json.dumps([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "examples"}
                       for r in table], indent=1))
     print(f"wrote {path} in {time.perf_counter() - t0:.0f} s")
