@@ -103,20 +103,15 @@ def run(mdlm_paths: list[str], ar_path: str, length: int, batch_sizes: list[int]
         if on_rows is not None:
             on_rows(rows)
 
+    # the AR twin with its key/value cache and, with graphs, the graphable AR (full padded window, no cache)
+    ar_variants = [("ar+kv_cache", dict(cache=True))] + ([("ar+graphs", dict(graphs=True))] if graphs else [])
     for bs in batch_sizes:
-        with amp:
-            (out, stats), sec = timed(lambda: generate(judge, ids, length, temperature=temperature, seed=seed,
-                                                       cache=True, batch_size=bs, return_stats=True),
-                                      device, repeats)
-            own = float(ar_nll(judge, out, len(ids)).mean())
-        record(judge.pretrained_cfg.get("architecture", "ar"), "ar+kv_cache", {}, bs, out, sec, stats, own)
-        if graphs:  # the graphable AR: full padded window per token, no key/value cache
+        for label, kw in ar_variants:
             with amp:
                 (out, stats), sec = timed(lambda: generate(judge, ids, length, temperature=temperature, seed=seed,
-                                                           batch_size=bs, return_stats=True, graphs=True),
-                                          device, repeats)
+                                                           batch_size=bs, return_stats=True, **kw), device, repeats)
                 own = float(ar_nll(judge, out, len(ids)).mean())
-            record(judge.pretrained_cfg.get("architecture", "ar"), "ar+graphs", {}, bs, out, sec, stats, own)
+            record(judge.pretrained_cfg.get("architecture", "ar"), label, {}, bs, out, sec, stats, own)
         for path in mdlm_paths:
             model = load_language_model(path, device)
             name = model.pretrained_cfg.get("architecture", Path(path).stem)

@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import traceback
 from typing import Any
 
 import torch
 
 from kernels.common import backend
-from benchmarks.options import add_model_bench_options, bench_command, parse_sizes, start_model_bench
-from zoo.bench.timing import dtype_name, free, time_fn
+from benchmarks.options import add_model_bench_options, bench_command, parse_sizes, timed_row, start_model_bench
+from zoo.bench.timing import dtype_name, free
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +79,7 @@ def measure(model: torch.nn.Module, mode: str, img_size: int, batch: int, device
             model.zero_grad(set_to_none=True)
 
     try:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        step()  # first call: Triton compilation and autotuning, flex_attention compile, cuDNN/cuBLAS heuristics
-        ms = time_fn(step, device, warmup, iters)
-        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-        return {"ms": round(ms, 4), "img_per_s": round(batch / ms * 1e3, 1),
-                "peak_gib": round(peak, 3) if peak is not None else None}
-    except torch.cuda.OutOfMemoryError:
-        return {"ms": None, "img_per_s": None, "peak_gib": None, "note": "OOM"}
-    except Exception as e:  # one mixer failing must not lose the other rows
-        log.warning("%s", traceback.format_exc())
-        return {"ms": None, "img_per_s": None, "peak_gib": None, "note": f"error: {type(e).__name__}: {e}"[:300]}
+        return timed_row(step, batch, device, warmup, iters)
     finally:
         del x
         model.zero_grad(set_to_none=True)

@@ -75,3 +75,31 @@ def set_scan_options(model: torch.nn.Module, **options) -> int:
     for m in mixers:
         m.scan_options = dict(chosen)
     return len(mixers)
+
+
+def timed_row(step, batch: int, device: torch.device, warmup: int, iters: int) -> dict:
+    """``{ms, img_per_s, peak_gib}`` of ``step`` (one batch of ``batch`` images), the row every model benchmark
+    writes; an OOM or another error is a row with a note, so one failing model or variant never loses the rest.
+
+    The first call (Triton compilation and autotuning, torch.compile, cuDNN/cuBLAS heuristics) is untimed and
+    the peak memory is that of the timed steady state, measured after it."""
+    import logging
+    import traceback
+
+    from zoo.bench.timing import time_fn
+
+    empty = {"ms": None, "img_per_s": None, "peak_gib": None}
+    try:
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        ms = time_fn(step, device, warmup, iters)
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        return {"ms": round(ms, 4), "img_per_s": round(batch / ms * 1e3, 1),
+                "peak_gib": round(peak, 3) if peak is not None else None}
+    except torch.cuda.OutOfMemoryError:
+        return {**empty, "note": "OOM"}
+    except Exception as e:
+        logging.getLogger(__name__).warning("%s", traceback.format_exc())
+        return {**empty, "note": f"error: {type(e).__name__}: {e}"[:300]}

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.common import backend
-from benchmarks.options import add_model_bench_options, bench_command, parse_sizes, start_model_bench
+from benchmarks.options import add_model_bench_options, bench_command, parse_sizes, timed_row, start_model_bench
 from zoo.bench.timing import cuda_kernel_totals, dtype_name, free, sync, time_fn
 
 log = logging.getLogger(__name__)
@@ -64,15 +64,7 @@ def measure(model: torch.nn.Module, img_size: int, batch: int, device: torch.dev
             return model.forward_features(x)
 
     try:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        step()  # first call: Triton compilation and autotuning, cuDNN/cuBLAS heuristics
-        ms = time_fn(step, device, warmup, iters)
-        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-        return {"ms": round(ms, 4), "img_per_s": round(batch / ms * 1e3, 1),
-                "peak_gib": round(peak, 3) if peak is not None else None}
-    except torch.cuda.OutOfMemoryError:
-        return {"ms": None, "img_per_s": None, "peak_gib": None, "note": "OOM"}
+        return timed_row(step, batch, device, warmup, iters)
     finally:
         del x
         free(device)
