@@ -69,6 +69,29 @@ def create_model(model_name: str, pretrained: bool = False, num_classes: int | N
     return model
 
 
+def load_named_or_export(name: str | None, checkpoint: str | None, device: str, *, kinds, load_export,
+                         need: str, drop_flag: str, logger: logging.Logger = log) -> nn.Module:
+    """The model a one-model command runs (zoo generate, zoo caption), in eval mode on ``device``: ``name``
+    (``name.tag`` with its weights; a bare name has random weights, with a warning on ``logger``), or the zoo fit
+    export at ``checkpoint`` read by ``load_export(path, device)``, which must hold ``name`` when both are given.
+    A registered model of a kind outside ``kinds`` is a ConfigError ending in ``need`` (what the command takes);
+    ``drop_flag`` is the option the name/export mismatch message offers to drop."""
+    if checkpoint:
+        model = load_export(checkpoint, device)
+        arch = model.pretrained_cfg.get("architecture")
+        if name and split_name(name)[0] != arch:
+            raise ConfigError(f"{checkpoint} holds {arch}, not {name}; name that model or drop {drop_flag}")
+        return model
+    base, tag = split_name(name)
+    entry = get_entry(base)
+    if entry.kind not in kinds:
+        raise ConfigError(f"{base} is a {entry.kind} model; {need}")
+    if tag is None:
+        logger.warning("%s without a tag has random weights; name a tag (zoo list --pretrained) or pass "
+                       "--checkpoint EXPORT for trained ones", base)
+    return create_model(name, pretrained=tag is not None).to(device).eval()
+
+
 def _build(entry: ModelEntry, **kwargs) -> nn.Module:
     try:
         return entry.builder(**kwargs)

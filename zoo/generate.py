@@ -26,25 +26,12 @@ __all__ = ["generate_text", "load_lm", "main", "demo"]
 
 def load_lm(name: str, checkpoint: Optional[str] = None, device: str = "cpu"):
     """The language model ``name`` (``name.tag`` with its weights), or the export at ``checkpoint``."""
-    import zoo
+    from zoo.factory import load_named_or_export
     from zoo.kinds.language_model import LM_KINDS, load_language_model
-    from zoo.registry import get_entry, split_name
 
-    if checkpoint:
-        model = load_language_model(checkpoint, device)
-        if name and split_name(name)[0] != model.pretrained_cfg.get("architecture"):
-            raise ConfigError(f"{checkpoint} holds {model.pretrained_cfg.get('architecture')}, not {name}; "
-                              f"name that model or drop --checkpoint")
-        return model
-    base, tag = split_name(name)
-    entry = get_entry(base)
-    if entry.kind not in LM_KINDS:
-        raise ConfigError(f"{base} is a {entry.kind} model; zoo generate needs a language model "
-                          f"(zoo list --kind diffusion-lm, zoo list --kind causal-lm)")
-    if tag is None:
-        log.warning("%s without a tag has random weights; name a tag (zoo list --pretrained) or pass "
-                    "--checkpoint EXPORT for trained ones", base)
-    return zoo.create_model(name, pretrained=tag is not None).to(device).eval()
+    return load_named_or_export(name, checkpoint, device, kinds=LM_KINDS, load_export=load_language_model,
+                                need="zoo generate needs a language model (zoo list --kind diffusion-lm, "
+                                     "zoo list --kind causal-lm)", drop_flag="--checkpoint", logger=log)
 
 
 def generate_text(model, prompt: str, length: int = 256, steps: Optional[int] = None, block: Optional[int] = None,

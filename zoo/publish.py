@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from zoo.errors import ConfigError, ZooError
-from zoo.weights.quant import FORMAT, storage
-from zoo.weights.manifest import check_tag, read_manifest, ship_file, tags_from_manifest, write_record  # noqa: F401  (the manifest's home)
+from zoo.weights.quant import storage
+from zoo.weights.manifest import check_tag, publish_record, read_manifest, ship_file, tags_from_manifest, write_record  # noqa: F401  (the manifest's home)
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,7 @@ def publish(export: str | os.PathLike, tag: str, data: str, split: str = "test",
         "notes": f"trained with `zoo fit` ({_trained(info, export)}); {storage(int8)} weights measured by "
                  f"`zoo publish` on {datetime.date.today().isoformat()}",
     }
-    if int8:
-        record["weights_format"] = FORMAT
-    write_record(name, tag, record, folder)
-    return {"model": f"{name}.{tag}", **record}
+    return publish_record(name, tag, record, int8, folder)
 
 
 def publish_language_model(export: str | os.PathLike, tag: str, data: str | None = None,
@@ -160,10 +157,7 @@ def publish_language_model(export: str | os.PathLike, tag: str, data: str | None
                  f"{LM_DATA_LICENSES.get(data_name, data_name + ' text: see its source')}; {storage(int8)} weights "
                  f"measured by `zoo publish` (fp32 compute) on {datetime.date.today().isoformat()}; reproduce: {again}",
     }
-    if int8:
-        record["weights_format"] = FORMAT
-    write_record(name, tag, record, folder)
-    return {"model": f"{name}.{tag}", **record}
+    return publish_record(name, tag, record, int8, folder)
 
 
 def export_kind(export: str | os.PathLike) -> str:
@@ -219,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     except ZooError as e:
         print(f"error: {e}")
         return 2
+    report(rec)
+    return 0
+
+
+def report(rec: dict[str, Any]) -> None:
+    """What both publish commands print for a published record."""
     print(f"published {rec['model']}: {rec['file']} sha256 {rec['sha256']}")
     print(f"  metrics {rec['metrics']}")
-    return 0

@@ -15,12 +15,14 @@ What a kind module (``zoo/kinds/<kind>.py``) provides:
      ``reset_classifier(num_classes, global_pool=None)``, ``get_classifier()``, ``num_classes``,
      ``num_features``, ``pretrained_cfg``, ``forward_intermediates`` where the backbone has it. Audio
      models take log-mel spectrograms [B, 1, n_mels, frames]; their ``pretrained_cfg['audio']`` is the front end.
-   - ``vision-language`` (to come, ``zoo/kinds/vision_language.py``): open_clip's contract --
+   - ``vision-language`` (``zoo/kinds/vision_language.py``): open_clip's contract --
      ``encode_image(images, normalize=False)``, ``encode_text(tokens, normalize=False)`` and
      ``forward(images, tokens) -> (image_features, text_features, logit_scale)``.
-   - ``causal-lm`` / ``diffusion-lm`` (to come, ``zoo/kinds/language_model.py``):
+   - ``causal-lm`` / ``diffusion-lm`` (``zoo/kinds/language_model.py``):
      ``forward(tokens [B, T]) -> logits [B, T, vocab]`` and ``generate(prompt_tokens, max_new_tokens, ...)``
      (autoregressive decoding, or the masked-diffusion sampler).
+   - ``captioner`` (``zoo/kinds/captioner.py``): ``generate_caption(images, steps=, block=, threshold=,
+     temperature=, seed=) -> list[str]`` (an image tower's tokens as the text decoder's prefix).
 
 2. A builder helper a family uses for its registry entries: ``builder(**kwargs) -> the composed module``.
    ``create_model`` calls ``entry.builder`` with the arguments the user gave (``num_classes``,

@@ -402,23 +402,11 @@ def load_model(name: Optional[str], checkpoint: Optional[str] = None, device: st
     """The captioner ``name`` (``name.tag`` with its weights), or the export at ``checkpoint``."""
     import logging
 
-    import zoo
-    from zoo.registry import get_entry, split_name
+    from zoo.factory import load_named_or_export
 
-    if checkpoint:
-        model = load_captioner(checkpoint, device)
-        if name and split_name(name)[0] != model.pretrained_cfg.get("architecture"):
-            raise ConfigError(f"{checkpoint} holds {model.pretrained_cfg.get('architecture')}, not {name}; name that "
-                              f"model or drop --model")
-        return model
-    base, tag = split_name(name)
-    entry = get_entry(base)
-    if entry.kind != KIND_NAME:
-        raise ConfigError(f"{base} is a {entry.kind} model; zoo caption needs a captioner (zoo list --kind captioner)")
-    if tag is None:
-        logging.getLogger(__name__).warning(
-            "%s without a tag has random weights; name a tag (zoo list --pretrained) or pass --checkpoint EXPORT", base)
-    return zoo.create_model(name, pretrained=tag is not None).to(device).eval()
+    return load_named_or_export(name, checkpoint, device, kinds=(KIND_NAME,), load_export=load_captioner,
+                                need="zoo caption needs a captioner (zoo list --kind captioner)",
+                                drop_flag="--model", logger=logging.getLogger(__name__))
 
 
 def caption_files(model: Captioner, files, batch_size: int = 32, rgb: bool = False, **kw) -> list[str]:

@@ -30,8 +30,8 @@ def publish(export: str | os.PathLike, tag: str, data: str = "flickr8k", zero_sh
     class, and the metric names say so."""
     from zoo.vl.evaluate import export_metadata, run
     from zoo.vl.text import MINILM_FP16_SHA256, MINILM_HUB_ID
-    from zoo.weights.manifest import check_tag, ship_file, write_record
-    from zoo.weights.quant import FORMAT, storage
+    from zoo.weights.manifest import check_tag, publish_record, ship_file
+    from zoo.weights.quant import storage
 
     import json
 
@@ -73,10 +73,7 @@ def publish(export: str | os.PathLike, tag: str, data: str = "flickr8k", zero_sh
                  f"{meta.get('loss', 'clip')} loss, text tower locked); {storage(int8)} weights measured by zoo publish "
                  f"on {datetime.date.today().isoformat()}",
     }
-    if int8:
-        record["weights_format"] = FORMAT
-    write_record(name, tag, record, folder)
-    return {"model": f"{name}.{tag}", **record}
+    return publish_record(name, tag, record, int8, folder)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -95,8 +92,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ZooError as e:
         print(f"error: {e}")
         return 2
-    print(f"published {rec['model']}: {rec['file']} sha256 {rec['sha256']}")
-    print(f"  metrics {rec['metrics']}")
+    from zoo.publish import report
+
+    report(rec)
     return 0
 
 

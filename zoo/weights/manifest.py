@@ -112,6 +112,18 @@ def write_record(model: str, tag: str, record: dict[str, Any], folder: Path | No
     return folder / MANIFEST
 
 
+def publish_record(model: str, tag: str, record: dict[str, Any], int8: bool = False,
+                   folder: Path | None = None) -> dict[str, Any]:
+    """The last step of every publisher: mark an int8 file's storage format, write ``model.tag`` into the
+    manifest and return the published record with its full name (``model``)."""
+    if int8:
+        from zoo.weights.quant import FORMAT
+
+        record["weights_format"] = FORMAT
+    write_record(model, tag, record, folder)
+    return {"model": f"{model}.{tag}", **record}
+
+
 def record_kind(record: dict[str, Any]) -> str:
     """A record's kind: the one it states, else ``audio`` for an fbank front end, else ``image``."""
     if record.get("kind"):
@@ -146,4 +158,4 @@ def tags_from_manifest(folder: Path | None = None) -> Iterator[tuple[str, Any]]:
 
 
 __all__ = ["MANIFEST", "MAX_FILE_BYTES", "MAX_TOTAL_BYTES", "check_tag", "check_budget", "ship_file",
-           "shipped_bytes", "read_manifest", "write_record", "record_kind", "record_preprocess", "tags_from_manifest"]
+           "shipped_bytes", "read_manifest", "write_record", "publish_record", "record_kind", "record_preprocess", "tags_from_manifest"]
