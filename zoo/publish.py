@@ -191,25 +191,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", type=int, default=256, help="language models: window length")
     p.add_argument("--max-windows", type=int, default=None, help="language models: measure the first N windows")
     args = p.parse_args(argv)
-    try:
+
+    def dispatch() -> dict[str, Any]:  # by the export's kind
         from zoo.kinds.language_model import LM_KINDS
 
         kind = export_kind(args.export)
         if kind in LM_KINDS:
-            rec = publish_language_model(args.export, args.tag, args.data, args.license, device=args.device,
-                                         int8=args.int8, context=args.context, num_t=args.num_t,
-                                         max_windows=args.max_windows)
-        elif kind == "vision-language":
+            return publish_language_model(args.export, args.tag, args.data, args.license, device=args.device,
+                                          int8=args.int8, context=args.context, num_t=args.num_t,
+                                          max_windows=args.max_windows)
+        if kind == "vision-language":
             from zoo.vl.publish import publish as publish_vl
 
-            rec = publish_vl(args.export, args.tag, args.data or "flickr8k", args.zero_shot, args.license,
-                             device=args.device, int8=args.int8)
-        else:
-            if not args.data:
-                raise ConfigError(f"{args.export} is a {kind} classifier export: name its evaluation data with "
-                                  f"--data (a path, or cifar10 / fsdd)")
-            rec = publish(args.export, args.tag, args.data, args.split, args.license, device=args.device,
-                          int8=args.int8)
+            return publish_vl(args.export, args.tag, args.data or "flickr8k", args.zero_shot, args.license,
+                              device=args.device, int8=args.int8)
+        if not args.data:
+            raise ConfigError(f"{args.export} is a {kind} classifier export: name its evaluation data with "
+                              f"--data (a path, or cifar10 / fsdd)")
+        return publish(args.export, args.tag, args.data, args.split, args.license, device=args.device,
+                       int8=args.int8)
+
+    return run_and_report(dispatch)
+
+
+def run_and_report(publish_call) -> int:
+    """Run a publisher; print the published record (exit 0) or the zoo error (exit 2): both publish commands."""
+    try:
+        rec = publish_call()
     except ZooError as e:
         print(f"error: {e}")
         return 2

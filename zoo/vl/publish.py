@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from zoo.errors import ConfigError, ZooError
+from zoo.errors import ConfigError
 
 
 def publish(export: str | os.PathLike, tag: str, data: str = "flickr8k", zero_shot: str = "cifar10",
@@ -86,16 +86,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--int8", action="store_true", help="ship int8 weight-only storage (about half of fp16)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        rec = publish(args.export, args.tag, args.data, args.zero_shot, args.license, device=args.device,
-                      int8=args.int8)
-    except ZooError as e:
-        print(f"error: {e}")
-        return 2
-    from zoo.publish import report
+    from zoo.publish import run_and_report
 
-    report(rec)
-    return 0
+    return run_and_report(lambda: publish(args.export, args.tag, args.data, args.zero_shot, args.license,
+                                          device=args.device, int8=args.int8))
 
 
 if __name__ == "__main__":
