@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from kernels.common import use_triton
-from kernels.selective_scan.options import check_plan_args, chunk_size_for
+from kernels.selective_scan.options import check_layout, check_plan_args, chunk_size_for
 from kernels.selective_scan.reference import (
     selective_scan_torch,
     selective_scan_ref,
@@ -82,14 +82,16 @@ def _validate(u, delta, A, B, C, D, z, delta_bias, L_dim: bool = True) -> None:
         raise ValueError(f"selective_scan: all tensors must be on one device, got {sorted(map(str, devices))}")
 
 
-def _check_choices(n_state, variant, seg, chunk) -> None:
+def _check_choices(n_state, variant, seg, chunk, layout=None, tile=None) -> None:
     """The Triton-path keywords are checked on every path, so a typo fails on the CPU as on the GPU."""
     check_plan_args(variant, seg)
     chunk_size_for(n_state, chunk)
+    check_layout(layout, tile)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False,
-                   return_last_state=False, *, variant=None, seg=None, chunk=None, autotune=None):
+                   return_last_state=False, *, variant=None, seg=None, chunk=None, autotune=None, layout=None,
+                   tile=None):
     """y = selective scan of u (mamba_ssm semantics); returns y, or (y, last_state) when asked.
 
     u, delta, z: [B, D, L]; A: [D, N] fp32; B, C: [B, N, L] or [B, G, N, L]; D, delta_bias: [D] fp32.
@@ -99,10 +101,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     "sequential" | "chunked" | "auto" (chunk-parallel along L when batch x channel blocks cannot fill the
     GPU), ``seg`` tokens per segment of the chunked variant, ``chunk`` tokens per stored state = backward
     tile (4..64, default 16, or 8 above 16 states), ``autotune`` (default True on the GPU) the launch
-    configuration per shape.
+    configuration per shape, ``layout`` of the forward's tiles ("channel", "token": lanes along L, one program
+    per few channels, for grids that the channel layout leaves empty; "auto" = "channel" for now) and ``tile``
+    the token layout's (tokens per thread, groups, channels, warps).
     """
     _validate(u, delta, A, B, C, D, z, delta_bias)
-    _check_choices(A.shape[1], variant, seg, chunk)
+    _check_choices(A.shape[1], variant, seg, chunk, layout, tile)
     if not use_triton(u, delta, A, B, C, D, z, delta_bias):
         return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
                                     return_last_state)
@@ -114,7 +118,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         u.contiguous(), delta.contiguous(), A.contiguous(), B4.contiguous(), C4.contiguous(),
         D.contiguous() if D is not None else None, z.contiguous() if z is not None else None,
         delta_bias.contiguous() if delta_bias is not None else None, delta_softplus, reverse, variant, seg, chunk,
-        autotune)
+        autotune, layout, tile)
     return (y, last) if return_last_state else y
 
 

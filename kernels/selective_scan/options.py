@@ -4,10 +4,14 @@ Kept apart from ``triton.py`` so the public op validates them on every path with
 """
 from __future__ import annotations
 
-__all__ = ["CHUNKS", "VARIANTS", "check_plan_args", "chunk_size_for"]
+__all__ = ["CHUNKS", "LAYOUTS", "VARIANTS", "check_layout", "check_plan_args", "chunk_size_for"]
 
 VARIANTS = ("auto", "sequential", "chunked")
 CHUNKS = (4, 8, 16, 32, 64)                 # tokens per stored state = backward tile (power of two)
+# Forward tile layouts: "channel" (lanes on channels, tokens in-thread; sequential or chunk-parallel by
+# ``variant``), "token" (lanes and warps along L, one program per few channels; always one pass), "auto"
+# (= "channel" until GPU measurements pick per shape).
+LAYOUTS = ("auto", "channel", "token")
 
 
 def chunk_size_for(n_state: int, chunk: int | None = None) -> int:
@@ -31,3 +35,26 @@ def check_plan_args(variant: str | None, seg: int | None) -> str:
     if seg is not None and (not isinstance(seg, int) or seg < 1):
         raise ValueError(f"selective_scan: seg must be a positive number of tokens, got {seg!r}")
     return variant
+
+
+def check_layout(layout: str | None, tile=None) -> tuple[str, tuple[int, int, int, int] | None]:
+    """(layout lower-cased, "auto" for None; tile as a tuple or None) or ValueError.
+
+    ``tile`` forces the token-parallel launch configuration (tokens per thread, thread groups along L, channels
+    per program, warps): a tile covers tokens x groups tokens, all powers of two; None lets the autotuner pick."""
+    layout = (layout or "auto").lower()
+    if layout not in LAYOUTS:
+        raise ValueError(f"selective_scan: layout must be one of {LAYOUTS}, got {layout!r}")
+    if tile is None:
+        return layout, None
+    if layout != "token":
+        raise ValueError(f"selective_scan: tile applies to layout='token' only, got layout={layout!r}")
+    try:
+        tile = tuple(int(v) for v in tile)
+    except (TypeError, ValueError):
+        raise ValueError(f"selective_scan: tile must be 4 integers (tokens, groups, channels, warps), got {tile!r}")
+    pow2 = all(v >= 1 and v & (v - 1) == 0 for v in tile)
+    if len(tile) != 4 or not pow2 or tile[0] * tile[1] > 4096 or tile[2] > 64 or tile[3] > 16:
+        raise ValueError("selective_scan: tile must be 4 powers of two (tokens per thread, groups, channels per "
+                         f"program <= 64, warps <= 16) covering <= 4096 tokens, got {tile!r}")
+    return layout, tile

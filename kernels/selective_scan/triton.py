@@ -65,10 +65,10 @@ import triton
 import triton.language as tl
 
 from kernels.common import interpreting
-from kernels.selective_scan.options import CHUNKS, VARIANTS, check_plan_args, chunk_size_for
+from kernels.selective_scan.options import CHUNKS, LAYOUTS, VARIANTS, check_layout, check_plan_args, chunk_size_for
 
 __all__ = ["selective_scan_triton", "SelectiveScanFn", "chunk_size_for", "scan_plan", "sm_count", "CHUNKS",
-           "VARIANTS"]
+           "VARIANTS", "LAYOUTS", "TOKEN_TILES"]
 
 LOG2E = 1.4426950408889634
 
@@ -403,6 +403,137 @@ def _combine_kernel(
 
 
 # --------------------------------------------------------------------------------------------------------
+# token-parallel forward layout ("token"): lanes and warps along L, a few consecutive tokens in each thread
+
+@triton.jit
+def _prefix_combine(xa1, xb1, ya1, yb1, xa2, xb2, ya2, yb2):
+    """Exclusive prefix of affine maps as an inclusive scan: a segment is (X, Y) = (all its maps but the last,
+    composed; its last map). Left then right: X = X2 after Y1 after X1, Y = Y2. Seeded with X = identity, the
+    scan's X at step g is the composition of steps 0..g-1: no shift across lanes needed."""
+    a = xa1 * ya1
+    b = xb1 * ya1 + yb1
+    return a * xa2, b * xa2 + xb2, ya2, yb2
+
+
+@triton.jit
+def _scan_tile_tokens(u, dt, Bt, A2, h, TPT: tl.constexpr, G: tl.constexpr):
+    """One tile of TPT x G tokens as [TPT, BD, NP, G] (token g TPT + k at [k, :, :, g]) from the carried-in
+    state h [BD, NP]; u, dt [TPT, BD, G], Bt [TPT, NP, G], A2 = A log2(e) [BD, NP].
+
+    Triton's default layout gives lanes and warps to the last axis (G groups of TPT consecutive tokens) and
+    keeps axis 0 inside the thread, so the scan is two-level: an in-thread scan over each group's TPT tokens,
+    then one scan of the G group maps across lanes and warps (1/TPT of the elements), then one FMA per element
+    applies the state entering the group. Returns (states of every token, state after the tile)."""
+    a = tl.exp2(dt[:, :, None, :] * A2[None, :, :, None])                          # [TPT, BD, NP, G]
+    b = (dt * u)[:, :, None, :] * Bt[:, None, :, :]
+    a_s, b_s = tl.associative_scan((a, b), axis=0, combine_fn=_affine_combine)     # in-thread
+    last_k = (tl.arange(0, TPT) == TPT - 1)[:, None, None, None]
+    ta = tl.sum(tl.where(last_k, a_s, 0.0), axis=0)                                # group maps [BD, NP, G]
+    tb = tl.sum(tl.where(last_k, b_s, 0.0), axis=0)
+    if G > 1:
+        zero = tl.zeros_like(ta)
+        xa, xb, _, _ = tl.associative_scan((zero + 1.0, zero, ta, tb), axis=2, combine_fn=_prefix_combine)
+        s = xa * h[:, :, None] + xb                                                # state entering group g
+    else:
+        s = h[:, :, None] + tl.zeros_like(ta)
+    hs = a_s * s[None, :, :, :] + b_s
+    h_next = tl.sum(tl.where((tl.arange(0, G) == G - 1)[None, None, :], ta * s + tb, 0.0), axis=2)
+    return hs, h_next
+
+
+@triton.jit
+def _tp_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, sbn, states_ptr, col, colz, coly, st_off, A2, Dv, bias, h,
+             L, rev, mask_d,
+             N: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+             SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr, TPT: tl.constexpr, G: tl.constexpr):
+    """The token-parallel forward of one program (BD channels of one sequence, all N states) down all L tokens
+    in tiles of TPT x G; shared by the selective scan's and the fused mixer's kernels, which differ only in
+    addressing. ``col`` / ``colz`` / ``coly`` [BD] are the channels' row offsets in u and Δ / z / y (token
+    stride 1); B_row, C_row point at the sequence's B / C rows (state stride ``sbn``, token stride 1);
+    ``st_off`` [BD, NP] is where chunk 0's state of each (channel, state) goes. ``rev`` = 1 walks token L-1-p at
+    step p. Stores the state entering every CHUNK tokens (where the channel-layout kernels store it, so their
+    backward reads it unchanged); returns the last state."""
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    mask_nd = mask_d[:, None] & mask_n[None, :]
+    jt = tl.arange(0, TPT)[:, None, None] + tl.arange(0, G)[None, None, :] * TPT      # [TPT, 1, G]
+    for i in range(0, tl.cdiv(L, TPT * G)):
+        p = i * (TPT * G) + jt
+        mask_l = p < L
+        t = p + rev * (L - 1 - 2 * p)
+        m = mask_l & mask_d[None, :, None]                                         # [TPT, BD, G]
+        u = tl.load(u_ptr + col[None, :, None] + t, mask=m, other=0.0).to(tl.float32)
+        x = tl.load(dt_ptr + col[None, :, None] + t, mask=m, other=0.0).to(tl.float32) + bias[None, :, None]
+        if SOFTPLUS:
+            dt = _softplus(x)
+        else:
+            dt = x
+        dt = tl.where(m, dt, 0.0)                                                  # padding: identity step
+        mb = mask_l & mask_n[None, :, None]                                        # [TPT, NP, G]
+        Bt = tl.load(B_row + offs_n[None, :, None] * sbn + t, mask=mb, other=0.0).to(tl.float32)
+
+        hs, h = _scan_tile_tokens(u, dt, Bt, A2, h, TPT, G)
+
+        Ct = tl.load(C_row + offs_n[None, :, None] * sbn + t, mask=mb, other=0.0).to(tl.float32)
+        y = tl.sum(hs * Ct[:, None, :, :], axis=2)                                # [TPT, BD, G]
+        if HAS_D:
+            y += Dv[None, :, None] * u
+        if HAS_Z:
+            zz = tl.load(z_ptr + colz[None, :, None] + t, mask=m, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(y_ptr + coly[None, :, None] + t, y.to(y_ptr.dtype.element_ty), mask=m)
+        if STORE_STATES:
+            q = (p + 1)[:, :, None, :]                                             # state after token p
+            sm = ((q % CHUNK) == 0) & (q < L) & mask_nd[None, :, :, None]
+            tl.store(states_ptr + st_off[None, :, :, None] + (q // CHUNK) * N, hs, mask=sm)
+    return h
+
+
+@triton.jit
+def _tp_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, end_ptr, states_ptr,
+    Dch, L, cpg_B, cpg_C, stride_Bb, stride_Bg, stride_Cb, stride_Cg,
+    L_BUCKET, BATCH_BUCKET, BD_CAP,
+    N: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr, STORE_STATES: tl.constexpr,
+    BD: tl.constexpr, TPT: tl.constexpr, G: tl.constexpr,
+):
+    """Token-parallel selective-scan forward: one program per (BD channels, sequence) over all L (``_tp_walk``);
+    grid (cdiv(D, BD), batch). Writes y, the last state and (STORE_STATES) the backward's chunk states."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    d0 = pid_d * BD
+    offs_d = d0 + tl.arange(0, BD)
+    offs_n = tl.arange(0, NP)
+    mask_d = offs_d < Dch
+    mask_nd = mask_d[:, None] & (offs_n < N)[None, :]
+    A2 = tl.load(A_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_nd, other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        Dv = tl.zeros([BD], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BD], dtype=tl.float32)
+    col = pid_b * Dch * L + offs_d.to(tl.int64) * L                                # [BD]
+    B_row = B_ptr + pid_b * stride_Bb + (d0 // cpg_B) * stride_Bg
+    C_row = C_ptr + pid_b * stride_Cb + (d0 // cpg_C) * stride_Cg
+    st_off = (pid_b * Dch + offs_d.to(tl.int64))[:, None] * (tl.cdiv(L, CHUNK) * N) + offs_n[None, :]
+    h = tl.zeros([BD, NP], dtype=tl.float32)
+    if STORE_STATES:
+        tl.store(states_ptr + st_off, h, mask=mask_nd)
+    if REVERSE:
+        rev = 1
+    else:
+        rev = 0
+    h = _tp_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, L, states_ptr, col, col, col, st_off, A2, Dv, bias, h,
+                 L, rev, mask_d, N, NP, CHUNK, HAS_D, HAS_Z, SOFTPLUS, STORE_STATES, TPT, G)
+    tl.store(end_ptr + (pid_b * Dch + offs_d.to(tl.int64))[:, None] * N + offs_n[None, :], h, mask=mask_nd)
+
+
+# --------------------------------------------------------------------------------------------------------
 # launch configuration
 
 def _block_d_cap(cpg: int, grouped: bool) -> int:
@@ -458,6 +589,46 @@ _BWD_KEY = _KEY + ["CARRY_ONLY", "HAS_CARRY"]
 _fwd_tuned = triton.autotune(_FWD_CONFIGS, key=_FWD_KEY, prune_configs_by={"early_config_prune": _prune})(_fwd_kernel)
 _bwd_tuned = triton.autotune(_BWD_CONFIGS, key=_BWD_KEY, prune_configs_by={"early_config_prune": _prune},
                              reset_to_zero=["dA_ptr", "dB_ptr", "dC_ptr", "dD_ptr", "dbias_ptr"])(_bwd_kernel)
+
+
+# Token-parallel tiles (tokens per thread, groups, channels per program, warps): a tile is tokens x groups
+# tokens of BD channels x N states; groups go to lanes then warps, the rest of the tile stays in-thread
+# (tokens x BD x NP x groups / (32 warps) fp32 per tensor per thread: <= 64 here, to stay out of spills).
+TOKEN_TILES = [
+    (4, 64, 1, 4), (8, 32, 1, 4), (2, 128, 1, 4), (4, 128, 1, 8), (8, 64, 1, 8), (16, 32, 1, 8),
+    (4, 256, 1, 8), (8, 128, 1, 8), (4, 64, 2, 8), (8, 32, 2, 8), (4, 32, 4, 8), (4, 64, 4, 8),
+]
+_TILE_KEYS = ("TPT", "G", "BD")
+
+
+def _tile_config(tile) -> triton.Config:
+    tpt, groups, bd, warps = tile
+    return triton.Config(dict(zip(_TILE_KEYS, (tpt, groups, bd))), num_warps=warps)
+
+
+def _prune_tiles(configs, named_args, **kwargs):
+    """Token-parallel tiles whose channel block stays inside one B/C group (a smallest one if none)."""
+    keep = [c for c in configs if c.kwargs["BD"] <= named_args["BD_CAP"]]
+    return keep or [_tile_config((4, 32, 1, 4))]
+
+
+_TP_KEY = ["Dch", "L_BUCKET", "BATCH_BUCKET", "BD_CAP", "N", "HAS_Z", "HAS_D", "HAS_BIAS", "SOFTPLUS", "STORE_STATES"]
+_tp_fwd_tuned = triton.autotune([_tile_config(t) for t in TOKEN_TILES], key=_TP_KEY,
+                                prune_configs_by={"early_config_prune": _prune_tiles})(_tp_fwd_kernel)
+
+
+def launch_tokens(fixed, tuned, args, rows, dim, cap, tile, autotune, **kw):
+    """A token-parallel kernel over grid (channel blocks, rows): the forced ``tile``, else autotuned over
+    TOKEN_TILES (GPU) or a small fixed tile (interpreter, ``autotune=False``) whose BD stays under ``cap``."""
+    if tile is None and autotune and not interpreting():
+        tuned[lambda m: (triton.cdiv(dim, m["BD"]), rows)](*args, **kw)
+        return
+    if tile is None:
+        tile = (4, 8, max(1, min(cap, 2)), 1) if interpreting() else (4, 64, 1, 4)
+    if tile[2] > cap:
+        raise ValueError(f"selective_scan: tile channels per program {tile[2]} straddle a B/C group of {cap}")
+    cfg = _tile_config(tile)
+    fixed[(triton.cdiv(dim, tile[2]), rows)](*args, **kw, **cfg.kwargs, num_warps=cfg.num_warps)
 
 
 def _fixed_config(cap: int, chunk: int, fwd: bool) -> dict:
@@ -561,8 +732,9 @@ def _combine(A, dsum, x, out, final, backward):
                           BLOCK=block, BACKWARD=backward, STORE_FINAL=final is not None, num_warps=4)
 
 
-def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, store_states, plan):
-    """Launch the forward: one sequential pass, or passes 1-3 of the chunk-parallel variant.
+def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, store_states, plan, tile=None):
+    """Launch the forward: one sequential pass, passes 1-3 of the chunk-parallel variant, or (variant "token")
+    the token-parallel kernel with ``tile`` (None: autotuned).
 
     B, C are 4-D ``[B, G, N, L]``; all contiguous. Returns (y, last, states).
     """
@@ -582,6 +754,11 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, s
                  SOFTPLUS=bool(softplus), REVERSE=bool(reverse))
     run = functools.partial(_launch, _fwd_kernel, _fwd_tuned, batch=batch, dim=dim, cap=cap, chunk=chunk,
                             fwd=True, autotune=autotune)
+    if variant == "token":
+        args = (u, delta, A, B, C, *opt, y, last, states, *(scalars[:2] + scalars[3:]))
+        launch_tokens(_tp_fwd_kernel, _tp_fwd_tuned, args, batch, dim, cap, tile, autotune, **meta, **flags,
+                      STORE_STATES=bool(store_states))
+        return y, last, states
     if variant == "sequential":
         args = (u, delta, A, B, C, *opt, y, last, states, dummy, dummy, *scalars)
         run(args, 1, **meta, **flags, STORE_STATES=bool(store_states), EMIT_Y=True, STORE_END=True,
@@ -650,13 +827,14 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reve
 def _fwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
             D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], softplus: bool,
             reverse: bool, store_states: bool, variant: str, seg: int, chunk: int,
-            autotune: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            autotune: bool, tile: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``tile``: the token-parallel launch configuration, empty for the autotuner's choice."""
     return selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, store_states,
-                              (variant, seg, chunk, autotune))
+                              (variant, seg, chunk, autotune), tuple(tile) or None)
 
 
 @_fwd_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, store_states, variant, seg, chunk, autotune):
+def _(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, store_states, variant, seg, chunk, autotune, tile):
     batch, dim, L = u.shape
     n = A.shape[1]
     f32 = dict(dtype=torch.float32, device=u.device)
@@ -691,19 +869,21 @@ def _(dout, u, delta, A, B, C, D, z, delta_bias, states, softplus, reverse, vari
 class SelectiveScanFn(torch.autograd.Function):
     """Triton forward; backward recomputes states per chunk from the chunk-start states saved by forward.
 
-    ``plan`` = (variant, segment, chunk, autotune) from :func:`scan_plan` and :func:`chunk_size_for`, kept so the
-    backward splits L and reads the stored states as the forward wrote them.
+    ``plan`` / ``bwd_plan`` = (variant, segment, chunk, autotune) from :func:`scan_plan` and
+    :func:`chunk_size_for` (the forward's variant may be "token", with its ``tile``); both share the chunk, so
+    the backward reads the stored states as the forward wrote them.
     """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, plan):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, plan, bwd_plan, tile):
         need_grad = any(ctx.needs_input_grad[:8])
         y, last, states = torch.ops.speedzoo.selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias,
-                                                                bool(delta_softplus), bool(reverse), need_grad, *plan)
+                                                                bool(delta_softplus), bool(reverse), need_grad, *plan,
+                                                                list(tile or ()))
         ctx.mark_non_differentiable(last)
         if need_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
-        ctx.flags = (bool(delta_softplus), bool(reverse), plan)
+        ctx.flags = (bool(delta_softplus), bool(reverse), bwd_plan)
         return y, last
 
     @staticmethod
@@ -714,21 +894,26 @@ class SelectiveScanFn(torch.autograd.Function):
             dy.contiguous(), u, delta, A, B, C, D, z, delta_bias, states, softplus, reverse, *plan)
         return (du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
                 dD.to(D.dtype) if D is not None else None, dz if z is not None else None,
-                dbias.to(delta_bias.dtype) if delta_bias is not None else None, None, None, None)
+                dbias.to(delta_bias.dtype) if delta_bias is not None else None, None, None, None, None, None)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          reverse=False, variant=None, seg=None, chunk=None, autotune=None):
+                          reverse=False, variant=None, seg=None, chunk=None, autotune=None, layout=None, tile=None):
     """Triton selective scan on validated, contiguous inputs with 4-D B/C; returns (y, last_state).
 
     ``variant`` ("auto", "sequential", "chunked"), ``seg`` and ``chunk`` override :func:`scan_plan`'s and
     :func:`chunk_size_for`'s choice; ``autotune`` (default: on, except in the interpreter) picks the launch
     configuration per shape. The interpreter has no SMs to fill, so "auto" means sequential there.
+    ``layout="token"`` runs the forward token-parallel (``tile`` forces its configuration; the backward keeps
+    its variant); "auto" and "channel" keep the channel layout.
     """
     batch, dim, L = u.shape
     if interpreting() and check_plan_args(variant, seg) == "auto":
         variant = "sequential"
+    layout, tile = check_layout(layout, tile)
     n = A.shape[1]
-    plan = (*scan_plan(batch, dim, L, n, sm_count(u.device), variant, seg, chunk), chunk_size_for(n, chunk),
-            bool(autotune is None or autotune) and not interpreting())
-    return SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, plan)
+    tune = bool(autotune is None or autotune) and not interpreting()
+    c = chunk_size_for(n, chunk)
+    bwd_plan = (*scan_plan(batch, dim, L, n, sm_count(u.device), variant, seg, chunk), c, tune)
+    plan = ("token", max(L, 1), c, tune) if layout == "token" else bwd_plan
+    return SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, plan, bwd_plan, tile)
