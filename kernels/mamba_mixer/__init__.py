@@ -13,7 +13,8 @@ directions, merge and out_proj (mamba_ssm's ``mamba_inner_fn``, for the v2 bidir
 Parameters are stacked direction first (index 0 forward, 1 backward): conv_weight [2, E, W] (or [2, E, 1, W]),
 conv_bias [2, E], x_proj_weight [2, R+2N, E], dt_proj_weight [2, E, R], dt_proj_bias [2, E], A_log [2, E, N],
 D [2, E]; x, z [B, E, L]; out_proj_weight [dim, E]; returns [B, L, dim]. ``variant_scan`` / ``seg`` / ``chunk``
-/ ``autotune`` are the selective scan's launch choices (see ``kernels.selective_scan``).
+/ ``autotune`` / ``layout`` / ``tile`` are the selective scan's launch choices (see ``kernels.selective_scan``;
+``layout="token"``: the scan forward's token-parallel tiles, on the fused and the unfused path).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from kernels.causal_conv1d import causal_conv1d
 from kernels.common import use_triton
 from kernels.mamba_mixer.reference import bimamba_inner_ref
 from kernels.selective_scan import selective_scan
+from kernels.selective_scan.options import check_layout
 
 __all__ = ["bimamba_inner", "bimamba_inner_ref", "mamba_direction", "VARIANTS"]
 
@@ -75,7 +77,7 @@ def _check(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_
 
 def bimamba_inner(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
                   out_proj_weight, out_proj_bias=None, *, divide_out=True, variant="auto", variant_scan=None,
-                  seg=None, chunk=None, autotune=None):
+                  seg=None, chunk=None, autotune=None, layout=None, tile=None):
     """out [B, L, dim] = out_proj(mean (or sum, ``divide_out=False``) of both directions' gated scans)."""
     choice = (variant or "auto").lower()
     if choice not in VARIANTS:
@@ -85,9 +87,10 @@ def bimamba_inner(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, d
     params = (conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D)
     if choice == "auto":
         choice = "fused" if use_triton(x, z, *params) else "unfused"
+    check_layout(layout, tile)
     if choice == "reference":
         return bimamba_inner_ref(x, z, *params, out_proj_weight, out_proj_bias, divide_out)
-    scan_options = dict(variant=variant_scan, seg=seg, chunk=chunk, autotune=autotune)
+    scan_options = dict(variant=variant_scan, seg=seg, chunk=chunk, autotune=autotune, layout=layout, tile=tile)
     if choice == "fused":
         if not use_triton(x, z, *params):
             raise ValueError("bimamba_inner: variant='fused' needs CUDA tensors (or TRITON_INTERPRET=1); "

@@ -54,13 +54,19 @@ from kernels.selective_scan.triton import (
     _dummy,
     _launch,
     _prune,
+    _prune_tiles,
     _scan_tile,
+    _tile_config,
+    _tp_walk,
+    TOKEN_TILES,
+    check_layout,
     chunk_size_for,
+    launch_tokens,
     scan_plan,
     sm_count,
 )
 
-__all__ = ["bimamba_inner_triton", "BiConvFn", "BiScanFn", "mixer_plans"]
+__all__ = ["bimamba_inner_triton", "BiConvFn", "BiScanFn", "merged_out_proj", "mixer_plans"]
 
 
 @triton.jit
@@ -192,18 +198,62 @@ def _biscan_fwd_kernel(
         tl.store(dsum_ptr + seg_row * Dch + offs_d, dsum, mask=mask_d)
 
 
+@triton.jit
+def _biscan_tp_kernel(
+    u_ptr, dt_ptr, A_ptr, x_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, states_ptr,
+    batch, Dch, L, R, sx_row, sx_n,
+    L_BUCKET, BATCH_BUCKET, BD_CAP,
+    N: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr, STORE_STATES: tl.constexpr,
+    BD: tl.constexpr, TPT: tl.constexpr, G: tl.constexpr,
+):
+    """Token-parallel layout of the two-direction scan: BD channels of one (direction, sequence) row
+    r = dir * batch + b over all L (``kernels.selective_scan.triton._tp_walk``), grid (cdiv(E, BD), 2 batch).
+
+    Same inputs and chunk states as ``_biscan_fwd_kernel``; y goes to y [B, 2, E, L] (tokens contiguous, so a
+    one-channel program writes whole lines), which out_proj reads as the transposed operand [B, L, 2E]."""
+    pid_d = tl.program_id(0)
+    pid_r = tl.program_id(1).to(tl.int64)
+    rev = pid_r // batch
+    pid_b = pid_r % batch
+    offs_d = pid_d * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, NP)
+    mask_d = offs_d < Dch
+    mask_nd = mask_d[:, None] & (offs_n < N)[None, :]
+    pdir = rev * Dch + offs_d                                                      # [BD] in [2, E] params
+    A2 = tl.load(A_ptr + pdir[:, None] * N + offs_n[None, :], mask=mask_nd, other=0.0).to(tl.float32) * 1.4426950408889634
+    Dv = tl.load(D_ptr + pdir, mask=mask_d, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + pdir, mask=mask_d, other=0.0).to(tl.float32)
+    d64 = offs_d.to(tl.int64)
+    col = (pid_r * Dch + d64) * L
+    colz = (pid_b * Dch + d64) * L
+    coly = ((pid_b * 2 + rev) * Dch + d64) * L
+    B_row = x_ptr + pid_r * sx_row + R * sx_n
+    st_off = (pid_r * Dch + d64)[:, None] * (tl.cdiv(L, CHUNK) * N) + offs_n[None, :]
+    h = tl.zeros([BD, NP], dtype=tl.float32)
+    if STORE_STATES:
+        tl.store(states_ptr + st_off, h, mask=mask_nd)
+    _tp_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, B_row + N * sx_n, sx_n, states_ptr, col, colz, coly, st_off, A2,
+             Dv, bias, h, L, rev, mask_d, N, NP, CHUNK, True, True, True, STORE_STATES, TPT, G)
+
+
+_biscan_tp_tuned = triton.autotune([_tile_config(t) for t in TOKEN_TILES],
+                                   key=["Dch", "L_BUCKET", "BATCH_BUCKET", "N", "STORE_STATES"],
+                                   prune_configs_by={"early_config_prune": _prune_tiles})(_biscan_tp_kernel)
+
 _SCAN_KEY = ["Dch", "L_BUCKET", "BATCH_BUCKET", "N", "EMIT_Y", "HAS_H0", "STORE_STATES"]
 _biscan_tuned = triton.autotune(_FWD_CONFIGS, key=_SCAN_KEY,
                                 prune_configs_by={"early_config_prune": _prune})(_biscan_fwd_kernel)
 
 
 def mixer_plans(batch: int, dim: int, L: int, n_state: int, device: torch.device, variant: str | None = None,
-                seg: int | None = None, chunk: int | None = None, autotune: bool | None = None):
+                seg: int | None = None, chunk: int | None = None, autotune: bool | None = None,
+                layout: str | None = None):
     """(forward plan, backward plan), each (variant, seg, chunk, autotune) as the selective-scan ops take it.
 
     The forward runs both directions in one grid (2 x batch rows), the backward one direction at a time, so
     each gets the selective scan's own occupancy rule (``scan_plan``) for its row count; both share the
-    chunk (tokens per stored state) since the backward reads the states the forward wrote."""
+    chunk (tokens per stored state) since the backward reads the states the forward wrote. ``layout="token"``
+    makes the forward's variant "token" (one token-parallel pass); "auto" keeps the channel layout."""
     if interpreting() and (variant or "auto").lower() == "auto":
         variant = "sequential"                    # the interpreter has no SMs to fill
     sms = sm_count(device)
@@ -211,22 +261,33 @@ def mixer_plans(batch: int, dim: int, L: int, n_state: int, device: torch.device
     tune = bool(autotune is None or autotune) and not interpreting()
     fwd = (*scan_plan(2 * batch, dim, L, n_state, sms, variant, seg, c), c, tune)
     bwd = (*scan_plan(batch, dim, L, n_state, sms, variant, seg, c), c, tune)
+    if check_layout(layout)[0] == "token":
+        fwd = ("token", max(L, 1), c, tune)
     return fwd, bwd
 
 
-def biscan_fwd(xc, delta, A, x_dbl, D, z, bias, rank, store_states, plan):
-    """Launch the two-direction scan (one sequential pass, or passes 1-3 of the chunk-parallel variant).
+def biscan_fwd(xc, delta, A, x_dbl, D, z, bias, rank, store_states, plan, tile=None):
+    """Launch the two-direction scan (one sequential pass, passes 1-3 of the chunk-parallel variant, or the
+    token-parallel pass with ``tile``, None: autotuned).
 
     xc, delta [2, B, E, L], x_dbl [2, B, R+2N, L], z [B, E, L] contiguous; A [2, E, N], D, bias [2, E] fp32.
-    Returns (y2 [B, L, 2, E] in xc's dtype, chunk states [2, B, E, n_chunks, N] fp32 or a dummy)."""
+    Returns (y2 in xc's dtype: [B, L, 2, E], or [B, 2, E, L] for the token layout; chunk states
+    [2, B, E, n_chunks, N] fp32 or a dummy)."""
     variant, seg, chunk, autotune = plan
     _, batch, dim, L = xc.shape
     n = A.shape[-1]
     rows = 2 * batch
-    y = torch.empty(batch, L, 2, dim, device=xc.device, dtype=xc.dtype)
     states = (torch.empty(2, batch, dim, triton.cdiv(L, chunk), n, device=xc.device, dtype=torch.float32)
               if store_states else _dummy(xc))
     dummy = _dummy(xc)
+    if variant == "token":
+        y = torch.empty(batch, 2, dim, L, device=xc.device, dtype=xc.dtype)
+        args = (xc, delta, A, x_dbl, D, z, bias, y, states, batch, dim, L, rank, x_dbl.stride(1), x_dbl.stride(2),
+                _bucket(L), _bucket(rows), 1 << 30)
+        launch_tokens(_biscan_tp_kernel, _biscan_tp_tuned, args, rows, dim, 1 << 30, tile, autotune, N=n,
+                      NP=triton.next_power_of_2(n), CHUNK=chunk, STORE_STATES=bool(store_states))
+        return y, states
+    y = torch.empty(batch, L, 2, dim, device=xc.device, dtype=xc.dtype)
     scalars = (batch, dim, L, seg, rank, x_dbl.stride(1), x_dbl.stride(2), y.stride(0), y.stride(1), y.stride(2),
                _bucket(L), _bucket(rows), 1 << 30)
     meta = dict(N=n, NP=triton.next_power_of_2(n), CHUNK=chunk)
@@ -277,17 +338,19 @@ def _(x, weight, bias):
 @torch.library.custom_op("speedzoo::bimamba_scan_fwd", mutates_args=())
 def _scan_fwd_op(xc: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, x_dbl: torch.Tensor, D: torch.Tensor,
                  z: torch.Tensor, bias: torch.Tensor, rank: int, store_states: bool, variant: str, seg: int,
-                 chunk: int, autotune: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return biscan_fwd(xc, delta, A, x_dbl, D, z, bias, rank, store_states, (variant, seg, chunk, autotune))
+                 chunk: int, autotune: bool, tile: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``tile``: the token layout's launch configuration, empty for the autotuner's choice."""
+    return biscan_fwd(xc, delta, A, x_dbl, D, z, bias, rank, store_states, (variant, seg, chunk, autotune),
+                      tuple(tile) or None)
 
 
 @_scan_fwd_op.register_fake
-def _(xc, delta, A, x_dbl, D, z, bias, rank, store_states, variant, seg, chunk, autotune):
+def _(xc, delta, A, x_dbl, D, z, bias, rank, store_states, variant, seg, chunk, autotune, tile):
     _, batch, dim, L = xc.shape
     f32 = dict(dtype=torch.float32, device=xc.device)
     states = (torch.empty(2, batch, dim, (L + chunk - 1) // chunk, A.shape[-1], **f32) if store_states
               else torch.empty(1, **f32))
-    return xc.new_empty((batch, L, 2, dim)), states
+    return xc.new_empty((batch, 2, dim, L) if variant == "token" else (batch, L, 2, dim)), states
 
 
 _CONV_MODES = ("causal", "reverse")
@@ -316,22 +379,24 @@ class BiConvFn(torch.autograd.Function):
 
 
 class BiScanFn(torch.autograd.Function):
-    """Both directions' gated scans -> y2 [B, L, 2, E]; backward: the selective-scan backward per direction."""
+    """Both directions' gated scans -> y2 [B, L, 2, E] ([B, 2, E, L] when the forward plan is "token");
+    backward: the selective-scan backward per direction."""
 
     @staticmethod
-    def forward(ctx, xc, delta, A, x_dbl, D, z, bias, rank, plan, bwd_plan):
+    def forward(ctx, xc, delta, A, x_dbl, D, z, bias, rank, plan, bwd_plan, tile=None):
         need_grad = any(ctx.needs_input_grad[:7])
-        y, states = torch.ops.speedzoo.bimamba_scan_fwd(xc, delta, A, x_dbl, D, z, bias, rank, need_grad, *plan)
+        y, states = torch.ops.speedzoo.bimamba_scan_fwd(xc, delta, A, x_dbl, D, z, bias, rank, need_grad, *plan,
+                                                        list(tile or ()))
         if need_grad:
             ctx.save_for_backward(xc, delta, A, x_dbl, D, z, bias, states)
-        ctx.rank, ctx.bwd_plan = rank, bwd_plan
+        ctx.rank, ctx.bwd_plan, ctx.tokens = rank, bwd_plan, plan[0] == "token"
         return y
 
     @staticmethod
     def backward(ctx, dy):
         xc, delta, A, x_dbl, D, z, bias, states = ctx.saved_tensors
         r, n = ctx.rank, A.shape[-1]
-        dy_t = dy.permute(2, 0, 3, 1).contiguous()                     # [B, L, 2, E] -> [2, B, E, L]
+        dy_t = (dy.transpose(0, 1) if ctx.tokens else dy.permute(2, 0, 3, 1)).contiguous()   # -> [2, B, E, L]
         d_xdbl = torch.zeros_like(x_dbl)
         grads = []
         for d in range(2):
@@ -344,27 +409,44 @@ class BiScanFn(torch.autograd.Function):
             grads.append(g)
         du, ddelta, dA, _, _, dD, dz, dbias = ([g0, g1] for g0, g1 in zip(*grads))
         return (torch.stack(du), torch.stack(ddelta), torch.stack(dA).to(A.dtype), d_xdbl,
-                torch.stack(dD).to(D.dtype), dz[0] + dz[1], torch.stack(dbias).to(bias.dtype), None, None, None)
+                torch.stack(dD).to(D.dtype), dz[0] + dz[1], torch.stack(dbias).to(bias.dtype), None, None, None, None)
 
 
 def bimamba_inner_triton(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
                          out_proj_weight, out_proj_bias=None, divide_out=True, variant=None, seg=None, chunk=None,
-                         autotune=None):
+                         autotune=None, layout=None, tile=None):
     """The fused mixer on validated inputs (shapes as in ``kernels.mamba_mixer.reference``); out [B, L, dim].
 
     GEMMs run in the activations' dtype (autocast picks it in a bf16 model); A, D and the dt bias in fp32.
-    ``variant`` / ``seg`` / ``chunk`` / ``autotune`` are the selective scan's launch choices."""
+    ``variant`` / ``seg`` / ``chunk`` / ``autotune`` / ``layout`` / ``tile`` are the selective scan's launch
+    choices."""
     batch, dim, L = x.shape
     n, rank = A_log.shape[-1], dt_proj_weight.shape[-1]
-    plan, bwd_plan = mixer_plans(batch, dim, L, n, x.device, variant, seg, chunk, autotune)
+    layout, tile = check_layout(layout, tile)
+    plan, bwd_plan = mixer_plans(batch, dim, L, n, x.device, variant, seg, chunk, autotune, layout)
     xc = BiConvFn.apply(x, conv_weight, conv_bias)                                  # [2, B, E, L]
     act = xc.dtype
     x_dbl = torch.matmul(x_proj_weight.to(act).unsqueeze(1), xc)                   # [2, B, R+2N, L]
     delta = torch.matmul(dt_proj_weight.to(act).unsqueeze(1), x_dbl[:, :, :rank])  # [2, B, E, L]
     y2 = BiScanFn.apply(xc, delta, -torch.exp(A_log.float()), x_dbl.contiguous(), D.float(), z.contiguous(),
-                        dt_proj_bias.float(), rank, plan, bwd_plan)                 # [B, L, 2, E]
-    w = torch.cat([out_proj_weight, out_proj_weight], dim=1)                       # merge folded into out_proj
+                        dt_proj_bias.float(), rank, plan, bwd_plan, tile)
+    return merged_out_proj(y2, out_proj_weight, out_proj_bias, divide_out, tokens=plan[0] == "token")
+
+
+def merged_out_proj(y2, weight, bias=None, divide_out=True, tokens=False):
+    """out_proj of the directions' mean (or sum) as one GEMM with K = 2E: out = y2 [B, L, 2E] @ [W/2 | W/2]^T.
+
+    ``tokens``: y2 is the token layout's [B, 2, E, L], read as the transposed operand [B, L, 2E] (strides
+    (2EL, 1, L)): torch.matmul does not fold it into one mm (that would copy) but runs a batched GEMM with
+    a transposed A, no copy of y2."""
+    w = torch.cat([weight, weight], dim=1)                                         # merge folded into out_proj
     if divide_out:
         w = w * 0.5
-    b = out_proj_bias.to(y2.dtype) if out_proj_bias is not None else None
-    return F.linear(y2.view(batch, L, 2 * dim), w.to(y2.dtype), b)
+    w = w.to(y2.dtype)
+    b = bias.to(y2.dtype) if bias is not None else None
+    if not tokens:
+        batch, L, _, dim = y2.shape
+        return F.linear(y2.view(batch, L, 2 * dim), w, b)
+    batch, _, dim, L = y2.shape
+    out = torch.matmul(y2.view(batch, 2 * dim, L).transpose(1, 2), w.t())
+    return out + b if b is not None else out

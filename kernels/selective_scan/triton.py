@@ -593,10 +593,12 @@ _bwd_tuned = triton.autotune(_BWD_CONFIGS, key=_BWD_KEY, prune_configs_by={"earl
 
 # Token-parallel tiles (tokens per thread, groups, channels per program, warps): a tile is tokens x groups
 # tokens of BD channels x N states; groups go to lanes then warps, the rest of the tile stays in-thread
-# (tokens x BD x NP x groups / (32 warps) fp32 per tensor per thread: <= 64 here, to stay out of spills).
+# (tokens x BD x NP x groups / (32 warps) fp32 per tensor per thread: <= 32 here, to stay out of spills).
+# Long in-thread runs amortise the group scan, whose 4-tuple warp shuffles dominate the sm_90 code at 4
+# tokens per thread (PTX of (4, 64, 1, 4): ~7 shuffles per (token, state); (16, 16, 1, 4): ~1.7).
 TOKEN_TILES = [
-    (4, 64, 1, 4), (8, 32, 1, 4), (2, 128, 1, 4), (4, 128, 1, 8), (8, 64, 1, 8), (16, 32, 1, 8),
-    (4, 256, 1, 8), (8, 128, 1, 8), (4, 64, 2, 8), (8, 32, 2, 8), (4, 32, 4, 8), (4, 64, 4, 8),
+    (4, 64, 1, 4), (8, 32, 1, 4), (16, 16, 1, 4), (8, 64, 1, 8), (16, 32, 1, 8), (32, 16, 1, 8),
+    (16, 64, 1, 16), (32, 32, 1, 16), (16, 16, 2, 8), (8, 32, 2, 8), (16, 16, 4, 16), (4, 32, 4, 8),
 ]
 _TILE_KEYS = ("TPT", "G", "BD")
 
