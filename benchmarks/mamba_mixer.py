@@ -19,6 +19,13 @@ Sections (each writes its rows as soon as it ends, so a cut-short run keeps what
 - ``scan``: the selective-scan forward regression at (128, 384, 197, 16): the forward autotuned over the config
   set pruned to tiles dividing the chunk (the behaviour after 58b03a2) and over the full set (the fix), same
   process; the comparison with mamba_ssm is ``python -m benchmarks.selective_scan``.
+- ``layouts``: the scan forward's tile layouts at Vim-Ti's mixer shapes (224 px b64, 1024 and 1248 px b8):
+  the channel layout (autotuned, today's default) and the token-parallel layout (autotuned, and each of
+  ``TOKEN_TILES`` forced). Every config is first checked against the fp32 reference mixer (rel. RMS printed;
+  a config above the tolerance gets an error row and no timing), then the fused mixer forward and the scan
+  launch alone are timed (inference, bf16), then out_proj on the token layout's y (transposed operand vs a
+  copy to [B, L, 2E]), then vim_tiny.forward_features with the channel layout and with each shape's fastest
+  token tile against deit_tiny. ``--sections layouts --name scan_layouts`` keeps these rows apart.
 
 ``--compile`` also times the mixer and the models under ``torch.compile`` (inductor); ``--cuda-graph`` also
 times inference forwards replayed from a captured CUDA graph (what removes launch overhead at 224 px).
@@ -49,7 +56,9 @@ EXP_TPS = 4.2                                  # T ex2 per second (SFU)
 VIM, DEIT = "vim_tiny_patch16_224", "deit_tiny_patch16_224"
 MIXER_SHAPES = [(64, 197), (8, 4097), (8, 6085)]        # (batch, tokens): 224 px b64, 1024 px b8, 1248 px b8
 SIZES = [224, 512, 1024, 1248]
-SECTIONS = ("mixer", "models", "stages", "train", "scan")
+SECTIONS = ("mixer", "models", "stages", "train", "scan", "layouts")
+LAYOUT_SIZES = [(224, 64), (1024, 8), (1248, 8)]        # (img px, batch): the layouts sweep's shapes
+LAYOUT_TOL = 3e-2                                       # bf16 mixer vs fp32 reference, rel. RMS (the GPU tests')
 
 
 def _modes(args) -> list[str]:
@@ -347,6 +356,154 @@ def scan_rows(args, device, dtype) -> list[dict[str, Any]]:
     return rows
 
 
+# -- (6) scan tile layouts --------------------------------------------------------------------------------------
+def _layout_configs(quick: bool) -> list[tuple[str, tuple | None]]:
+    """(layout, tile) pairs of the sweep: channel autotuned, token autotuned, each token tile forced."""
+    from kernels.selective_scan.triton import TOKEN_TILES
+
+    tiles = [(4, 4, 2, 1), (1, 8, 4, 1)] if quick else TOKEN_TILES
+    return [("channel", None), ("token", None)] + [("token", t) for t in tiles]
+
+
+def layout_rows(args, device, dtype) -> list[dict[str, Any]]:
+    from backbones.layers.mamba import BiMambaMixer, set_mixer_variant
+    from benchmarks.options import set_scan_options
+    from benchmarks.vim_vs_deit import build_deit
+    from kernels.common import rel_rms
+    from kernels.mamba_mixer import bimamba_inner, bimamba_inner_ref
+    from kernels.mamba_mixer.triton import BiConvFn, BiScanFn, merged_out_proj, mixer_plans
+    from kernels.selective_scan import selective_scan_torch
+
+    dim = 8 if args.quick else 192
+    sizes = [(32, 2)] if args.quick else LAYOUT_SIZES
+    rows: list[dict[str, Any]] = []
+    best: dict[int, tuple] = {}
+    for img, batch in sizes:
+        L = (img // (4 if args.quick else 16)) ** 2 + 1
+        mixer = BiMambaMixer(dim).to(device).eval()
+        E, R, N = mixer.d_inner, mixer.dt_rank, mixer.d_state
+        shape = f"B{batch}_L{L}_D{dim}_E{E}_N{N}"
+        g = torch.Generator(device="cpu").manual_seed(0)
+        x = torch.randn(batch, E, L, generator=g).to(device, dtype)
+        z = torch.randn(batch, E, L, generator=g).to(device, dtype)
+        stacked = mixer._stacked()
+        w_out, b_out = mixer.out_proj.weight, mixer.out_proj.bias
+        with torch.no_grad():
+            ref = bimamba_inner_ref(x, z, *stacked, w_out, b_out, scan=selective_scan_torch).float()
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype):
+            conv_w, conv_b, xw, dtw, dtb, A_log, Dp = stacked
+            xc = BiConvFn.apply(x, conv_w, conv_b)
+            x_dbl = torch.matmul(xw.to(dtype).unsqueeze(1), xc)
+            delta = torch.matmul(dtw.to(dtype).unsqueeze(1), x_dbl[:, :, :R])
+        scan_in = (xc, delta, -torch.exp(A_log.float()), x_dbl, Dp.float(), z, dtb.float(), R)
+        fastest = None
+        for layout, tile in _layout_configs(args.quick):
+            label = "token " + ("auto" if tile is None else "x".join(map(str, tile))) if layout == "token" else \
+                "channel auto"
+            base = {"op": "bimamba_mixer", "shape": shape, "img_size": img, "mode": "fwd", "impl": "ours_fused",
+                    "layout": layout, "tile": list(tile) if tile else None, "config": label,
+                    "dtype": dtype_name(dtype)}
+
+            def mixer_fwd(layout=layout, tile=tile):
+                with torch.inference_mode(), torch.autocast(device.type, dtype=dtype):
+                    return bimamba_inner(x, z, *stacked, w_out, b_out, variant="fused", layout=layout, tile=tile)
+
+            try:
+                err = rel_rms(mixer_fwd().float(), ref)
+            except Exception as e:                           # a config that does not compile or run: its row
+                rows.append({**base, "note": f"failed: {type(e).__name__}: {str(e)[:160]}"})
+                log.warning("%s", rows[-1])
+                continue
+            print(f"layouts {shape} {label}: rel. RMS vs fp32 reference {err:.2e}", flush=True)
+            if not err < LAYOUT_TOL:
+                rows.append({**base, "rel_err": float(f"{err:.3e}"), "note": f"WRONG (tol {LAYOUT_TOL}): not timed"})
+                continue
+            plan, bwd_plan = mixer_plans(batch, E, L, N, device, layout=layout)
+
+            def scan_fwd(plan=plan, bwd_plan=bwd_plan, tile=tile):
+                with torch.inference_mode():
+                    return BiScanFn.apply(*scan_in, plan, bwd_plan, tile)
+
+            mix = _timed(_prepare(mixer_fwd, "cuda_graph" if args.cuda_graph else "eager", device), device, args)
+            scan = _timed(scan_fwd, device, args)
+            elems = 2 * batch * E * L * N
+            row = {**base, "rel_err": float(f"{err:.3e}"), "ms": mix.get("ms"), "peak_gib": mix.get("peak_gib"),
+                   "exec": "cuda_graph" if args.cuda_graph else "eager", "scan_ms": scan.get("ms")}
+            if scan.get("ms"):
+                row["scan_texp_per_s"] = round(elems / (scan["ms"] * 1e-3) / 1e12, 3)
+                row["scan_exp_frac"] = round(row["scan_texp_per_s"] / EXP_TPS, 4)
+                if layout == "token" and tile is not None and (fastest is None or scan["ms"] < fastest[0]):
+                    fastest = (scan["ms"], tile)
+            rows.append(row)
+            log.info("%s", row)
+        channel = next((r for r in rows if r.get("shape") == shape and r.get("config") == "channel auto"
+                        and r.get("ms")), None)
+        for r in rows:
+            if r.get("shape") == shape and r.get("ms") and channel:
+                r["speedup_vs_channel"] = round(channel["ms"] / r["ms"], 3)
+                if r.get("scan_ms") and channel.get("scan_ms"):
+                    r["scan_speedup_vs_channel"] = round(channel["scan_ms"] / r["scan_ms"], 3)
+        if fastest is not None:
+            best[img] = fastest[1]
+            # out_proj over the token layout's y: the transposed operand (what the op does) vs a copy first
+            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype):
+                y_tok = BiScanFn.apply(*scan_in, *mixer_plans(batch, E, L, N, device, layout="token"), fastest[1])
+            forms = {"transposed operand (merged_out_proj)":
+                     lambda: merged_out_proj(y_tok, w_out, b_out, tokens=True),
+                     "copy to [B, L, 2E] + F.linear":
+                     lambda: merged_out_proj(y_tok.permute(0, 3, 1, 2).contiguous(), w_out, b_out),
+                     "W @ y -> [B, dim, L] (output transposed)":
+                     lambda: torch.matmul(torch.cat([w_out, w_out], 1).to(dtype) * 0.5, y_tok.view(batch, 2 * E, L))}
+            for form, fn in forms.items():
+                def run(fn=fn):
+                    with torch.inference_mode():
+                        return fn()
+
+                rows.append({"op": "merged_out_proj", "shape": shape, "img_size": img, "mode": "fwd",
+                             "impl": "ours", "config": form, "dtype": dtype_name(dtype), **_timed(run, device, args)})
+                log.info("%s", rows[-1])
+        del mixer, x, z, xc, x_dbl, delta, ref, scan_in
+        free(device)
+    # whole models: vim_tiny with the channel layout and with each size's fastest token tile, against DeiT-Ti
+    for img, batch in sizes:
+        x_img = torch.randn(batch, 3, img, img, device=device)
+        results = {}
+        configs = [("ours_fused channel", {})]
+        if img in best:
+            configs.append((f"ours_fused token {'x'.join(map(str, best[img]))}", {"layout": "token", "tile": best[img]}))
+        configs.append(("timm", None))
+        for impl, opts in configs:
+            if opts is None:
+                model = build_deit(img, device, 1 if args.quick else args.depth)
+            else:
+                model = set_mixer_variant(_vim(img, device, args), "fused")
+                set_scan_options(model, **opts)
+            net = model.forward_features
+
+            def step(net=net):
+                with torch.inference_mode(), torch.autocast(device.type, dtype=dtype):
+                    return net(x_img)
+
+            exec_mode = "cuda_graph" if args.cuda_graph else "eager"
+            res = _timed(_prepare(step, exec_mode, device), device, args)
+            if res.get("ms"):
+                res["img_per_s"] = round(batch / res["ms"] * 1e3, 1)
+            row = {"model": DEIT if opts is None else VIM, "img_size": img, "mode": "infer", "impl": impl,
+                   "exec": exec_mode, "dtype": dtype_name(dtype), "batch": batch, **res}
+            results[impl] = row
+            rows.append(row)
+            log.info("%s", row)
+            del model
+            free(device)
+        peer = results.get("timm")
+        for impl, row in results.items():
+            if impl != "timm" and peer and row.get("img_per_s") and peer.get("img_per_s"):
+                row["ratio_vs_deit"] = round(row["img_per_s"] / peer["img_per_s"], 3)
+                if row.get("peak_gib") and peer.get("peak_gib"):
+                    row["mem_ratio_vs_deit"] = round(row["peak_gib"] / peer["peak_gib"], 3)
+    return rows
+
+
 # -- driver ---------------------------------------------------------------------------------------------------
 def _parse(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.mamba_mixer", description=__doc__.split("\n\n")[0])
@@ -379,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = {"timing": f"median of {args.iters} after {args.warmup} warm-up (+1 compile/autotune) iterations",
              "ceilings": f"copy {COPY_TBPS} TB/s, bf16 GEMM {GEMM_TFLOPS} TFLOP/s, ex2 ~{EXP_TPS} T/s"}
     runners = {"mixer": mixer_rows, "models": model_rows, "stages": stage_rows, "train": train_rows,
-               "scan": scan_rows}
+               "scan": scan_rows, "layouts": layout_rows}
     rows: list[dict[str, Any]] = []
     path = None
     for section in args.sections:

@@ -193,6 +193,33 @@ def test_scan_no_grad_forward_with_tile_longer_than_chunk(monkeypatch):
         assert rel_rms(y, y_ref) < 1e-5
 
 
+@pytest.mark.parametrize("batch,L,n,tile", [(1, 37, 16, (4, 4, 2, 1)), (2, 300, 12, (2, 16, 1, 2)),
+                                             (1, 21, 16, (1, 8, 4, 1))])
+def test_fused_token_layout_matches_reference(batch, L, n, tile):
+    """layout="token": the token-parallel scan forward (y [B, 2, E, L], out_proj on the transposed operand),
+    several tiles per sequence, N = 12 too; every gradient through the unchanged backward."""
+    compare(make_inputs(batch, 8, L, n), TOL[torch.float32], layout="token", tile=tile)
+
+
+def test_token_layout_on_the_unfused_path_and_checked_everywhere():
+    inputs = make_inputs(1, 8, 37, 16)
+    out_u = bimamba_inner(*inputs, variant="unfused", layout="token", tile=(4, 4, 2, 1))
+    assert rel_rms(out_u, bimamba_inner_ref(*inputs)) < 1e-5
+    for variant in ("fused", "unfused", "reference"):
+        with pytest.raises(ValueError, match="layout"):
+            bimamba_inner(*inputs, variant=variant, layout="rows")
+
+
+def test_merged_out_proj_token_operand_equals_channel_layout():
+    """out_proj over y [B, 2, E, L] read transposed equals out_proj over the same values laid out [B, L, 2, E]."""
+    from kernels.mamba_mixer.triton import merged_out_proj
+
+    y = torch.randn(2, 2, 8, 5)
+    w, b = torch.randn(6, 8), torch.randn(6)
+    ref = merged_out_proj(y.permute(0, 3, 1, 2).contiguous(), w, b)
+    assert rel_rms(merged_out_proj(y, w, b, tokens=True), ref) < 1e-6
+
+
 # ----------------------------------------------------------------------------------------------- GPU
 
 # (batch, E, L, N, dim, dt_rank): Vim-Ti at 224 and 1024 px batch 8, Vim micro on CIFAR (32 px, patch 4) batch 512.
@@ -240,3 +267,15 @@ def test_gpu_vim_tiny_fused_equals_unfused():
         for variant in ("fused", "unfused"):
             outs[variant] = set_mixer_variant(model, variant).forward_features(x).float()
     assert rel_rms(outs["fused"], outs["unfused"]) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("L", [197, 1237])
+def test_gpu_fused_token_layout(dtype, L):
+    """The token-parallel forward of the fused mixer (autotuned and one forced tile) vs the reference, both
+    directions in one launch, odd lengths, all gradients."""
+    inputs = make_inputs(2, 384, L, 16, dim=192, rank=12, dtype=dtype, device="cuda")
+    for tile in (None, (16, 32, 1, 8)):
+        compare(inputs, 3e-2 if dtype == torch.bfloat16 else 1e-4, ref=_gpu_ref, layout="token", tile=tile)

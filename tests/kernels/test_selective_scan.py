@@ -252,17 +252,22 @@ def test_keywords_reach_the_launchers(monkeypatch):
     import kernels.selective_scan.triton as scan_triton
 
     plans = []
-    for name in ("selective_scan_fwd", "selective_scan_bwd"):
+    for name, at in (("selective_scan_fwd", 11), ("selective_scan_bwd", 12)):    # the plan's position
         real = getattr(scan_triton, name)
-        monkeypatch.setattr(scan_triton, name, lambda *a, _real=real: plans.append(a[-1]) or _real(*a))
+        monkeypatch.setattr(scan_triton, name, lambda *a, _real=real, _at=at: plans.append(a[_at:]) or _real(*a))
     inputs = make_inputs(1, 4, 40, 16)
     compare(inputs, TOL[torch.float32], scan_kw=dict(variant="chunked", seg=9, chunk=8, autotune=True),
             delta_softplus=True)
     # seg rounded up to the chunk; autotune stays off in the interpreter, which has no configs to time
-    assert plans == [("chunked", 16, 8, False)] * 2
+    assert plans == [(("chunked", 16, 8, False), None), (("chunked", 16, 8, False),)]
     plans.clear()
     selective_scan(*inputs, delta_softplus=True)
-    assert plans == [("sequential", 40, 16, False)]
+    assert plans == [(("sequential", 40, 16, False), None)]
+    plans.clear()
+    # the token layout is the forward's alone: the backward keeps its own variant and reads the same chunk
+    compare(inputs, TOL[torch.float32], scan_kw=dict(variant="chunked", seg=16, chunk=8, layout="token",
+                                                     tile=(4, 4, 1, 1)), delta_softplus=True)
+    assert plans == [(("token", 40, 8, False), (4, 4, 1, 1)), (("chunked", 16, 8, False),)]
 
 
 @pytest.mark.parametrize("has_D_z_bias", [True, False])
@@ -293,8 +298,11 @@ def test_custom_ops_pass_opcheck():
     u, delta, A, B, C, D, z, bias = make_inputs(1, 4, 9, 2)
     B4, C4 = B.unsqueeze(1), C.unsqueeze(1)
     plan = ("sequential", 9, chunk_size_for(2), False)
-    fwd_args = (u, delta, A, B4, C4, D, z, bias, True, False, True, *plan)
+    fwd_args = (u, delta, A, B4, C4, D, z, bias, True, False, True, *plan, [])
     torch.library.opcheck(torch.ops.speedzoo.selective_scan_fwd.default, fwd_args,
+                          test_utils=("test_schema", "test_faketensor"))
+    token_args = (u, delta, A, B4, C4, D, z, bias, True, False, True, "token", 9, plan[2], False, [2, 4, 1, 1])
+    torch.library.opcheck(torch.ops.speedzoo.selective_scan_fwd.default, token_args,
                           test_utils=("test_schema", "test_faketensor"))
     _, _, states = torch.ops.speedzoo.selective_scan_fwd(*fwd_args)
     bwd_args = (torch.randn_like(u), u, delta, A, B4, C4, None, z, bias, states, True, False, *plan)
@@ -348,6 +356,48 @@ def test_scan_plan_heuristic():
 # ----------------------------------------------------------------------------------------------- GPU
 
 # The four benchmark shapes (B, D, L, N) at small batch: Vim-Ti 224, Vim-Ti 1248, Vim-S 224, LM-like.
+# Token-parallel forward (layout="token"): tiles of tokens-per-thread x groups shorter than L so that several
+# tiles carry state, tiles longer than the chunk (states stored inside a tile), a non-power-of-2 N, both
+# directions; gradients through the channel layout's backward from the states this forward stored.
+TOKEN_CASES = [
+    # batch, dim, L, n, groups, reverse, tile
+    ((2, 6, 37, 16, None, False), (4, 8, 2, 1)),     # 2 tiles of 32, chunk 16 inside each
+    ((1, 5, 300, 12, None, True), (2, 16, 1, 2)),    # N = 12, 10 tiles, reverse
+    ((1, 12, 300, 16, 2, False), (8, 4, 2, 2)),      # grouped B/C (channel block inside a group)
+    ((2, 4, 37, 16, None, True), (1, 8, 4, 1)),      # one token per thread: the group scan alone
+    ((1, 4, 40, 8, None, False), (8, 1, 1, 1)),      # one group: the in-thread scan alone
+]
+
+
+@pytest.mark.parametrize("case,tile", TOKEN_CASES)
+def test_token_layout_fp32_matches_ref(case, tile):
+    batch, dim, L, n, groups, reverse = case
+    inputs = make_inputs(batch, dim, L, n, groups=groups)
+    compare(inputs, TOL[torch.float32], scan_kw=dict(layout="token", tile=tile), delta_softplus=True,
+            reverse=reverse)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_token_layout_last_state_and_no_grad(reverse):
+    """Without a gradient (no stored states) the token layout gives the same y and last state."""
+    u, delta, A, B, C, D, z, bias = make_inputs(1, 4, 70, 16)
+    kw = dict(D=D, z=z, delta_bias=bias, delta_softplus=True, reverse=reverse, return_last_state=True)
+    y, last = selective_scan(u, delta, A, B, C, **kw, layout="token", tile=(4, 4, 2, 1))
+    y_ref, last_ref = selective_scan_ref(u, delta, A, B, C, **kw)
+    assert rel_rms(y, y_ref) < 1e-5 and rel_rms(last, last_ref) < 1e-5
+
+
+def test_token_layout_keywords_are_checked():
+    u, delta, A, B, C, *_ = make_inputs(1, 4, 9, 2)
+    for bad in (dict(layout="lanes"), dict(layout="channel", tile=(4, 8, 1, 1)), dict(layout="token", tile=(3, 8, 1, 1)),
+                dict(layout="token", tile=(4, 8, 1))):
+        with pytest.raises(ValueError, match="layout|tile"):
+            selective_scan(u, delta, A, B, C, **bad)
+    groups = make_inputs(1, 4, 9, 2, groups=2)
+    with pytest.raises(ValueError, match="straddle"):
+        selective_scan(*groups[:5], layout="token", tile=(4, 8, 4, 1))
+
+
 GPU_SHAPES = [(2, 384, 197, 16), (1, 384, 6085, 16), (2, 768, 197, 16), (1, 2048, 4096, 16)]
 
 
@@ -439,3 +489,18 @@ def test_gpu_chunk_parallel_fp32_odd_shapes(case):
     batch, dim, L, n, groups, has_D, has_z, has_bias, softplus, reverse = case
     inputs = make_inputs(batch, dim, L, n, groups, torch.float32, has_D, has_z, has_bias, device="cuda")
     compare(inputs, 1e-4, scan_kw=dict(CHUNKED, **FIXED), delta_softplus=softplus, reverse=reverse)
+
+
+@pytest.mark.parametrize("shape", [(2, 384, 197, 16), (1, 384, 4097, 16), (2, 64, 1237, 12)])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_token_layout(shape, reverse, dtype):
+    """The token-parallel forward (fixed default tile and one long-tile config) and the backward from its states."""
+    batch, dim, L, n = shape
+    inputs = make_inputs(batch, dim, L, n, dtype=dtype, device="cuda")
+    for tile in (None, (16, 32, 1, 8)):
+        errs = compare(inputs, 1e-2 if dtype == torch.bfloat16 else 1e-4, ref_fn=_gpu_ref,
+                       scan_kw=dict(FIXED, layout="token", tile=tile), delta_softplus=True, reverse=reverse)
+        print(shape, reverse, dtype, tile, {k: f"{v:.1e}" for k, v in errs.items()})
