@@ -53,6 +53,17 @@ batch) on its segment, with constexpr switches instead of separate kernels:
   (carry_c = P_{c+1} carry_{c+1} + local_{c+1}). Pass C (``HAS_CARRY``): the sequential backward restricted to
   the segment, starting from the true carry and the forward's stored chunk states.
 
+Token-parallel forward (``layout="token"``, ``_tp_walk``, shared by ``_tp_fwd_kernel`` and the fused mixer's
+``_biscan_tp_kernel``): the channel layout puts lanes on channels, so at Vim-1024 (B=8, E=384) its sequential grid
+is ~192 one-warp programs for 132 SMs. Here one program owns BD in {1, 2, 4} channels of one sequence and all N
+states over all L; a tile of TPT x G tokens is [TPT, BD, NP, G] with token g TPT + k at [k, .., g]: Triton's
+default layout gives lanes and warps to G and keeps the TPT consecutive tokens in each thread, so the scan is an
+in-thread scan per group, one scan of the G group maps across lanes and warps (an exclusive prefix written as an
+inclusive scan over (all-but-last, last) pairs, ``_prefix_combine``) and one FMA per element. 2 x 8 x 384 = 6,144
+programs of 4-16 warps at Vim-1024. Chunk states are stored with a masked store at every CHUNK-th token (tiles
+may be longer than the chunk), at the channel layout's addresses: the backward is unchanged. Forward only; the
+chunk-parallel segmentation does not apply (the grid is already full).
+
 Importing this module compiles nothing; kernels are jit-compiled on first call.
 """
 from __future__ import annotations
