@@ -233,8 +233,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if cli.config.get("export", True):
             from zoo.recipes.export import export_weights
 
-            # FSDP: every rank takes part in gathering the full weights (onto rank 0), so all ranks call this
-            full_state = trainer.strategy.lightning_module_state_dict() if is_fsdp(trainer.strategy) else None
+            # FSDP and expert parallelism: every rank takes part in gathering the full weights, so all ranks call this
+            gathers = is_fsdp(trainer.strategy) or getattr(trainer.strategy, "collective_state_dict", False)
+            full_state = trainer.strategy.lightning_module_state_dict() if gathers else None
             if trainer.is_global_zero:
                 selected = best is not None and best.best_step is not None
                 path = export_weights(task, trainer, run_dir, recipe, full_state,

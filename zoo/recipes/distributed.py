@@ -74,9 +74,14 @@ def fsdp_strategy(activation_checkpointing: bool = False, **kwargs: Any):
 
 
 def resolve_strategy(strategy: Any, activation_checkpointing: bool = False) -> Any:
-    """``fsdp`` / ``fsdp_cpu_offload`` names become fsdp_strategy(); anything else passes through."""
+    """``fsdp`` / ``fsdp_cpu_offload`` names become fsdp_strategy(), ``ep`` the expert-parallel DDP strategy
+    (zoo.recipes.ep, experts over all devices); anything else passes through."""
     if isinstance(strategy, str) and strategy in FSDP_SHORTHANDS:
         return fsdp_strategy(activation_checkpointing, **FSDP_SHORTHANDS[strategy])
+    if isinstance(strategy, str) and strategy == "ep" and not activation_checkpointing:
+        from zoo.recipes.ep import ExpertParallelStrategy
+
+        return ExpertParallelStrategy()
     if activation_checkpointing and not is_fsdp(strategy):
         from zoo.errors import ConfigError
 
