@@ -19,6 +19,13 @@ Layout (NCHW, four stages, total stride 32):
 Parameter names are the official ones, so an official state dict loads with only ``backbone.`` / ``head.fc``
 prefixes (zoo/families/mambavision.py). At 224 px the stage-2/3 windows (14, 7) cover the whole 14x14 and
 7x7 maps and the mixing is global; at other sizes it is window-local, exactly as the official model.
+
+Inference fast path, timm's way: ``timm.utils.reparameterize_model(model)`` returns a copy in which every
+module with a ``fuse()`` is replaced by its inference form: the stem's and conv blocks' BatchNorms (and γ)
+folded into the convs (:func:`fold_bn`), the token blocks' LayerNorms on ``kernels.norm`` with the mixer's
+residual add inside the second norm (:class:`FusedBlock`), the mixers' fp32 scan constants precomputed
+(:class:`FusedMambaVisionMixer`). The model itself keeps the official keys; the copy is for eval only (no
+dropout, no drop path) and equals the model in fp32 up to rounding.
 """
 from __future__ import annotations
 
@@ -29,12 +36,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from backbones.layers import DropPath, Mlp, check_pool, resolve_indices, to_2tuple
 from kernels.causal_conv1d import same_conv1d
+from kernels.norm import layer_norm
 from kernels.selective_scan import selective_scan
 
-__all__ = ["MambaVisionConfig", "MambaVision", "MambaVisionMixer", "attention_blocks", "window_partition",
+__all__ = ["MambaVisionConfig", "MambaVision", "MambaVisionMixer", "FusedMambaVisionMixer", "FusedBlock",
+           "FusedConvBlock", "fold_bn", "attention_blocks", "window_partition",
            "window_reverse", "MAMBAVISION_CONFIGS", "build_mambavision"]
 
 STEM_EPS = 1e-4   # the stem's BatchNorms (official)
@@ -88,6 +98,17 @@ def window_reverse(windows: torch.Tensor, ws: int, h: int, w: int) -> torch.Tens
     return x.permute(0, 3, 1, 2)
 
 
+@torch.no_grad()
+def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A new conv (with bias) equal to bn(conv(x)) in eval mode: the running statistics folded into the weights
+    (``torch.nn.utils.fusion``); ``conv`` and ``bn`` are left as they are."""
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
+    fused.weight, fused.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                                    bn.eps, bn.weight, bn.bias)
+    return fused
+
+
 class ConvBlock(nn.Module):
     """x + γ·BN(Conv3x3(GELU_tanh(BN(Conv3x3(x))))) (official keys conv1/norm1/conv2/norm2/gamma)."""
 
@@ -106,6 +127,26 @@ class ConvBlock(nn.Module):
         if self.gamma is not None:
             y = y * self.gamma.view(1, -1, 1, 1)
         return x + self.drop_path(y)
+
+    @torch.no_grad()
+    def fuse(self) -> "FusedConvBlock":
+        """Inference copy with both BatchNorms (and γ) folded into the convs (timm's ``fuse()`` hook)."""
+        conv1, conv2 = fold_bn(self.conv1, self.norm1), fold_bn(self.conv2, self.norm2)
+        if self.gamma is not None:
+            conv2.weight.mul_(self.gamma.view(-1, 1, 1, 1))
+            conv2.bias.mul_(self.gamma)
+        return FusedConvBlock(conv1, conv2)
+
+
+class FusedConvBlock(nn.Module):
+    """:meth:`ConvBlock.fuse`'s result, inference only: x + Conv(GELU_tanh(Conv(x))), BN and γ in the convs."""
+
+    def __init__(self, conv1: nn.Conv2d, conv2: nn.Conv2d):
+        super().__init__()
+        self.conv1, self.act1, self.conv2 = conv1, nn.GELU(approximate="tanh"), conv2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.act1(self.conv1(x)))
 
 
 class MambaVisionMixer(nn.Module):
@@ -160,6 +201,11 @@ class MambaVisionMixer(nn.Module):
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.mix(hidden, -torch.exp(self.A_log.float()), self.D.float(), 2 * self.dt_proj.bias.float())
+
+    def mix(self, hidden: torch.Tensor, A: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor) -> torch.Tensor:
+        """The mixer on [B, L, C] with the scan's fp32 constants given (A = -exp(A_log), D, delta_bias = 2b), so
+        :class:`FusedMambaVisionMixer` can pass them precomputed."""
         h_t = hidden.transpose(1, 2)                                    # [B, C, L] view
         w_x, w_z = self.in_proj.weight.chunk(2, dim=0)
         x = same_conv1d(torch.matmul(w_x, h_t), self.conv1d_x.weight, activation="silu")   # [B, C/2, L]
@@ -167,14 +213,33 @@ class MambaVisionMixer(nn.Module):
         r, n = self.dt_rank, self.d_state
         x_dbl = torch.matmul(self.x_proj.weight, x)                     # [B, R + 2N, L]
         dt = torch.matmul(self.dt_proj.weight, x_dbl[:, :r])            # W·dt; both biases go to the scan
-        y = selective_scan(x, dt, -torch.exp(self.A_log.float()), x_dbl[:, r:r + n].contiguous(),
-                           x_dbl[:, r + n:].contiguous(), self.D.float(), z=None,
-                           delta_bias=2 * self.dt_proj.bias.float(), delta_softplus=True, **self.scan_options)
-        # out_proj against the channel-first concat, returned as a [B, L, C] view (no transposed copy in)
-        return torch.matmul(self.out_proj.weight, torch.cat([y, z], dim=1)).transpose(1, 2)
+        y = selective_scan(x, dt, A, x_dbl[:, r:r + n], x_dbl[:, r + n:], D, z=None, delta_bias=delta_bias,
+                           delta_softplus=True, **self.scan_options)
+        # out_proj with the channel-first concat as a transposed operand: [B, L, C] comes out contiguous
+        return F.linear(torch.cat([y, z], dim=1).transpose(1, 2), self.out_proj.weight)
+
+    @torch.no_grad()
+    def fuse(self) -> "FusedMambaVisionMixer":
+        """Inference copy with the scan's constants precomputed (timm's ``fuse()`` hook)."""
+        return FusedMambaVisionMixer(self)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, d_state={self.d_state}, d_conv={self.d_conv}, dt_rank={self.dt_rank}"
+
+
+class FusedMambaVisionMixer(nn.Module):
+    """:meth:`MambaVisionMixer.fuse`'s result, inference only: the same mixer with A = -exp(A_log), D and the
+    doubled dt bias held as fp32 buffers instead of recomputed on every call."""
+
+    def __init__(self, mixer: MambaVisionMixer):
+        super().__init__()
+        self.mixer = mixer
+        self.register_buffer("A", -torch.exp(mixer.A_log.detach().float()))
+        self.register_buffer("D", mixer.D.detach().float().clone())
+        self.register_buffer("delta_bias", 2 * mixer.dt_proj.bias.detach().float())
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.mixer.mix(hidden, self.A, self.D, self.delta_bias)
 
 
 class Attention(nn.Module):
@@ -219,6 +284,44 @@ class Block(nn.Module):
         y = self.mlp(self.norm2(x))
         return x + self.drop_path(y * self.gamma_2 if self.gamma_2 is not None else y)
 
+    @torch.no_grad()
+    def fuse(self) -> "FusedBlock":
+        """Inference copy: the LayerNorms as the zoo's norm kernel (input dtype in and out, so no fp32 copy under
+        autocast) with the first residual add inside the second norm, the mixer fused (timm's ``fuse()`` hook)."""
+        mixer = self.mixer.fuse() if hasattr(self.mixer, "fuse") else self.mixer
+        return FusedBlock(AddNorm(self.norm1), mixer, AddNorm(self.norm2), self.mlp, self.gamma_1, self.gamma_2)
+
+
+class AddNorm(nn.Module):
+    """LayerNorm of x (+ residual) by ``kernels.norm.layer_norm``; with a residual returns (norm(s), s), s = x +
+    residual, in one pass. Holds the source LayerNorm's weight and bias (keys ``weight``, ``bias``)."""
+
+    def __init__(self, norm: nn.LayerNorm):
+        super().__init__()
+        self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        if residual is None:
+            return layer_norm(x, self.weight, self.bias, eps=self.eps)
+        return layer_norm(x, self.weight, self.bias, residual=residual, eps=self.eps, prenorm=True)
+
+
+class FusedBlock(nn.Module):
+    """:meth:`Block.fuse`'s result, inference only: h = LN1(x); y = γ1·mixer(h); (h, x) = LN2(y + x) in one
+    kernel; x + γ2·MLP(h)."""
+
+    def __init__(self, norm1: AddNorm, mixer: nn.Module, norm2: AddNorm, mlp: nn.Module,
+                 gamma_1: torch.Tensor | None, gamma_2: torch.Tensor | None):
+        super().__init__()
+        self.norm1, self.mixer, self.norm2, self.mlp = norm1, mixer, norm2, mlp
+        self.gamma_1, self.gamma_2 = gamma_1, gamma_2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mixer(self.norm1(x))
+        h, x = self.norm2(y * self.gamma_1 if self.gamma_1 is not None else y, x)
+        y = self.mlp(h)
+        return x + (y * self.gamma_2 if self.gamma_2 is not None else y)
+
 
 class Downsample(nn.Module):
     """Conv3x3 s2, C -> 2C, no bias, no norm (official key ``reduction.0``)."""
@@ -242,6 +345,12 @@ class Stem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_down(x)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Sequential:
+        """Inference copy: Conv(+folded BN) -> ReLU, twice (timm's ``fuse()`` hook)."""
+        c = self.conv_down
+        return nn.Sequential(fold_bn(c[0], c[1]), nn.ReLU(), fold_bn(c[3], c[4]), nn.ReLU())
 
 
 class MambaVisionLevel(nn.Module):

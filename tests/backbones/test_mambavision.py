@@ -391,6 +391,52 @@ def test_channels_last_same_result():
     assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(224, 224), (256, 320)])
+def test_fused_copy_equals_model(official_t, size):
+    """timm.utils.reparameterize_model (the modules' fuse(): BN folded into the convs, LayerNorm + residual on
+    kernels.norm, precomputed scan constants) gives the same logits as the official-layout model, which keeps
+    its keys and its own modules."""
+    from timm.utils import reparameterize_model
+
+    from backbones.mambavision import FusedBlock, FusedConvBlock, FusedMambaVisionMixer
+
+    model = zoo.create_model(T, img_size=size).eval()
+    zoo.load_weights(model, convert_official_mambavision(official_t))
+    keys = set(model.state_dict())
+    fused = reparameterize_model(model).eval()
+    assert set(model.state_dict()) == keys and not any(isinstance(m, nn.BatchNorm2d) for m in
+                                                       fused.backbone.patch_embed.modules())
+    kinds = {type(m) for m in fused.modules()}
+    assert {FusedBlock, FusedConvBlock, FusedMambaVisionMixer} <= kinds and not kinds & {nn.LayerNorm}
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        a, b = model(x), fused(x)
+        c = fused.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    assert a.abs().max() > 0.1
+    assert (a - b).abs().max().item() < 1e-4 and (a - c).abs().max().item() < 1e-4
+
+
+def test_fused_copy_folds_layer_scale():
+    """γ of the conv blocks (layer_scale_conv) and of the token blocks (layer_scale) survive the fusion."""
+    from timm.utils import reparameterize_model
+
+    model = MambaVision(dim=16, in_dim=8, depths=(1, 1, 2, 2), num_heads=(1, 1, 2, 2), layer_scale=0.5,
+                        layer_scale_conv=0.7).eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, t in model.named_parameters():
+            if "gamma" in name:
+                t.copy_(0.5 + torch.rand(t.shape, generator=g))
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+    x = torch.randn(2, 3, 40, 56, generator=g)
+    with torch.no_grad():
+        a, b = model(x), reparameterize_model(model)(x)
+    assert (a - b).abs().max().item() < 1e-4 * max(1.0, a.abs().max().item())
+
+
 def test_backbone_direct_use():
     b = MambaVision(dim=16, in_dim=8, depths=(1, 1, 2, 2), num_heads=(1, 1, 2, 2), in_chans=2)
     assert b(torch.randn(1, 2, 40, 40)).shape == (1, 128)
@@ -427,6 +473,13 @@ def test_gpu_triton_matches_reference(monkeypatch, official_t):
         model.to(memory_format=torch.contiguous_format)
         assert (cl - tri32).norm() / tri32.norm() < 1e-3
     monkeypatch.setenv("SPEEDZOO_KERNELS", "auto")
+    from timm.utils import reparameterize_model
+
+    fused = reparameterize_model(model).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(8, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        a, b = model(x), fused(x)
+    assert (b - a).norm() / a.norm() < 1e-3
     model.train()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = model(torch.randn(4, 3, 224, 224, device="cuda")).float().logsumexp(-1).mean()
