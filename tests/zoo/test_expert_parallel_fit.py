@@ -69,3 +69,16 @@ def test_expert_parallel_fit_checkpoints_full_layout_and_resumes_on_one_process(
     one = torch.load(run / "rank0.pt", weights_only=True)
     assert one["world_size"] == 1 and one["global_step"] == 6
     assert not (run / "rank1.pt").exists()
+
+
+def test_ep_shorthand_and_refusals():
+    from zoo.errors import ConfigError
+    from zoo.recipes.distributed import resolve_strategy
+    from zoo.recipes.ep import ExpertParallelStrategy
+
+    s = resolve_strategy("ep")
+    assert isinstance(s, ExpertParallelStrategy) and s.expert_parallel_size is None and s.collective_state_dict
+    with pytest.raises(ConfigError, match="fsdp"):
+        resolve_strategy("ep", activation_checkpointing=True)
+    with pytest.raises(ConfigError, match="positive int"):
+        ExpertParallelStrategy(expert_parallel_size=0)
