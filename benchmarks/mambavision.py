@@ -104,11 +104,11 @@ def measure(model: torch.nn.Module, img_size: int, batch: int, device: torch.dev
     fmt = torch.contiguous_format if variant in ("eager", "compile") else torch.channels_last
     model = model.to(memory_format=fmt)
     if variant.startswith("compile"):
-        import torch._dynamo
+        import torch._dynamo as dynamo
 
         # Block.forward is one frame per mixer type, width and window count: past the default limit of 8
         # recompiles dynamo would run the later blocks eagerly
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 64)
     fn = torch.compile(model, mode=compile_mode) if variant.startswith("compile") else model
     x = torch.randn(batch, 3, img_size, img_size, device=device).contiguous(memory_format=fmt)
 
