@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "fit":
             return _cmd_passthrough("zoo.recipes.cli", argv[1:])
         if argv and argv[0] == "eval":
+            from zoo.kinds import captioner
+            if captioner.handles(argv[1:]):  # captioners: BLEU / CIDEr on a caption set's test images
+                return captioner.eval_main(argv[1:])
             return _cmd_passthrough("zoo.evaluate", argv[1:])
         if argv and argv[0] == "publish":
             return _cmd_passthrough("zoo.publish", argv[1:])

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("export", help="export.safetensors written by zoo fit")
     p.add_argument("--tag", required=True, help="tag name, e.g. cifar10, flickr8k, tinyshakespeare")
     p.add_argument("--data", default=None, help="evaluation data (path or named set): required for classifiers "
-                                                "(cifar10 / fsdd); default flickr8k (vision-language), "
+                                                "(cifar10 / fsdd); default flickr8k (vision-language, captioners), "
                                                 "tinyshakespeare (language models)")
     p.add_argument("--split", default="test", help="classifiers: the split to measure")
     p.add_argument("--int8", action="store_true", help="ship int8 weight-only storage (about half of fp16)")
@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-t", type=int, default=32, help="diffusion LMs: antithetic t per window (NELBO)")
     p.add_argument("--context", type=int, default=256, help="language models: window length")
     p.add_argument("--max-windows", type=int, default=None, help="language models: measure the first N windows")
+    p.add_argument("--limit", type=int, default=None, help="captioners: measure the first N test images")
     args = p.parse_args(argv)
 
     def dispatch() -> dict[str, Any]:  # by the export's kind
@@ -200,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             return publish_language_model(args.export, args.tag, args.data, args.license, device=args.device,
                                           int8=args.int8, context=args.context, num_t=args.num_t,
                                           max_windows=args.max_windows)
+        from zoo.kinds.captioner import CAPTION_KINDS, publish_captioner
+        if kind in CAPTION_KINDS:
+            return publish_captioner(args.export, args.tag, args.data or "flickr8k", args.license,
+                                     device=args.device, int8=args.int8, limit=args.limit)
         if kind == "vision-language":
             from zoo.vl.publish import publish as publish_vl
 

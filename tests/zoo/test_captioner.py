@@ -84,7 +84,7 @@ def test_builds_from_registered_parts():
     tower = zoo.create_model("vit_tiny_patch16_224", num_classes=0, img_size=128, depth=6)
     assert type(mdlm.visual) is type(tower) and len(mdlm.visual.backbone.blocks) == 6
     assert mdlm.visual.state_dict().keys() == tower.state_dict().keys()
-    assert mdlm.num_image_tokens == 64 and mdlm.decoder.layout == ["attn"] * 4 and mdlm.vocab_size == 2780
+    assert mdlm.num_image_tokens == 64 and mdlm.decoder.layout == ["attn"] * 3 and mdlm.vocab_size == 2780
     assert not mdlm.causal and ar.causal and mdlm.kind == "diffusion-captioner" and ar.kind == "causal-captioner"
     n = sum(p.numel() for p in mdlm.parameters())
     assert n == sum(p.numel() for p in ar.parameters()) and n < 7.5e6  # int8 weights under the 8 MB budget
@@ -124,7 +124,8 @@ def tiny_export(tmp_path_factory):
         pytest.skip("real data folder is missing")
     run = tmp_path_factory.mktemp("caption_fit")
     rc = main(["fit", "--config", "configs/flickr8k_caption_mdlm.yaml", "--model.init_args.model", "caption_mdlm_tiny_test",
-               "--model.init_args.complementary", "true", "--data.init_args.train_subset", "16",
+               "--model.init_args.complementary", "true", "--model.init_args.tower_from", "null",
+               "--model.init_args.freeze_tower", "false", "--data.init_args.train_subset", "16",
                "--data.init_args.val_subset", "8", "--data.init_args.batch_size", "8", "--trainer.max_steps", "2",
                "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(run),
                "--progress", "none"])

@@ -317,6 +317,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--steps", type=int, nargs="*", default=[None], help="diffusion steps per setting")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tokenizer", default=None, help="the MiniLM zip or folder that splits the questions "
+                   "(default ZOO_DATA's all-MiniLM-L6-v2-fp16.zip)")
+    p.add_argument("--json", default=None, help="also write the evaluation rows to this JSON file")
     a = p.parse_args(argv)
     if not (a.write_vocab or a.evaluate):
         p.error("give --write-vocab or --evaluate EXPORT")
@@ -341,9 +344,13 @@ def _run(a) -> None:
         from zoo.kinds.captioner import load_captioner
 
         model = load_captioner(a.evaluate, a.device)
+        model.tokenizer.tokenizer_path = a.tokenizer
         settings = [{} if s is None else {"steps": s} for s in a.steps]
-        for row in evaluate_vqa(model, "test", a.limit, settings=settings):
+        rows = evaluate_vqa(model, "test", a.limit, settings=settings)
+        for row in rows:
             print(json.dumps(row))
+        if a.json:
+            Path(a.json).write_text(json.dumps({"export": str(a.evaluate), "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

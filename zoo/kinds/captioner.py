@@ -20,6 +20,7 @@ threshold=, temperature=, seed=) -> list[str]``, ``tokenizer`` (zoo.data.caption
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any, Optional
@@ -34,7 +35,8 @@ from heads.lm import TokenHead
 from zoo.errors import ConfigError, InputShapeError, WeightLoadError, ZooError
 from zoo.inputs import check_image_batch
 
-__all__ = ["Captioner", "captioner_builder", "load_captioner", "evaluate_captioner", "CAPTION_KINDS"]
+__all__ = ["Captioner", "captioner_builder", "load_captioner", "evaluate_captioner", "publish_captioner",
+           "resolve_tower", "CAPTION_KINDS"]
 
 CAPTION_KINDS = ("diffusion-captioner", "causal-captioner")
 KIND_NAME = "captioner"
@@ -108,6 +110,10 @@ class Captioner(nn.Module):
         self.tokenizer = tokenizer
         self.kind, self.pool, self.answer_length = kind, pool, int(answer_length)
         self.pretrained_cfg = dict(pretrained_cfg or {})
+        self.tower_frozen = False
+        self.tower_ref: Optional[dict] = None
+        self._register_state_dict_hook(_drop_referenced_tower)
+        self.register_load_state_dict_post_hook(_allow_referenced_tower)
         self.num_image_tokens = self._count_image_tokens()
         if self.num_image_tokens + 1 + self.answer_length > decoder.max_len:
             raise ConfigError(f"{self.num_image_tokens} image tokens + prompt + {self.answer_length} answer positions "
@@ -120,6 +126,23 @@ class Captioner(nn.Module):
     @property
     def vocab_size(self) -> int:
         return self.decoder.vocab_size
+
+    def freeze_tower(self, ref: Optional[dict] = None) -> "Captioner":
+        """Freeze the image tower (LLaVA-style: only projector + decoder train): no gradients, so no optimizer
+        state and no backward through it, and eval mode for good (``train()`` leaves it there). With ``ref``
+        (``{"tag", "sha256"}`` of the registered tag it was loaded from) the tower is a reference, not state:
+        ``state_dict()`` leaves out ``visual.*`` and loads accept their absence, so exports and shipped files
+        hold only the trainable parts and builders reload the tower from the tag."""
+        self.visual.requires_grad_(False)
+        self.visual.eval()
+        self.tower_frozen, self.tower_ref = True, dict(ref) if ref else None
+        return self
+
+    def train(self, mode: bool = True) -> "Captioner":
+        super().train(mode)
+        if self.tower_frozen:
+            self.visual.eval()
+        return self
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -147,7 +170,8 @@ class Captioner(nn.Module):
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Projected image tokens ``[B, N, dim]``: the tower's patch tokens (pooled to ``pool x pool``)."""
-        feats = self.visual.forward_features(images)
+        with torch.no_grad() if self.tower_frozen else contextlib.nullcontext():
+            feats = self.visual.forward_features(images)
         if feats.dim() == 4:                      # a feature map [B, C, H, W]
             grid = feats
         else:
@@ -236,6 +260,53 @@ class Captioner(nn.Module):
 
 
 # -- building -------------------------------------------------------------------------------------------------
+def _drop_referenced_tower(module: "Captioner", state: dict, prefix: str, local_metadata) -> None:
+    """state_dict hook: a tower that is a reference to a registered tag is not part of the state."""
+    if module.tower_ref is not None:
+        for k in [k for k in state if k.startswith(prefix + "visual.")]:
+            del state[k]
+
+
+def _allow_referenced_tower(module: "Captioner", incompatible) -> None:
+    """load_state_dict hook: a referenced tower's keys may be absent (the builder loaded it from its tag)."""
+    if module.tower_ref is not None:
+        incompatible.missing_keys[:] = [k for k in incompatible.missing_keys
+                                        if not (k.startswith("visual.") or ".visual." in k)]
+
+
+def resolve_tower(spec: str, sha256: Optional[str] = None) -> tuple[str, Optional[dict]]:
+    """(weight file, reference) of ``tower_from``: a registered tag (``clip_vit_tiny_d6_minilm_128.flickr8k``;
+    reference ``{"tag", "sha256"}``, checked against ``sha256`` when given) or a file path (reference None)."""
+    from pathlib import Path
+
+    from zoo import hub
+    from zoo.registry import get_entry, get_tag, split_name
+
+    spec = str(spec)
+    if Path(spec).is_file():
+        return spec, None
+    name, tag_name = split_name(spec)
+    try:
+        entry = get_entry(name)
+    except ZooError:
+        entry = None
+    if entry is None or tag_name is None or tag_name not in entry.tags:
+        raise WeightLoadError(
+            f"tower_from={spec} is neither a file nor a registered tag"
+            + (f" ({name} has tags: {', '.join(entry.tags) or 'none'})" if entry is not None else "")
+            + (f"; this captioner's image tower is the tag {spec} (sha256 {sha256[:12]}...), which this "
+               f"installation does not ship: install the speedzoo that ships it" if sha256 else
+               "; pass a CLIP export or a tag of `zoo list --pretrained clip_*`"))
+    tag = get_tag(entry, tag_name)
+    path = hub.resolve(tag)
+    digest = tag.sha256 or hub.sha256_of(path)
+    if sha256 and digest != sha256:
+        raise WeightLoadError(f"this captioner was trained on the image tower of {spec} with sha256 {sha256[:12]}..., "
+                              f"but the installed tag's file has sha256 {digest[:12]}...: its projector and decoder do "
+                              f"not fit that tower; install the speedzoo version it was published with")
+    return str(path), {"tag": spec, "sha256": digest}
+
+
 def load_tower(model: Captioner, path: str) -> None:
     """Initialise the image tower from a CLIP export (``visual.*`` keys) or a captioner export."""
     from zoo import hub
@@ -266,11 +337,19 @@ def captioner_builder(kind: str, image_tower: str, tower_args: Optional[dict] = 
 
     def build(vocab=None, pool: Optional[int] = None, answer_length: int = 32, tower_from: Optional[str] = None,
               img_size: int = img_size, drop_path_rate: Optional[float] = None, tower_args: Optional[dict] = None,
-              **overrides: Any) -> Captioner:
+              freeze_tower: bool = False, tower_sha256: Optional[str] = None, **overrides: Any) -> Captioner:
         from zoo.data.captions import CaptionVocab
         from zoo.factory import create_model
 
-        tok = vocab if isinstance(vocab, CaptionVocab) else CaptionVocab.load(vocab)
+        if freeze_tower and not tower_from:
+            raise ConfigError("freeze_tower keeps the image tower as it is loaded: give tower_from (a CLIP tag such "
+                              "as clip_vit_tiny_d6_minilm_128.flickr8k, or a CLIP export)")
+        if isinstance(vocab, CaptionVocab):
+            tok = vocab
+        elif isinstance(vocab, (list, tuple)) or (isinstance(vocab, str) and vocab.lstrip().startswith("[")):
+            tok = CaptionVocab.from_json(vocab) if isinstance(vocab, str) else CaptionVocab(vocab)
+        else:
+            tok = CaptionVocab.load(vocab)
         targs = {**tower_defaults, **dict(tower_args or {})}
         if drop_path_rate is not None:
             targs["drop_path_rate"] = drop_path_rate
@@ -285,7 +364,11 @@ def captioner_builder(kind: str, image_tower: str, tower_args: Optional[dict] = 
                     kind=kind, image_tower=image_tower, tower_args=targs)
         model = Captioner(visual, dec, tok, kind, pool=pool, answer_length=answer_length, pretrained_cfg=pcfg)
         if tower_from:
-            load_tower(model, tower_from)
+            path, ref = resolve_tower(tower_from, tower_sha256)
+            load_tower(model, path)
+            model.pretrained_cfg["tower"] = ref or {"file": str(path)}
+            if freeze_tower:
+                model.freeze_tower(ref)
         return model
 
     build.__name__ = f"build_{kind.replace('-', '_')}_{image_tower}"
@@ -312,8 +395,10 @@ def load_captioner(path, device: str | torch.device = "cpu") -> Captioner:
         raise WeightLoadError(f"{path} is not a captioner export (no captioner kind/vocab metadata); export one "
                               f"with zoo fit --config configs/flickr8k_caption_mdlm.yaml")
     args = json.loads(meta.get("model_args") or "{}")
-    args.pop("tower_from", None)  # the export holds the trained tower
-    args.pop("vocab", None)       # ... and its vocabulary
+    for k in ("tower_from", "freeze_tower", "tower_sha256", "vocab"):  # the export's vocabulary, its own tower ...
+        args.pop(k, None)
+    if meta.get("tower_included") == "False":  # ... or a frozen one by reference to its registered tag
+        args.update(tower_from=meta["tower_tag"], tower_sha256=meta.get("tower_sha256") or None, freeze_tower=True)
     model = create_model(meta["model"], vocab=CaptionVocab.from_json(meta["vocab"]), **args)
     load_weights(model, {k: v.float() for k, v in hub.read_state_dict(path).items()}, source=str(path))
     model.pretrained_cfg.update(architecture=meta["model"], source=str(path))
@@ -363,6 +448,146 @@ def evaluate_captioner(model: Captioner, data: str = "flickr8k", split: str = "t
                      "tokens_per_s": pieces / max(seconds, 1e-9), "ms_per_image": 1000 * seconds / len(images),
                      "seconds": round(seconds, 3), "examples": [preds[i] for i in range(min(3, len(preds)))]})
     return rows
+
+
+def _setting_words(setting: dict, causal: bool) -> str:
+    """A sampler setting in words (tables, manifest metrics)."""
+    if causal:
+        return "greedy, kv cache"
+    if setting.get("threshold") is not None:
+        return f"threshold {setting['threshold']}, block {setting.get('block')}"
+    steps = setting.get("steps")
+    steps = f"{steps} steps" if steps is not None else "one step per answer position"
+    return f"{steps}, block {setting.get('block') or 'the whole answer'}"
+
+
+# -- zoo eval / zoo publish -----------------------------------------------------------------------------------------
+def handles(argv: list[str]) -> bool:
+    """Whether ``zoo eval argv`` names a captioner: a registered one (``name[.tag]``) or a captioner export."""
+    from pathlib import Path
+
+    from zoo.registry import get_entry, split_name
+    from zoo.vl.evaluate import export_metadata
+
+    names = [a for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or not argv[i - 1].startswith("--"))]
+    if not names:
+        return False
+    if Path(names[0]).is_file():
+        return export_metadata(names[0]).get("kind") in CAPTION_KINDS
+    try:
+        return get_entry(split_name(names[0])[0]).kind == KIND_NAME
+    except ZooError:
+        return False
+
+
+def eval_main(argv: list[str]) -> int:
+    """``zoo eval CAPTIONER[.tag]|EXPORT [--data flickr8k] [--split test] [--limit N] [--steps --block --threshold]``:
+    BLEU-1..4, CIDEr-D, tokens/s and ms/image on the split's images against their references (evaluate_captioner)."""
+    import argparse
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(prog="zoo eval", description="Caption a split's images and score them (BLEU, CIDEr).")
+    p.add_argument("model", help="a captioner name[.tag] or a zoo fit export of one")
+    p.add_argument("--checkpoint", default=None, help="a zoo fit export of the named captioner")
+    p.add_argument("--data", default="flickr8k", help="an image-caption set (name under ZOO_DATA, zip or folder)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: one per answer position)")
+    p.add_argument("--block", type=int, default=None)
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-amp", action="store_true", help="fp32 on the GPU (default: bf16 autocast there)")
+    p.add_argument("--out", default=None, help="also write the result row to this JSON file")
+    a = p.parse_args(argv)
+    if a.steps is not None and a.steps <= 0:
+        raise ConfigError(f"--steps must be a positive integer, got {a.steps}")
+    if a.limit is not None and a.limit < 1 or a.batch_size < 1:
+        raise ConfigError(f"--limit and --batch-size must be >= 1 (got {a.limit}, {a.batch_size})")
+    name, checkpoint = (None, a.model) if Path(a.model).is_file() else (a.model, a.checkpoint)
+    model = load_model(name, checkpoint, a.device)
+    setting = {k: v for k, v in (("steps", a.steps), ("block", a.block), ("threshold", a.threshold)) if v is not None}
+    (row,) = evaluate_captioner(model, a.data, a.split, a.limit, a.batch_size, [setting], amp=not a.no_amp)
+    row = {"name": a.model, "data": a.data, "split": a.split, "setting": _setting_words(setting, model.causal), **row}
+    print(f"{a.model} on {a.data} {a.split} ({row['images']} images, {row['setting']}): "
+          + ", ".join(f"{k} {row[k]:.4f}" for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider"))
+          + f"; {row['tokens_per_s']:.0f} tokens/s, {row['ms_per_image']:.2f} ms/image at batch {a.batch_size}")
+    for ex in row["examples"]:
+        print(f"  {ex}")
+    if a.out:
+        Path(a.out).write_text(json.dumps(row, indent=1) + "\n")
+    return 0
+
+
+FLICKR8K_LICENSE = ("Flickr8k captions and images: research and non-commercial use only (Hodosh, Young, Hockenmaier, "
+                    "JAIR 2013)")
+
+
+def publish_captioner(export, tag: str, data: str = "flickr8k", license: str = "apache-2.0", folder=None,
+                      device: str = "cpu", int8: bool = False, limit: Optional[int] = None,
+                      batch_size: int = 100) -> dict[str, Any]:
+    """Measure the shipped copy of a captioner ``export`` on ``data``'s test images (BLEU-1..4, CIDEr-D with the
+    default sampler: one answer position a step / AR greedy; fp32), ship it as ``<model>.<tag>``; returns the
+    manifest record. An export whose frozen tower is a reference ships only the projector and decoder, and the
+    record names the tower's tag and sha256 (``arch_overrides.tower_from``): loading rebuilds it from that tag."""
+    import datetime
+    from pathlib import Path
+
+    from zoo.vl.evaluate import export_metadata
+    from zoo.weights.manifest import check_tag, publish_record, ship_file
+    from zoo.weights.quant import storage
+
+    check_tag(tag, example="flickr8k")
+    export = Path(export)
+    if not export.is_file():
+        raise ConfigError(f"export {export} does not exist; publish the export.safetensors of a `zoo fit` run")
+    meta = export_metadata(export)
+    name = meta.get("model")
+    if meta.get("kind") not in CAPTION_KINDS or not name or "vocab" not in meta:
+        raise ConfigError(f"{export} is not a captioner export of zoo fit (kind {meta.get('kind')!r}); export one "
+                          f"with zoo fit --config configs/flickr8k_caption_mdlm.yaml")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be >= 1, got {limit}")
+    measured: dict[str, Any] = {}
+
+    def measure(shipped: Path) -> None:
+        model = load_captioner(shipped, device)
+        (row,) = evaluate_captioner(model, data, "test", limit, batch_size, [{}], amp=False, warmup=False)
+        measured.update(row, causal=model.causal)
+
+    folder, file, sha256 = ship_file(export, name, tag, folder, int8=int8, check=measure)
+    res = measured
+    args = {k: v for k, v in json.loads(meta.get("model_args") or "{}").items()
+            if k not in ("tower_from", "freeze_tower", "tower_sha256", "vocab")}
+    tower = None
+    if meta.get("tower_included") == "False":
+        tower = {"tag": meta["tower_tag"], "sha256": meta.get("tower_sha256", "")}
+        args.update(tower_from=tower["tag"], tower_sha256=tower["sha256"], freeze_tower=True)
+    from zoo.data.captions import CaptionVocab
+
+    pieces = json.loads(meta["vocab"])
+    if pieces != CaptionVocab.load().pieces:  # not the builder's default list: the record carries it
+        args["vocab"] = pieces
+    setting = _setting_words({}, res["causal"])
+    dataset = f"{data} (test{f', first {limit}' if limit else ''}, {res['images']} images, {setting})"
+    again = f"zoo eval {name}.{tag} --data {data} --device {device}" + (f" --limit {limit}" if limit else "")
+    trained = meta.get("recipe") or export.parent.name
+    record = {
+        "file": file, "kind": KIND_NAME, "caption_kind": meta["kind"], "sha256": sha256, "license": license,
+        "num_classes": None, "label_names": [], "arch_overrides": args,
+        "preprocess": json.loads(meta.get("preprocess") or "{}"),
+        "metrics": {dataset: {k: round(float(res[k]), 4) for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider")}},
+        "eval": {"data": data, "split": "test", "limit": limit, "images": res["images"], "batch_size": batch_size,
+                 "device": str(device)},
+        "notes": (f"trained with `zoo fit` ({trained}, {meta.get('global_step', '?')} steps"
+                  + (f", image tower frozen from {tower['tag']}, not in this file" if tower else "")
+                  + f"); weights {license}, {FLICKR8K_LICENSE if 'flickr' in data else data + ': see its source'}; "
+                  f"{storage(int8)} weights measured by `zoo publish` (fp32) on {datetime.date.today().isoformat()}; "
+                  f"reproduce: {again}"),
+    }
+    if tower:
+        record["tower"] = tower
+    return publish_record(name, tag, record, int8, folder)
 
 
 # -- zoo caption ------------------------------------------------------------------------------------------------
@@ -425,12 +650,14 @@ def caption_files(model: Captioner, files, batch_size: int = 32, rgb: bool = Fal
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``zoo caption IMAGE... [--model NAME | --checkpoint EXPORT] [--steps N] [--block B] [--threshold T]
+    """``zoo caption IMAGE...|--example [--model NAME | --checkpoint EXPORT] [--steps N] [--block B] [--threshold T]
     [--temperature T] [--seed S] [--device cpu]``: one line ``file<TAB>caption`` per image."""
     import argparse
 
     p = argparse.ArgumentParser(prog="zoo caption", description="Caption images with a captioner (diffusion or AR).")
-    p.add_argument("images", nargs="+", help="image files (JPEG, PNG)")
+    p.add_argument("images", nargs="*", help="image files (JPEG, PNG)")
+    p.add_argument("--example", action="store_true", help="caption the bundled Flickr8k test images (zoo/vl/static/"
+                   "samples; Flickr8k: research and non-commercial use only)")
     p.add_argument("--model", default=None, help="a captioner (zoo list --kind captioner), .tag for its weights")
     p.add_argument("--checkpoint", default=None, help="a zoo fit export of a captioner")
     p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: one per answer position)")
@@ -442,6 +669,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--rgb", action="store_true", help="convert grayscale / RGBA images to RGB instead of refusing")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
+    if a.example:
+        from zoo.vl.service import sample_files
+
+        a.images = list(a.images) + [str(f) for f in sample_files()]
+    if not a.images:
+        raise ConfigError("name image files to caption, or --example for the bundled ones")
     if a.steps is not None and a.steps <= 0:
         raise ConfigError(f"--steps must be a positive integer, got {a.steps}")
     if a.batch_size < 1:

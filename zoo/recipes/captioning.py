@@ -83,7 +83,11 @@ class CaptioningTask(Task):
     """Train ``caption_mdlm_*`` (diffusion) or ``caption_ar_*`` (AR twin) on image-caption batches.
 
     Args (besides the base task's):
-        tower_from: a CLIP export (``clip_vit_tiny_d6_minilm_128``) whose image tower initialises this one.
+        tower_from: a registered CLIP tag (``clip_vit_tiny_d6_minilm_128.flickr8k``) or a CLIP export whose image
+            tower initialises this one.
+        freeze_tower: keep that tower frozen (LLaVA-style: projector + decoder train; the tower runs in eval
+            mode without gradients or optimizer state). From a tag, the export then holds only the trainable
+            parts and names the tower's tag and sha256 (``tower_tag``, ``tower_sha256``; loaders rebuild it).
         complementary: LaViDa's complementary masking (diffusion only).
         lr_tower: the tower's learning rate as a multiple of ``lr`` (1: one rate; lower keeps a CLIP tower close).
         mask_eps: the schedule's eps. val_nelbo_samples: seeded antithetic t per validation caption (diffusion).
@@ -97,7 +101,8 @@ class CaptioningTask(Task):
                  betas: tuple[float, float] = (0.9, 0.98), warmup_epochs: float = 1.0,
                  warmup_steps: Optional[int] = None, min_lr: float = 1e-5, ema_decay: float = 0.0,
                  compile: bool = False, tower_from: Optional[str] = None, complementary: bool = False,
-                 lr_tower: float = 1.0, mask_eps: float = 1e-3, val_nelbo_samples: int = 4):
+                 lr_tower: float = 1.0, mask_eps: float = 1e-3, val_nelbo_samples: int = 4,
+                 freeze_tower: bool = False):
         super().__init__(model=model, pretrained=pretrained, model_args=model_args, checkpoint_path=checkpoint_path,
                          lr=lr, lr_base_batch_size=lr_base_batch_size, weight_decay=weight_decay, betas=betas,
                          warmup_epochs=warmup_epochs, warmup_steps=warmup_steps, min_lr=min_lr,
@@ -115,6 +120,9 @@ class CaptioningTask(Task):
         if val_nelbo_samples < 1 or not 0 < mask_eps < 1 or lr_tower <= 0:
             raise ConfigError(f"need val_nelbo_samples >= 1, 0 < mask_eps < 1 and lr_tower > 0 (got "
                               f"{val_nelbo_samples}, {mask_eps}, {lr_tower})")
+        if freeze_tower and not tower_from:
+            raise ConfigError("model.freeze_tower keeps a loaded tower: give model.tower_from (e.g. "
+                              "clip_vit_tiny_d6_minilm_128.flickr8k)")
         self.schedule = LogLinearSchedule(mask_eps)
         self.build()
 
@@ -125,6 +133,8 @@ class CaptioningTask(Task):
         args = dict(hp.model_args or {})
         if hp.tower_from:
             args["tower_from"] = hp.tower_from
+        if hp.freeze_tower:
+            args["freeze_tower"] = True
         return create_model(hp.model, pretrained=hp.pretrained, checkpoint_path=hp.checkpoint_path, **args)
 
     def check_data(self, datamodule) -> None:
@@ -195,6 +205,9 @@ class CaptioningTask(Task):
         cfg = self.model.pretrained_cfg
         meta.update(kind=self.model.kind, vocab=self.model.tokenizer.to_json(),
                     answer_length=str(self.model.answer_length), complementary=str(bool(self.hparams.complementary)),
-                    tower_from=str(self.hparams.tower_from or ""),
+                    tower_from=str(self.hparams.tower_from or ""), freeze_tower=str(bool(self.hparams.freeze_tower)),
+                    tower_included=str(self.model.tower_ref is None),
+                    tower_tag=(self.model.tower_ref or {}).get("tag", ""),
+                    tower_sha256=(self.model.tower_ref or {}).get("sha256", ""),
                     preprocess=json.dumps({k: cfg[k] for k in ("input_size", "mean", "std") if k in cfg}, default=list))
         return meta
