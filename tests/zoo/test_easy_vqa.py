@@ -219,3 +219,21 @@ def test_answer_questions_on_a_tiny_captioner(vocab, name):
             ev.answer_questions(model, x, ds.questions[:4], steps=0)
     rows = ev.evaluate_vqa(model, limit=1, settings=[{}])
     assert rows[0]["questions"] == len(ev.open_easy_vqa("test", limit=1)) and 0 <= rows[0]["accuracy"] <= 1
+
+
+def test_fit_then_evaluate_writes_the_accuracy_json(vocab, tmp_path):
+    """configs/easyvqa_mdlm.yaml for 2 steps, then ``--evaluate EXPORT --json`` (what the H200 script reports)."""
+    from zoo.cli import main
+
+    run = tmp_path / "run"
+    assert main(["fit", "--config", "configs/easyvqa_mdlm.yaml", "--data.init_args.train_subset", "8",
+                 "--data.init_args.val_subset", "2", "--data.init_args.batch_size", "8",
+                 "--data.init_args.eval_batch_size", "8", "--trainer.max_steps", "2", "--trainer.max_epochs", "1",
+                 "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(run), "--progress", "none"]) == 0
+    out = tmp_path / "easyvqa.json"
+    assert ev.main(["--evaluate", str(run / "export.safetensors"), "--limit", "2", "--steps", "4", "2",
+                    "--device", "cpu", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    n = len(ev.open_easy_vqa("test", limit=2))
+    assert [r["steps"] for r in rows] == [4, 2] and all(r["questions"] == n and 0 <= r["accuracy"] <= 1 for r in rows)
+    assert ev.main(["--evaluate", str(tmp_path / "missing.safetensors"), "--device", "cpu"]) == 2
