@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("fit", help="train with a recipe: zoo fit --config configs/<recipe>.yaml [overrides]", add_help=False)
     sub.add_parser("eval", help="evaluate models: zoo eval MODEL[.tag] --data PATH", add_help=False)
-    sub.add_parser("publish", help="ship a zoo fit export as a pretrained tag: zoo publish EXPORT --tag T [--data D] [--int8]",
+    sub.add_parser("publish", help="ship a zoo fit export as a pretrained tag: zoo publish EXPORT --tag T [--data D] [--quant int8|int4]",
                    add_help=False)
     sub.add_parser("generate", help="sample text from a language model: zoo generate MODEL[.tag] --prompt TEXT",
                    add_help=False)

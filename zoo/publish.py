@@ -1,12 +1,12 @@
 """``zoo publish``: turn a ``zoo fit`` export into a pretrained tag shipped with the package.
 
-    zoo publish runs/cifar10_vim_micro/export.safetensors --tag cifar10 --data cifar10 [--split test] [--int8]
+    zoo publish runs/cifar10_vim_micro/export.safetensors --tag cifar10 --data cifar10 [--split test] [--quant int8|int4]
     zoo publish runs/flickr8k_clip_vit/export.safetensors --tag flickr8k --int8
-    zoo publish runs/tinyshakespeare_mdlm_attn/export.safetensors --tag tinyshakespeare --int8
+    zoo publish runs/tinyshakespeare_mdlm_attn/export.safetensors --tag tinyshakespeare --quant int4
 
 The export's metadata ``kind`` picks the publisher: classifiers (image, audio) here, vision-language in
 zoo.vl.publish, language models (diffusion-lm, causal-lm) here too. Each measures the file exactly as it
-ships (``--int8``: the int8 weight-only copy, zoo.weights.quant), writes it to
+ships (``--quant int8`` / ``int4``: the weight-only quantized copy, zoo.weights.quant), writes it to
 ``zoo/weights/<model>.<tag>.safetensors`` within the size budget (zoo.weights.manifest.check_budget) and the
 tag into ``zoo/weights/manifest.json`` with its sha256, architecture overrides, preprocessing and metrics. The
 registry reads the manifest at import, so ``create_model('<model>.<tag>', pretrained=True)``, ``zoo eval``
@@ -24,7 +24,7 @@ from typing import Any
 
 from zoo.errors import ConfigError, ZooError
 from zoo.weights.quant import storage
-from zoo.weights.manifest import check_tag, publish_record, read_manifest, ship_file, tags_from_manifest, write_record  # noqa: F401  (the manifest's home)
+from zoo.weights.manifest import add_quant_arguments, check_tag, publish_record, read_manifest, ship_file, tags_from_manifest, write_record  # noqa: F401  (the manifest's home)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def _trained(info: dict[str, Any], export: Path) -> str:
 
 
 def publish(export: str | os.PathLike, tag: str, data: str, split: str = "test", license: str = "apache-2.0",
-            folder: Path | None = None, batch_size: int = 500, device: str = "cpu", int8: bool = False
+            folder: Path | None = None, batch_size: int = 500, device: str = "cpu", quant: str | None = None
             ) -> dict[str, Any]:
     """Evaluate the shipped copy of the classifier ``export`` on ``data``/``split``, ship it as
     ``<model>.<tag>``; returns the manifest record."""
@@ -64,7 +64,7 @@ def publish(export: str | os.PathLike, tag: str, data: str, split: str = "test",
         result = evaluate(model, DataLoader(ds, batch_size=batch_size, shuffle=False), device)
         measured.update(model=model, data_cfg=data_cfg, result=result)
 
-    folder, file, sha256 = ship_file(export, name, tag, folder, int8=int8, check=measure)
+    folder, file, sha256 = ship_file(export, name, tag, folder, quant=quant, check=measure)
     model, data_cfg, result = measured["model"], measured["data_cfg"], measured["result"]
     metrics = {k: round(float(result[k]), 2) for k in ("top1", "top5", "mean_per_class_top1") if k in result}
     dataset = f"{path.name.split('.')[0]} ({split}, {result['num_samples']} samples)"
@@ -85,15 +85,15 @@ def publish(export: str | os.PathLike, tag: str, data: str, split: str = "test",
         "preprocess": {"audio": pre, "input_size": list(data_cfg["input_size"])} if audio
                       else {k: list(v) if isinstance(v, tuple) else v for k, v in data_cfg.items()},
         "metrics": {dataset: metrics},
-        "notes": f"trained with `zoo fit` ({_trained(info, export)}); {storage(int8)} weights measured by "
+        "notes": f"trained with `zoo fit` ({_trained(info, export)}); {storage(quant)} weights measured by "
                  f"`zoo publish` on {datetime.date.today().isoformat()}",
     }
-    return publish_record(name, tag, record, int8, folder)
+    return publish_record(name, tag, record, quant, folder)
 
 
 def publish_language_model(export: str | os.PathLike, tag: str, data: str | None = None,
                            license: str = "apache-2.0", folder: Path | None = None, device: str = "cpu",
-                           int8: bool = False, context: int = 256, num_t: int = 32, batch_size: int = 64,
+                           quant: str | None = None, context: int = 256, num_t: int = 32, batch_size: int = 64,
                            max_windows: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Measure the shipped copy of a language-model ``export`` on the validation split (nats/char and
     bits/char through ``evaluate_language_model``: MDLM NELBO over ``num_t`` antithetic t per window, exact
@@ -129,7 +129,7 @@ def publish_language_model(export: str | os.PathLike, tag: str, data: str | None
         measured.update(evaluate_language_model(model, str(text), context, num_t, batch_size, max_windows=max_windows,
                                                 seed=seed, amp=False))
 
-    folder, file, sha256 = ship_file(export, name, tag, folder, int8=int8, check=measure)
+    folder, file, sha256 = ship_file(export, name, tag, folder, quant=quant, check=measure)
     res = measured
     split = f"val, {'first ' if max_windows else ''}{res['windows']} windows of {context}"
     data_name = text.name.split(".")[0]
@@ -154,10 +154,10 @@ def publish_language_model(export: str | os.PathLike, tag: str, data: str | None
         "notes": f"trained with `zoo fit` ({_trained({**meta, 'epochs': None}, export)}, "
                  f"{meta.get('global_step', '?')} steps"
                  f"{', ' + meta['selected_by'] if meta.get('selected_by') else ''}); weights {license}, "
-                 f"{LM_DATA_LICENSES.get(data_name, data_name + ' text: see its source')}; {storage(int8)} weights "
+                 f"{LM_DATA_LICENSES.get(data_name, data_name + ' text: see its source')}; {storage(quant)} weights "
                  f"measured by `zoo publish` (fp32 compute) on {datetime.date.today().isoformat()}; reproduce: {again}",
     }
-    return publish_record(name, tag, record, int8, folder)
+    return publish_record(name, tag, record, quant, folder)
 
 
 def export_kind(export: str | os.PathLike) -> str:
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 "(cifar10 / fsdd); default flickr8k (vision-language, captioners), "
                                                 "tinyshakespeare (language models)")
     p.add_argument("--split", default="test", help="classifiers: the split to measure")
-    p.add_argument("--int8", action="store_true", help="ship int8 weight-only storage (about half of fp16)")
+    add_quant_arguments(p)
     p.add_argument("--license", default="apache-2.0")
     p.add_argument("--device", default="cpu")
     p.add_argument("--zero-shot", default="cifar10", help="vision-language: the zero-shot classification set")
@@ -199,22 +199,22 @@ def main(argv: list[str] | None = None) -> int:
         kind = export_kind(args.export)
         if kind in LM_KINDS:
             return publish_language_model(args.export, args.tag, args.data, args.license, device=args.device,
-                                          int8=args.int8, context=args.context, num_t=args.num_t,
+                                          quant=args.quant, context=args.context, num_t=args.num_t,
                                           max_windows=args.max_windows)
         from zoo.kinds.captioner import CAPTION_KINDS, publish_captioner
         if kind in CAPTION_KINDS:
             return publish_captioner(args.export, args.tag, args.data or "flickr8k", args.license,
-                                     device=args.device, int8=args.int8, limit=args.limit)
+                                     device=args.device, quant=args.quant, limit=args.limit)
         if kind == "vision-language":
             from zoo.vl.publish import publish as publish_vl
 
             return publish_vl(args.export, args.tag, args.data or "flickr8k", args.zero_shot, args.license,
-                              device=args.device, int8=args.int8)
+                              device=args.device, quant=args.quant)
         if not args.data:
             raise ConfigError(f"{args.export} is a {kind} classifier export: name its evaluation data with "
                               f"--data (a path, or cifar10 / fsdd)")
         return publish(args.export, args.tag, args.data, args.split, args.license, device=args.device,
-                       int8=args.int8)
+                       quant=args.quant)
 
     return run_and_report(dispatch)
 

@@ -57,12 +57,12 @@ def test_frozen_tower_is_a_reference_to_its_tag():
 def test_trainable_part_fits_the_weight_budget():
     """decoder + projector of the full-size captioner, int8 as zoo publish ships it, beside the tracked files."""
     from zoo.weights.manifest import MAX_TOTAL_BYTES
-    from zoo.weights.quant import int8_bytes
+    from zoo.weights.quant import quantized_bytes
 
     model = zoo.create_model("caption_mdlm_vit_tiny_d6_128", tower_from=TOWER, freeze_tower=True)
     ar = zoo.create_model("caption_ar_vit_tiny_d6_128", tower_from=TOWER, freeze_tower=True)
     assert model.state_dict().keys() == ar.state_dict().keys()  # the twins share the network
-    blob = int8_bytes(model.state_dict(), {"vocab": model.tokenizer.to_json()})
+    blob = quantized_bytes(model.state_dict(), {"vocab": model.tokenizer.to_json()})
     others = sum(p.stat().st_size for p in zoo.weights.weights_dir().glob("*.safetensors")
                  if not p.name.startswith("caption_"))
     assert len(blob) < 3.0e6 and others + len(blob) < MAX_TOTAL_BYTES

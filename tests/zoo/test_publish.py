@@ -135,7 +135,7 @@ def test_vl_publish_int8_with_the_real_text_tower(tmp_path, shared_data, monkeyp
     from zoo.vl.publish import publish as publish_vl
 
     folder = tmp_path / "weights"
-    rec = publish_vl(export, "unittest", folder=folder, subset=4, int8=True)
+    rec = publish_vl(export, "unittest", folder=folder, subset=4, quant="int8")
     assert rec["kind"] == "vision-language" and rec["weights_format"] == "int8-rowwise-v1"
     assert (folder / rec["file"]).stat().st_size < 0.7 * export.stat().st_size
     assert rec["sha256"] == hub.sha256_of(folder / rec["file"])

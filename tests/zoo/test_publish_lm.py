@@ -1,4 +1,4 @@
-"""`zoo publish` of a language-model export with --int8: the shipped tag loads by name, generates, and `zoo eval`
+"""`zoo publish` of a language-model export with --int8 / --quant int4: the shipped tag loads by name, generates, and `zoo eval`
 reproduces its registered nats/char; bad input and the size budget are zoo.errors messages."""
 import json
 
@@ -27,30 +27,33 @@ def _lm_export(path, arch=ARCH, **model_args):
     return model
 
 
-@pytest.fixture
-def shipped(tmp_path, shared_data, zoo_cache, monkeypatch):
-    """Publish a tiny MDLM export with --int8 into a temporary weights folder and register its tag."""
+@pytest.fixture(params=["int8", "int4"])
+def shipped(request, tmp_path, shared_data, zoo_cache, monkeypatch):
+    """Publish a tiny MDLM export with --int8 (the alias) / --quant int4 into a temporary weights folder and
+    register its tag."""
     from zoo.cli import main as zoo_main
 
     export = tmp_path / "run" / "export.safetensors"
     _lm_export(export, max_len=64)
     folder = tmp_path / "weights"
     monkeypatch.setattr(zoo.weights, "weights_dir", lambda: folder)
-    assert zoo_main(["publish", str(export), "--tag", "unittest", "--int8", "--context", "16", "--num-t", "2",
+    quant = ["--int8"] if request.param == "int8" else ["--quant", request.param]
+    assert zoo_main(["publish", str(export), "--tag", "unittest", *quant, "--context", "16", "--num-t", "2",
                      "--max-windows", "3"]) == 0
     (name, tag), = list(manifest.tags_from_manifest(folder))
     monkeypatch.setitem(get_entry(name).tags, tag.tag, tag)
-    return export, folder, manifest.read_manifest(folder)[name][tag.tag]
+    return export, folder, manifest.read_manifest(folder)[name][tag.tag], request.param
 
 
 def test_published_lm_tag_loads_generates_and_reproduces(shipped, tmp_path, capsys):
     from zoo.cli import main as zoo_main
-    from zoo.weights.quant import dequantize, quantize_int8
+    from zoo.weights.quant import FORMATS, dequantize, quantize
 
-    export, folder, rec = shipped
-    assert rec["kind"] == "diffusion-lm" and rec["weights_format"] == "int8-rowwise-v1"
+    export, folder, rec, quant = shipped
+    assert rec["kind"] == "diffusion-lm" and rec["weights_format"] == FORMATS[quant]
     assert rec["sha256"] == hub.sha256_of(folder / rec["file"]) and rec["file"] == "mdlm_tiny.unittest.safetensors"
-    assert (folder / rec["file"]).stat().st_size < 0.75 * export.stat().st_size
+    assert (folder / rec["file"]).stat().st_size < {"int8": 0.75, "int4": 0.5}[quant] * export.stat().st_size
+    assert f"{quant} weight-only ({FORMATS[quant]})" in rec["notes"]
     assert rec["arch_overrides"]["max_len"] == 64 and len(rec["arch_overrides"]["chars"]) == 65
     assert rec["eval"] == {"data": "tinyshakespeare.txt", "context": 16, "num_t": 2, "batch_size": 64, "seed": 0,
                            "windows": 3, "max_windows": 3, "chars_scored": 48, "device": "cpu"}
@@ -65,8 +68,8 @@ def test_published_lm_tag_loads_generates_and_reproduces(shipped, tmp_path, caps
     info = json.loads(capsys.readouterr().out)
     assert info["pretrained"]["mdlm_tiny.unittest"]["metrics"] == rec["metrics"]
 
-    model = zoo.create_model("mdlm_tiny.unittest", pretrained=True).eval()    # the weights are the int8 copy's
-    expect = dequantize(*quantize_int8(hub.read_state_dict(export)))
+    model = zoo.create_model("mdlm_tiny.unittest", pretrained=True).eval()    # the weights are the quantized copy's
+    expect = dequantize(*quantize(hub.read_state_dict(export), None, quant))
     assert expect.keys() == model.state_dict().keys()
     assert all(torch.equal(model.state_dict()[k], expect[k].float()) for k in expect)
 
@@ -98,7 +101,7 @@ def test_lm_publish_refuses_bad_input(tmp_path, shared_data, zoo_cache, monkeypa
 
     # the budget: a file over the per-file limit, then one that breaks the total with what is shipped
     monkeypatch.setattr(manifest, "MAX_FILE_BYTES", export.stat().st_size - 1)
-    with pytest.raises(ConfigError, match="--int8"):
+    with pytest.raises(ConfigError, match="--quant int8"):
         publish_language_model(export, "big", folder=folder, **EVAL)
     monkeypatch.setattr(manifest, "MAX_FILE_BYTES", 8 * 10**6)
     folder.mkdir()
@@ -107,7 +110,7 @@ def test_lm_publish_refuses_bad_input(tmp_path, shared_data, zoo_cache, monkeypa
     with pytest.raises(ConfigError, match="budget"):
         publish_language_model(export, "big", folder=folder, **EVAL)
     assert sorted(p.name for p in folder.iterdir()) == ["other.safetensors"]   # nothing shipped, no record
-    rec = publish_language_model(export, "small", folder=folder, int8=True, **EVAL)  # int8 fits
+    rec = publish_language_model(export, "small", folder=folder, quant="int8", **EVAL)  # int8 fits
     assert (folder / rec["file"]).is_file() and manifest.read_manifest(folder)["mdlm_tiny"]["small"]
 
 

@@ -49,7 +49,7 @@ def test_key_scheme_refuses_a_colliding_key():
 def test_read_state_dict_dequantizes_an_int8_file(tmp_path):
     state = _state()
     path = tmp_path / "w.safetensors"
-    path.write_bytes(quant.int8_bytes(state, {"model": "m"}))
+    path.write_bytes(quant.quantized_bytes(state, {"model": "m"}))
     assert path.stat().st_size < 0.7 * sum(v.numel() * v.element_size() for v in state.values())
     read = hub.read_state_dict(path)
     assert torch.equal(read["proj.weight"], quant.dequantize(*quant.quantize_int8(state))["proj.weight"])
@@ -72,3 +72,49 @@ def test_damaged_or_unknown_int8_files_are_refused(tmp_path):
     hub.save_state_dict(tensors, path, metadata=meta)
     with pytest.raises(WeightLoadError, match="NaN or inf"):      # the finite check sees the dequantized values
         hub.read_state_dict(path)
+
+
+def test_int4_round_trip_by_hand_and_error_bound(tmp_path):
+    """int4-group32-v1: codes by hand on one group (two to a byte, low nibble first), then the bound on real
+    tensors (at most half an fp16-rounded group scale), fp16 fallback for rows that do not split into groups."""
+    row = torch.arange(-16, 16, dtype=torch.float32)[None].repeat(128, 1)            # one group a row: absmax 16
+    tensors, meta = quant.quantize({"w": row}, {"model": "m"}, "int4")
+    assert meta == {"model": "m", "weights_format": "int4-group32-v1", "int4_tensors": "1"}
+    scale = tensors["w@int4_scale"]
+    assert scale.dtype == torch.float16 and scale.shape == (128, 1) and float(scale[0, 0]) == pytest.approx(16 / 7, rel=1e-3)
+    codes = torch.round(row[0] / float(scale[0, 0])).clamp(-7, 7) + 8                 # -16 -> -7 -> stored 1
+    assert tensors["w"].dtype == torch.uint8 and tensors["w"].shape == (128, 16)
+    assert int(tensors["w"][0, 0]) == int(codes[0]) | (int(codes[1]) << 4)
+    back = quant.dequantize(tensors, meta)["w"]
+    assert torch.equal(back[0], (codes - 8) * float(scale[0, 0]))
+
+    state = _state()
+    tensors, meta = quant.quantize(state, None, "int4")
+    assert meta["int4_tensors"] == "2"                    # conv.weight's rows (last dim 8) stay fp16
+    assert tensors["conv.weight"].dtype == torch.float16 and tensors["proj.weight"].shape == (96, 32)
+    back = quant.dequantize(tensors, meta)
+    s = tensors["proj.weight@int4_scale"].float()
+    err = (back["proj.weight"] - state["proj.weight"].float()).abs().reshape(96, 2, 32)
+    assert (err <= s[..., None] / 2 * (1 + 1e-3) + 1e-6).all()
+    assert torch.equal(back["zero.weight"], torch.zeros(64, 64))
+    path = tmp_path / "w4.safetensors"
+    path.write_bytes(quant.quantized_bytes(state, None, "int4"))
+    assert torch.equal(hub.read_state_dict(path)["proj.weight"], back["proj.weight"])
+    big = {k: state[k] for k in ("proj.weight", "zero.weight")}       # the quantized ones: about a quarter of fp16
+    path.write_bytes(quant.quantized_bytes(big, None, "int4"))
+    assert path.stat().st_size < 0.35 * sum(v.numel() * 2 for v in big.values())
+
+
+def test_damaged_int4_files_and_unknown_quant_are_refused():
+    tensors, meta = quant.quantize(_state(), None, "int4")
+    tensors["proj.weight@int4_scale"] = tensors["proj.weight@int4_scale"][:, :1]
+    with pytest.raises(WeightLoadError, match="damaged int4-group32-v1"):
+        quant.dequantize(tensors, meta)
+    tensors, meta = quant.quantize(_state(), None, "int4")
+    del tensors["proj.weight@int4_scale"]
+    with pytest.raises(WeightLoadError, match="holds 1 scales"):
+        quant.dequantize(tensors, meta)
+    with pytest.raises(ValueError, match="unknown weight quantization"):
+        quant.quantize(_state(), None, "int2")
+    with pytest.raises(ValueError, match="@int4_scale"):
+        quant.quantize({"w@int4_scale": torch.randn(64, 64)}, None, "int8")

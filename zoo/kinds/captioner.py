@@ -524,7 +524,7 @@ FLICKR8K_LICENSE = ("Flickr8k captions and images: research and non-commercial u
 
 
 def publish_captioner(export, tag: str, data: str = "flickr8k", license: str = "apache-2.0", folder=None,
-                      device: str = "cpu", int8: bool = False, limit: Optional[int] = None,
+                      device: str = "cpu", quant: str | None = None, limit: Optional[int] = None,
                       batch_size: int = 100) -> dict[str, Any]:
     """Measure the shipped copy of a captioner ``export`` on ``data``'s test images (BLEU-1..4, CIDEr-D with the
     default sampler: one answer position a step / AR greedy; fp32), ship it as ``<model>.<tag>``; returns the
@@ -555,7 +555,7 @@ def publish_captioner(export, tag: str, data: str = "flickr8k", license: str = "
         (row,) = evaluate_captioner(model, data, "test", limit, batch_size, [{}], amp=False, warmup=False)
         measured.update(row, causal=model.causal)
 
-    folder, file, sha256 = ship_file(export, name, tag, folder, int8=int8, check=measure)
+    folder, file, sha256 = ship_file(export, name, tag, folder, quant=quant, check=measure)
     res = measured
     args = {k: v for k, v in json.loads(meta.get("model_args") or "{}").items()
             if k not in ("tower_from", "freeze_tower", "tower_sha256", "vocab")}
@@ -582,12 +582,12 @@ def publish_captioner(export, tag: str, data: str = "flickr8k", license: str = "
         "notes": (f"trained with `zoo fit` ({trained}, {meta.get('global_step', '?')} steps"
                   + (f", image tower frozen from {tower['tag']}, not in this file" if tower else "")
                   + f"); weights {license}, {FLICKR8K_LICENSE if 'flickr' in data else data + ': see its source'}; "
-                  f"{storage(int8)} weights measured by `zoo publish` (fp32) on {datetime.date.today().isoformat()}; "
+                  f"{storage(quant)} weights measured by `zoo publish` (fp32) on {datetime.date.today().isoformat()}; "
                   f"reproduce: {again}"),
     }
     if tower:
         record["tower"] = tower
-    return publish_record(name, tag, record, int8, folder)
+    return publish_record(name, tag, record, quant, folder)
 
 
 # -- zoo caption ------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Ship a CLIP export as a pretrained tag: ``python -m zoo.vl.publish EXPORT --tag flickr8k``.
 
 The vision-language publisher (``zoo publish`` dispatches a vision-language export here): it evaluates the
-file as it ships (Flickr8k test retrieval, CIFAR-10 zero-shot: zoo.vl.evaluate; ``--int8``: the int8
+file as it ships (Flickr8k test retrieval, CIFAR-10 zero-shot: zoo.vl.evaluate; ``--quant int8`` / ``int4``: the quantized
 weight-only copy, zoo.weights.quant), writes it to ``zoo/weights/<model>.<tag>.safetensors`` (within the
 size budget of zoo.weights.manifest) and writes the tag into the manifest (zoo.weights.manifest) with
 its sha256, kind ``vision-language``, preprocessing and metrics in percent. The file holds the image tower,
@@ -24,8 +24,8 @@ from zoo.errors import ConfigError
 
 def publish(export: str | os.PathLike, tag: str, data: str = "flickr8k", zero_shot: str = "cifar10",
             license: str = "apache-2.0", folder: Optional[Path] = None, device: str = "cpu",
-            subset: Optional[int] = None, int8: bool = False) -> dict[str, Any]:
-    """Evaluate the shipped copy of ``export`` (``int8``: its int8 copy), ship it as ``<model>.<tag>``;
+            subset: Optional[int] = None, quant: str | None = None) -> dict[str, Any]:
+    """Evaluate the shipped copy of ``export`` (``quant``: its int8 / int4 copy), ship it as ``<model>.<tag>``;
     returns the manifest record. ``subset`` (quick checks only) measures the first N test images / N per
     class, and the metric names say so."""
     from zoo.vl.evaluate import export_metadata, run
@@ -50,7 +50,7 @@ def publish(export: str | os.PathLike, tag: str, data: str = "flickr8k", zero_sh
     def measure(shipped):
         measured.extend(run(str(shipped), data=data, zero_shot=zero_shot, device=device, subset=subset))
 
-    folder, file, sha256 = ship_file(export, name, tag, folder, int8=int8, check=measure)
+    folder, file, sha256 = ship_file(export, name, tag, folder, quant=quant, check=measure)
     metrics = {}
     for r in measured:
         what = ("test retrieval" if r["task"] == "zeroshot_retrieval" else "test zero-shot")
@@ -70,10 +70,10 @@ def publish(export: str | os.PathLike, tag: str, data: str = "flickr8k", zero_sh
         "text_tower": {"hub_id": MINILM_HUB_ID, "sha256": meta.get("text_tower_sha256") or MINILM_FP16_SHA256,
                        "pooling": "mean", "dtype": "float16"},
         "notes": f"trained with `zoo fit` ({meta.get('recipe') or export.parent.name}, {meta.get('epochs')} epochs, "
-                 f"{meta.get('loss', 'clip')} loss, text tower locked); {storage(int8)} weights measured by zoo publish "
+                 f"{meta.get('loss', 'clip')} loss, text tower locked); {storage(quant)} weights measured by zoo publish "
                  f"on {datetime.date.today().isoformat()}",
     }
-    return publish_record(name, tag, record, int8, folder)
+    return publish_record(name, tag, record, quant, folder)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -84,12 +84,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--zero-shot", default="cifar10")
     p.add_argument("--license", default="apache-2.0")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--int8", action="store_true", help="ship int8 weight-only storage (about half of fp16)")
+    from zoo.weights.manifest import add_quant_arguments
+
+    add_quant_arguments(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     from zoo.publish import run_and_report
 
     return run_and_report(lambda: publish(args.export, args.tag, args.data, args.zero_shot, args.license,
-                                          device=args.device, int8=args.int8))
+                                          device=args.device, quant=args.quant))
 
 
 if __name__ == "__main__":

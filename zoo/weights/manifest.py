@@ -6,8 +6,8 @@ Kaldi fbank front end) is of kind ``audio``, with the spectrogram's input size a
 normalisation as its ``mean`` / ``std``; a vision-language record names its text tower; a language-model
 record (kind ``diffusion-lm`` / ``causal-lm``) carries its character vocabulary in ``arch_overrides.chars``
 (the builder's argument) and the evaluation settings its nats/char was measured with. Shipped files are fp16,
-or int8 (``weights_format`` ``int8-rowwise-v1``, zoo.weights.quant) within :data:`MAX_FILE_BYTES` /
-:data:`MAX_TOTAL_BYTES`.
+int8 or int4 (``weights_format`` ``int8-rowwise-v1`` / ``int4-group32-v1``, zoo.weights.quant) within
+:data:`MAX_FILE_BYTES` / :data:`MAX_TOTAL_BYTES`.
 """
 from __future__ import annotations
 
@@ -47,31 +47,31 @@ def check_budget(size: int, folder: Path, file: str) -> None:
 
     if size > MAX_FILE_BYTES:
         raise ConfigError(f"{file} would be {size / 1e6:.2f} MB; a shipped weight file must stay under "
-                          f"{MAX_FILE_BYTES / 1e6:.0f} MB: publish with --int8 (int8 weight storage, about half "
-                          f"the fp16 size) or choose a smaller config")
+                          f"{MAX_FILE_BYTES / 1e6:.0f} MB: publish with --quant int8 (about half the fp16 size) "
+                          f"or --quant int4 (about a quarter), or choose a smaller config")
     others = sum(p.stat().st_size for p in Path(folder).glob("*.safetensors") if p.name != file)
     if others + size > MAX_TOTAL_BYTES:
         raise ConfigError(f"{file} ({size / 1e6:.2f} MB) with the {others / 1e6:.2f} MB already in {folder} would "
                           f"ship {(others + size) / 1e6:.2f} MB of weights, over the {MAX_TOTAL_BYTES / 1e6:.0f} MB "
-                          f"budget: publish with --int8, or re-publish a shipped tag with --int8 first")
+                          f"budget: publish with --quant int8 / int4, or re-publish a shipped tag with one first")
 
 
-def shipped_bytes(export: Path, int8: bool = False) -> bytes:
-    """The bytes a tag ships for ``export``: the file itself, or (``int8``) its int8-rowwise-v1 copy with
-    the export's metadata (zoo.weights.quant). An export already in int8 ships as it is."""
+def shipped_bytes(export: Path, quant: str | None = None) -> bytes:
+    """The bytes a tag ships for ``export``: the file itself, or (``quant``: ``int8`` / ``int4``) its quantized
+    copy with the export's metadata (zoo.weights.quant). An export already quantized ships as it is."""
     from zoo.hub import read_state_dict
     from zoo.vl.evaluate import export_metadata
-    from zoo.weights.quant import int8_bytes, is_int8
+    from zoo.weights.quant import is_quantized, quantized_bytes
 
     meta = export_metadata(export)
-    if not int8 or is_int8(meta):
+    if not quant or is_quantized(meta):
         return Path(export).read_bytes()
-    return int8_bytes(read_state_dict(export), meta)   # read_state_dict refuses NaN/inf before anything ships
+    return quantized_bytes(read_state_dict(export), meta, quant)   # read_state_dict refuses NaN/inf before anything ships
 
 
-def ship_file(export: Path, model: str, tag: str, folder: Path | None = None, int8: bool = False,
+def ship_file(export: Path, model: str, tag: str, folder: Path | None = None, quant: str | None = None,
               check: Callable[[Path], Any] | None = None) -> tuple[Path, str, str]:
-    """Write ``export`` (``int8``: its int8 copy) atomically to ``<folder>/<model>.<tag>.safetensors``;
+    """Write ``export`` (``quant``: its quantized copy) atomically to ``<folder>/<model>.<tag>.safetensors``;
     returns (folder, file name, sha256).
 
     The one place every publish command (classifiers, CLIP, language models) writes a shipped weight file.
@@ -83,7 +83,7 @@ def ship_file(export: Path, model: str, tag: str, folder: Path | None = None, in
 
     folder = _folder(folder)
     file = f"{model}.{tag}.safetensors"
-    blob = shipped_bytes(Path(export), int8)
+    blob = shipped_bytes(Path(export), quant)
     check_budget(len(blob), folder, file)
     if check is not None:
         with tempfile.TemporaryDirectory(prefix="zoo-publish-") as tmp:
@@ -112,16 +112,25 @@ def write_record(model: str, tag: str, record: dict[str, Any], folder: Path | No
     return folder / MANIFEST
 
 
-def publish_record(model: str, tag: str, record: dict[str, Any], int8: bool = False,
+def publish_record(model: str, tag: str, record: dict[str, Any], quant: str | None = None,
                    folder: Path | None = None) -> dict[str, Any]:
-    """The last step of every publisher: mark an int8 file's storage format, write ``model.tag`` into the
+    """The last step of every publisher: mark a quantized file's storage format, write ``model.tag`` into the
     manifest and return the published record with its full name (``model``)."""
-    if int8:
-        from zoo.weights.quant import FORMAT
+    if quant:
+        from zoo.weights.quant import FORMATS
 
-        record["weights_format"] = FORMAT
+        record["weights_format"] = FORMATS[quant]
     write_record(model, tag, record, folder)
     return {"model": f"{model}.{tag}", **record}
+
+
+def add_quant_arguments(parser) -> None:
+    """``--quant {int8,int4}`` (and ``--int8``, the same as ``--quant int8``) of every publish command."""
+    from zoo.weights.quant import FORMATS
+
+    parser.add_argument("--quant", choices=sorted(FORMATS), default=None,
+                        help="ship weight-only quantized storage: int8 (about half of fp16) or int4 (about a quarter)")
+    parser.add_argument("--int8", dest="quant", action="store_const", const="int8", help="same as --quant int8")
 
 
 def record_kind(record: dict[str, Any]) -> str:
