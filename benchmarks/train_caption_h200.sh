@@ -41,6 +41,9 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 ZOO_OFFLINE=1 ZOO_CACHE=${ZOO_CACHE:-/tmp/zoo-cache} ZOO_DATA=${ZOO_DATA:-$PWD/.data/h200cap}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
+# several fits share the host's cores: cap each one's intra-op threads (16 each oversubscribed the CPU while the fits
+# set up and collated), and never let transformers look for the Hub (the device reaches nothing outside)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 TOK=${TOK:-$PWD/.data/minilm-tokenizer}
 RUNS_LIST=${RUNS_LIST:-mdlm mdlm_comp ar vqa}
 ACCEL=${ACCEL:-gpu}
@@ -86,12 +89,14 @@ for r in $RUNS_LIST; do
          --progress log --data.init_args.tokenizer "$TOK")
   # --config first: jsonargparse applies the overrides after it. max_time: Lightning stops by the clock (the
   # cosine anneals by it too) and exports the best val/loss.
+  echo "$(date +%T) start fit $r"
   timeout -k 10 "${TRAIN_TIMEOUT:-345}" $PY -m zoo.cli fit "${args[@]}" > "$RUNS/$r/train.log" 2>&1 &
 done
 wait
 echo "=== training: $((SECONDS - t0)) s"
 for r in $RUNS_LIST; do
-  echo "--- $r"; grep -E "^[0-9:]+ (epoch|exported|training)" "$RUNS/$r/train.log" | tail -n 3
+  echo "--- $r"; grep -E "^[0-9:]+ (epoch|exported|training)" "$RUNS/$r/train.log" | sed -n '1p;$p'
+  grep -E "^[0-9:]+ (epoch|exported|training)" "$RUNS/$r/train.log" | tail -n 2
   grep -E "Error|error:" "$RUNS/$r/train.log" | tail -n 3
   [ -f "$RUNS/$r/export.safetensors" ] && cp "$RUNS/$r/export.safetensors" "$OUT/export_$r.safetensors"
 done
