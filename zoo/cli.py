@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("bench", help=f"measure on your device: zoo bench {{{','.join(BENCHMARKS)}}} [args]; "
                                  "zoo bench lists them", add_help=False)
+    sub.add_parser("table", help="the zoo at a glance: benchmarks/results/zoo.csv, ZOO.md and docs/zoo_*.png from "
+                                 "the registry and the results files: zoo table [--plan | --merge JSON...]", add_help=False)
     return p
 
 
@@ -152,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_passthrough("zoo.kinds.captioner", argv[1:])
         if argv and argv[0] == "bench":
             return _cmd_bench(argv[1:])
+        if argv and argv[0] == "table":
+            return _cmd_passthrough("zoo.table", argv[1:])
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except ZooError as e:
