@@ -100,6 +100,8 @@ def run_demo(list_only: bool = False) -> int:
             classify_digits(name)
     from zoo.vl.demo import run as vision_language_demo
     vision_language_demo()  # CLIP weights on bundled Flickr8k / CIFAR-10 images (skipped, saying why, when absent)
+    from zoo.kinds.captioner import demo as captioning_demo
+    captioning_demo()  # shipped captioners on the same bundled Flickr8k images (skipped, saying why, when absent)
     from zoo.generate import demo as language_model_demo
     language_model_demo()  # Tiny Shakespeare samples from the shipped LM weights (skipped, saying why, when absent)
     return 0

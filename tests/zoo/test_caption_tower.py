@@ -1,6 +1,6 @@
 """The captioner's frozen image tower as a reference to the shipped CLIP tag: frozen (no gradients, no optimizer
-state, eval mode), left out of the state and rebuilt from the tag; the int8 trainable part fits the weight budget;
-a CPU fit's export evaluates (`zoo eval`), publishes (`zoo publish --int8`) and loads by name (`zoo caption`)."""
+state, eval mode), left out of the state and rebuilt from the tag; the int4 trainable part fits the weight budget;
+a CPU fit's export evaluates (`zoo eval`), publishes (`zoo publish --int8`) and loads by name (`zoo caption`); the shipped tag is `zoo caption`'s default and has a `zoo demo` section."""
 from __future__ import annotations
 
 import json
@@ -55,17 +55,18 @@ def test_frozen_tower_is_a_reference_to_its_tag():
 
 
 def test_trainable_part_fits_the_weight_budget():
-    """decoder + projector of the full-size captioner, int8 as zoo publish ships it, beside the tracked files."""
+    """decoder + projector of the full-size captioner, int4 as the shipped tag is (zoo publish --quant int4),
+    beside the other tracked files."""
     from zoo.weights.manifest import MAX_TOTAL_BYTES
     from zoo.weights.quant import quantized_bytes
 
     model = zoo.create_model("caption_mdlm_vit_tiny_d6_128", tower_from=TOWER, freeze_tower=True)
     ar = zoo.create_model("caption_ar_vit_tiny_d6_128", tower_from=TOWER, freeze_tower=True)
     assert model.state_dict().keys() == ar.state_dict().keys()  # the twins share the network
-    blob = quantized_bytes(model.state_dict(), {"vocab": model.tokenizer.to_json()})
+    blob = quantized_bytes(model.state_dict(), {"vocab": model.tokenizer.to_json()}, "int4")
     others = sum(p.stat().st_size for p in zoo.weights.weights_dir().glob("*.safetensors")
                  if not p.name.startswith("caption_"))
-    assert len(blob) < 3.0e6 and others + len(blob) < MAX_TOTAL_BYTES
+    assert len(blob) < 1.8e6 and others + len(blob) < MAX_TOTAL_BYTES
 
 
 def test_task_trains_only_projector_and_decoder():
@@ -179,3 +180,25 @@ def test_zoo_caption_needs_images_or_example(capsys):
 
     assert main(["caption", "--model", "caption_ar_tiny_test"]) == 2
     assert "--example" in capsys.readouterr().err
+
+
+def test_shipped_captioner_is_the_default_of_zoo_caption_and_has_a_demo_section(capsys):
+    """The shipped tag loads offline on the CPU with its tower rebuilt from the CLIP tag: `zoo caption --example`
+    without --model uses it, one `file<TAB>caption` line per bundled image; `zoo demo` prints the same captions."""
+    import zoo
+    from zoo.cli import main
+    from zoo.kinds.captioner import DEFAULT_CAPTIONER, demo
+    from zoo.vl.service import sample_files
+
+    assert DEFAULT_CAPTIONER in zoo.list_pretrained()
+    files = [str(f) for f in sample_files()]
+    assert main(["caption", "--example"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split("\t")[0] for ln in lines] == files
+    captions = [ln.split("\t")[1] for ln in lines]
+    assert all(len(c.split()) >= 2 for c in captions), captions      # real words, not an empty decode
+    assert demo() >= 1
+    out = capsys.readouterr().out
+    assert DEFAULT_CAPTIONER in out and all(c in out for c in captions)
+    assert main(["caption", "--example", "--steps", "0"]) == 2          # bad input: a clear message, exit 2
+    assert "--steps must be a positive integer" in capsys.readouterr().err

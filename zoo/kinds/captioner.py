@@ -649,6 +649,42 @@ def caption_files(model: Captioner, files, batch_size: int = 32, rgb: bool = Fal
     return out
 
 
+DEFAULT_CAPTIONER = "caption_mdlm_vit_tiny_d6_128.flickr8k"
+"""What ``zoo caption`` uses when neither --model nor --checkpoint is given: the shipped diffusion captioner."""
+
+
+def _default_captioner() -> str:
+    import zoo
+
+    if DEFAULT_CAPTIONER not in zoo.list_pretrained():
+        raise ConfigError(f"name a captioner: --checkpoint EXPORT (a zoo fit export) or --model NAME[.tag] (the "
+                          f"default {DEFAULT_CAPTIONER} is not installed)")
+    return DEFAULT_CAPTIONER
+
+
+def demo() -> int:
+    """``zoo demo``'s section: captions of the bundled Flickr8k test images from every shipped captioner (default
+    sampler, greedy), or a line saying there is none; returns how many captioners ran."""
+    import zoo
+    from zoo.registry import kind_of
+    from zoo.vl.service import sample_files
+
+    tags = [n for n in zoo.list_pretrained() if kind_of(n) == "captioner"]
+    if not tags:
+        print("captioners: no shipped weights yet (zoo list --kind captioner); skipping captions\n")
+        return 0
+    files = [str(f) for f in sample_files()]
+    for name in tags:
+        model = load_model(name, None, "cpu")
+        t0 = time.perf_counter()
+        caps = caption_files(model, files, batch_size=len(files), rgb=False)
+        print(f"{name} ({model.kind}, {len(files)} bundled Flickr8k test images in {time.perf_counter() - t0:.1f} s):")
+        for f, c in zip(files, caps):
+            print(f"  {f.rsplit('/', 1)[-1]}  {c}")
+        print()
+    return len(tags)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """``zoo caption IMAGE...|--example [--model NAME | --checkpoint EXPORT] [--steps N] [--block B] [--threshold T]
     [--temperature T] [--seed S] [--device cpu]``: one line ``file<TAB>caption`` per image."""
@@ -658,7 +694,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("images", nargs="*", help="image files (JPEG, PNG)")
     p.add_argument("--example", action="store_true", help="caption the bundled Flickr8k test images (zoo/vl/static/"
                    "samples; Flickr8k: research and non-commercial use only)")
-    p.add_argument("--model", default=None, help="a captioner (zoo list --kind captioner), .tag for its weights")
+    p.add_argument("--model", default=None, help="a captioner (zoo list --kind captioner), .tag for its weights; "
+                   "default: the shipped " + DEFAULT_CAPTIONER)
     p.add_argument("--checkpoint", default=None, help="a zoo fit export of a captioner")
     p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: one per answer position)")
     p.add_argument("--block", type=int, default=None, help="semi-autoregressive block length (divides the answer)")
@@ -680,7 +717,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if a.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {a.batch_size}")
     if not a.model and not a.checkpoint:
-        raise ConfigError("name a captioner: --checkpoint EXPORT (a zoo fit export) or --model NAME[.tag]")
+        a.model = _default_captioner()
     model = load_model(a.model, a.checkpoint, a.device)
     caps = caption_files(model, a.images, a.batch_size, a.rgb, steps=a.steps, block=a.block, threshold=a.threshold,
                          temperature=a.temperature, seed=a.seed)
