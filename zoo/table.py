@@ -288,8 +288,27 @@ def _metrics_text(metrics: dict) -> str:
     return "; ".join(f"{ds}: " + ", ".join(f"{k}={v}" for k, v in m.items()) for ds, m in metrics.items())
 
 
-def build_rows(items: list[Item], speeds: list[Speed]) -> list[dict[str, Any]]:
-    """The long table: one row per (item, image size, mode)."""
+def count_params(name: str) -> float | None:
+    """Millions of parameters of ``name`` (``model.tag``: with the tag's architecture, no weights loaded), built on
+    the meta device where the builder allows it, else on the CPU; None when it cannot be built here (e.g. a tower
+    that needs data this machine lacks)."""
+    import torch
+
+    import zoo
+
+    for device in ("meta", "cpu"):
+        try:
+            with torch.device(device):
+                model = zoo.create_model(name, pretrained=False)
+        except Exception:  # noqa: BLE001 -- a count is optional: the cell stays empty, the table is still written
+            continue
+        return sum(p.numel() for p in model.parameters()) / 1e6
+    return None
+
+
+def build_rows(items: list[Item], speeds: list[Speed], counts: bool = False) -> list[dict[str, Any]]:
+    """The long table: one row per (item, image size, mode). ``counts``: fill the parameters that no results row
+    measured by building each model (:func:`count_params`, about 30 s for the registry on two cores)."""
     by_key: dict[tuple, list[Speed]] = {}
     for s in speeds:
         by_key.setdefault((s.model, s.img_size, s.mode), []).append(s)
@@ -305,6 +324,8 @@ def build_rows(items: list[Item], speeds: list[Speed]) -> list[dict[str, Any]]:
         base = {"name": item.name, "model": item.model, "tag": item.tag, "family": item.family, "task": item.task,
                 "dataset": item.dataset, "metric": item.metric, "value": item.value,
                 "metrics": _metrics_text(item.metrics), "params_m": params.get(item.model)}
+        if base["params_m"] is None and counts:
+            base["params_m"] = count_params(item.name)
         if item.acc:
             base.update(accuracy_source=item.acc.name, accuracy_command=item.acc.command,
                         accuracy_date=item.acc.date, accuracy_commit=item.acc.commit)
@@ -423,19 +444,19 @@ def render_markdown(rows: list[dict], plots: Iterable[str] = (), command: str = 
 
 
 # ---------------------------------------------------------------------------------------------- commands
-def build(results_dir: str | Path = RESULTS_DIR, entries=None, include_cpu: bool = False
+def build(results_dir: str | Path = RESULTS_DIR, entries=None, include_cpu: bool = False, counts: bool = False
           ) -> tuple[list[dict], list[Speed], list]:
     """(table rows, every speed record, the registry entries) from the results files and the registry."""
     entries = _entries(entries)
     speeds = collect_speeds(results_dir, {e.name for e in entries}, include_cpu)
-    return build_rows(items_of(entries, speeds), speeds), speeds, entries
+    return build_rows(items_of(entries, speeds), speeds, counts), speeds, entries
 
 
 def regenerate(results_dir: str | Path = RESULTS_DIR, csv_path: str | Path | None = None,
                md_path: str | Path | None = "ZOO.md", plots_dir: str | Path | None = "docs", entries=None,
-               include_cpu: bool = False, command: str = "zoo table") -> dict[str, Any]:
+               include_cpu: bool = False, command: str = "zoo table", counts: bool = False) -> dict[str, Any]:
     """Write the CSV, the Markdown page and the plots; returns the rows and the paths written."""
-    rows, speeds, entries = build(results_dir, entries, include_cpu)
+    rows, speeds, entries = build(results_dir, entries, include_cpu, counts)
     csv_path = Path(csv_path) if csv_path else Path(results_dir) / "zoo.csv"
     written = {"rows": rows, "csv": write_csv(rows, csv_path), "plots": []}
     if plots_dir:
@@ -517,6 +538,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--md", default="ZOO.md", help="the rendered page (default %(default)s; '' skips it)")
     p.add_argument("--plots", default="docs", help="folder for zoo_*.png (default %(default)s; '' skips them)")
     p.add_argument("--include-cpu", action="store_true", help="also use rows measured on the CPU")
+    p.add_argument("--no-counts", dest="counts", action="store_false",
+                   help="leave parameters no results row measured empty instead of building each model (~30 s)")
     p.add_argument("--plan", action="store_true", help="print 'PX BATCH MODEL...' lines for the GPU refresh")
     p.add_argument("--models", nargs="*", default=None, metavar="PATTERN", help="--plan: fnmatch patterns")
     p.add_argument("--sizes", default="native,512,1024", help="--plan: sizes (default %(default)s)")
@@ -537,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         print(f"wrote {merge(args.merge, args.into)}")
         return 0
-    out = regenerate(args.results, args.csv, args.md or None, args.plots or None, include_cpu=args.include_cpu)
+    out = regenerate(args.results, args.csv, args.md or None, args.plots or None, include_cpu=args.include_cpu,
+                     counts=args.counts)
     print(f"wrote {out['csv']} ({len(out['rows'])} rows)" + (f", {out['md']}" if out.get("md") else ""))
     for p in out["plots"]:
         print(f"wrote {p}")

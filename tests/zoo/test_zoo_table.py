@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+import zoo
 from zoo import table, table_plots as plots
 from zoo.cli import main as zoo_main
 from zoo.registry import ModelEntry, PretrainedTag, WeightSource
@@ -151,10 +152,17 @@ def test_plan_merge_and_cli(tmp_path, results, capsys):
     assert zoo_main(["table", "--plan", "--models", "vit_micro_patch4_32", "--sizes", "native"]) == 0
     assert capsys.readouterr().out == "32 512 vit_micro_patch4_32\n"
     assert zoo_main(["table", "--results", str(results), "--csv", str(tmp_path / "t.csv"), "--md",
-                     str(tmp_path / "t.md"), "--plots", ""]) == 0
+                     str(tmp_path / "t.md"), "--plots", "", "--no-counts"]) == 0
     assert (tmp_path / "t.csv").is_file() and not (tmp_path / "zoo_accuracy.png").exists()
 
 
 def test_kernel_ratios_pair_ours_with_peers_of_the_same_run(results):
     (ratio,) = plots.kernel_ratios(table.read_results(results))
     assert (ratio["op"], ratio["peer"], ratio["ratio"], ratio["source"]) == ("scan", "mamba_ssm", 2.0, "kernels")
+
+
+def test_parameter_counts_fill_cells_no_results_row_measured():
+    """A tag's parameters come from building its architecture (meta device, else CPU), without its weights."""
+    assert table.count_params("vit_micro_patch4_32.cifar10") == pytest.approx(
+        sum(p.numel() for p in zoo.create_model("vit_micro_patch4_32", num_classes=10).parameters()) / 1e6)
+    assert table.count_params("no_such_model_anywhere") is None
