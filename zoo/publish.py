@@ -152,8 +152,9 @@ def publish_language_model(export: str | os.PathLike, tag: str, data: str | None
                  "windows": res["windows"], "max_windows": max_windows, "chars_scored": res["chars_scored"],
                  "device": str(device)},
         "notes": f"trained with `zoo fit` ({_trained({**meta, 'epochs': None}, export)}, "
-                 f"{meta.get('global_step', '?')} steps"
-                 f"{', ' + meta['selected_by'] if meta.get('selected_by') else ''}); weights {license}, "
+                 + (f"weights of the {meta['selected_by']}"
+                    if meta.get("selected_by") else f"{meta.get('global_step', '?')} steps")
+                 + f"); weights {license}, "
                  f"{LM_DATA_LICENSES.get(data_name, data_name + ' text: see its source')}; {storage(quant)} weights "
                  f"measured by `zoo publish` (fp32 compute) on {datetime.date.today().isoformat()}; reproduce: {again}",
     }

@@ -22,7 +22,8 @@ def _lm_export(path, arch=ARCH, **model_args):
     model = zoo.create_model(arch, **model_args)
     meta = {"format": "speedzoo-export-v1", "model": arch, "kind": model.kind, "task": "language_model",
             "tokenizer": model.tokenizer.to_json(), "model_args": json.dumps(model_args),
-            "recipe": "tinyshakespeare_mdlm_attn", "epochs": "0", "global_step": "6", "init": ""}
+            "recipe": "tinyshakespeare_mdlm_attn", "epochs": "0", "global_step": "6", "init": "",
+            "selected_by": "min val/loss 2.5 at step 6"}
     hub.save_state_dict({k: v.half() for k, v in model.state_dict().items()}, path, metadata=meta)
     return model
 
@@ -58,6 +59,7 @@ def test_published_lm_tag_loads_generates_and_reproduces(shipped, tmp_path, caps
     assert rec["eval"] == {"data": "tinyshakespeare.txt", "context": 16, "num_t": 2, "batch_size": 64, "seed": 0,
                            "windows": 3, "max_windows": 3, "chars_scored": 48, "device": "cpu"}
     assert "public domain" in rec["notes"] and rec["license"] == "apache-2.0"
+    assert "(tinyshakespeare_mdlm_attn, weights of the min val/loss 2.5 at step 6)" in rec["notes"]
     assert "reproduce: zoo eval mdlm_tiny.unittest --num-t 2 --context 16 --batch-size 64 --device cpu --max-windows 3" in rec["notes"]
     (dataset, figures), = rec["metrics"].items()
     assert dataset.startswith("tinyshakespeare (val, first 3 windows of 16, nelbo, 2 antithetic t")
