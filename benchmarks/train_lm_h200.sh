@@ -3,7 +3,8 @@
 # fits side by side on the one GPU (same network per mixer, same steps / batch / context / time budget), then
 # the final validation figures (AR: exact nats/char; MDLM: NELBO over 32 antithetic t per window, all 435
 # validation windows of 256 characters), curves and fp16 exports copied into $OUT.
-#   bash benchmarks/train_lm_h200.sh                 # the recipes' budget: <= 6000 steps or 5.5 min each
+#   bash benchmarks/train_lm_h200.sh                 # the recipes' clocks: 6 min (softmax pair), 5.5 min (GLA pair)
+#   RECIPES="mdlm_attn ar_attn" bash benchmarks/train_lm_h200.sh   # the shipped pair alone (lm_training.md r4)
 #   RECIPES="mdlm_attn ar_attn" bash benchmarks/train_lm_h200.sh --trainer.max_steps 20   # any override
 # Env: OUT (default out/), DATA (folder with tinyshakespeare.txt, default .data), RUNS (default runs/),
 # NUM_T (NELBO samples per window, default 32), EVAL_ARGS (e.g. "--max-windows 4"), PYTHON (default python3),
