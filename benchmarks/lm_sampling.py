@@ -31,13 +31,14 @@ from zoo.kinds.language_model import load_language_model
 
 
 def sampler_grid(length: int, block: int, threshold: float, graphs: bool = False) -> list[tuple[str, dict]]:
-    """(label, generate kwargs) of every diffusion configuration measured; ``graphs`` adds each uncached one
-    replayed from a CUDA graph (label ``+graphs``)."""
+    """(label, generate kwargs) of every diffusion configuration measured; ``graphs`` adds each one replayed from
+    CUDA graphs (label ``+graphs``; with the prefix cache, one windowed graph per block)."""
     full, half, quarter = length, length // 2, length // 4
     grid = [
         ("low_confidence", dict(sampler="low_confidence", steps=full, block=block)),
         ("low_confidence", dict(sampler="low_confidence", steps=half, block=block)),
         ("low_confidence", dict(sampler="low_confidence", steps=quarter, block=block)),
+        ("low_confidence+cache", dict(sampler="low_confidence", steps=full, block=block, cache=True)),
         ("low_confidence+cache", dict(sampler="low_confidence", steps=half, block=block, cache=True)),
         ("random", dict(sampler="random", steps=full, block=block)),
         ("threshold", dict(sampler="threshold", threshold=threshold, block=block)),
@@ -46,7 +47,7 @@ def sampler_grid(length: int, block: int, threshold: float, graphs: bool = False
         ("ddpm_cache", dict(sampler="ddpm_cache", steps=full)),
     ]
     if graphs:
-        grid += [(label + "+graphs", dict(kw, graphs=True)) for label, kw in grid if not kw.get("cache")]
+        grid += [(label + "+graphs", dict(kw, graphs=True)) for label, kw in grid]
     return grid
 
 

@@ -31,9 +31,10 @@ uncached and graphed samplers draw alike.
 
 ``graphs=True`` (CUDA): every decoding step is the same full forward of a fixed ``[B, P + length]`` window, so
 it is captured once in a CUDA graph and replayed (a small decoder's step is a few hundred kernel launches,
-bound by the host, not the GPU). For diffusion without the prefix cache; for the AR twin it decodes on the
-padded full window without a key/value cache (positions after the current one are ignored by causality), the
-graphable form of AR decoding.
+bound by the host, not the GPU). With the prefix cache, each block's windowed forward (fixed window, the
+block's fixed prefix, nothing appended) is captured once per block and replayed for that block's steps, the
+refresh pass staying eager. For the AR twin it decodes on the padded full window without a key/value cache
+(positions after the current one are ignored by causality), the graphable form of AR decoding.
 """
 from __future__ import annotations
 
@@ -183,17 +184,23 @@ def _diffusion(model, prompt: torch.Tensor, length: int, steps: int, block: int,
     blocks = length // block
     per_block = steps // blocks
     cache = _PrefixCache(model) if use_cache else None
-    graphed = _GraphedForward(model, x) if graphs else None
+    graphed = _GraphedForward(model, x) if graphs and cache is None else None
     V = model.vocab_size
     for b in range(blocks):
         lo, hi = P + b * block, P + (b + 1) * block
         n_steps = 0
         schedule = linear_schedule(block, per_block)
         logits, fresh = None, True
+        window = None  # graphs with the cache: this block's windowed forward on its prefix, captured once
         k = 0
         while bool((x[:, lo:hi] == mask_id).any()):
             if sampler == "ddpm_cache" and logits is not None and not changed:
                 pass  # nothing was revealed last step: the prediction is the same
+            elif graphs and cache is not None and not fresh:
+                if window is None:  # commit=0 reads the cache and stores nothing: safe to replay
+                    window = _GraphedForward(lambda w: model(w, cache=cache.cache, commit=0), x[:, lo:])
+                stats.cached_forwards += 1
+                logits = window(x[:, lo:]).float()
             else:
                 logits = _predict(model, x, cache, lo, fresh, stats, graphed)  # positions lo .. L - 1
             fresh = False
@@ -327,8 +334,8 @@ def generate(model, prompt_ids, length: int, steps: int | None = None, block: in
     for a causal one (the default there). ``steps`` (default: one per token) and ``block`` (default: the
     whole length) shape the diffusion schedule; ``threshold`` is the parallel decoder's tau; ``temperature``
     0 is greedy. ``cache=True``: the prefix cache (diffusion) / the key-value and state cache (AR); ignored
-    for layouts without one (Mamba). ``batch_size`` repeats a single prompt. ``graphs=True`` (CUDA, without
-    ``cache``): each step replays one captured CUDA graph of the full-window forward. Returns ids
+    for layouts without one (Mamba). ``batch_size`` repeats a single prompt. ``graphs=True`` (CUDA): each step replays a captured CUDA graph
+    of the full-window forward, or with ``cache`` (diffusion) of the block's windowed forward. Returns ids
     ``[B, P + length]`` (and :class:`SampleStats` with ``return_stats``).
     """
     device = next(model.parameters()).device
@@ -342,9 +349,11 @@ def generate(model, prompt_ids, length: int, steps: int | None = None, block: in
     sampler = sampler or ("ar" if model.causal else "low_confidence")
     steps, block = check_generate_args(model, prompt, length, steps, block, sampler, threshold, temperature)
     use_cache = bool(cache) and model.backbone.supports_cache
-    if graphs and (device.type != "cuda" or cache):
-        raise ValueError("graphs=True replays a CUDA graph of the full-window forward: it needs the model on a "
-                         "CUDA device and cache=False" + ("" if device.type == "cuda" else f" (it is on {device})"))
+    if graphs and (device.type != "cuda" or (cache and model.causal)):
+        raise ValueError("graphs=True replays CUDA graphs of the decoding forwards: it needs the model on a CUDA "
+                         "device" + (f" (it is on {device})" if device.type != "cuda" else
+                                     ", and for an AR model cache=False (its graphable form decodes on the full "
+                                     "window)"))
     was_training = model.training
     model.eval()
     stats = SampleStats(tokens=length * prompt.shape[0])

@@ -278,7 +278,7 @@ def test_export_best_refuses_a_bad_mode():
     assert BestExport(Path("."), "val/top1").mode == "max" and BestExport(Path("."), "val/loss").mode == "min"
 
 
-def test_graphs_need_cuda_and_no_cache():
+def test_graphs_need_cuda():
     import zoo
     from heads.lm.sampling import generate
 
@@ -292,7 +292,8 @@ def test_graphs_need_cuda_and_no_cache():
 @pytest.mark.parametrize("size", ["small_attn", "small_gla"])
 def test_gpu_graphed_samplers_equal_eager(size):
     """graphs=True replays the same kernels on the same shapes: diffusion samples equal the eager ones exactly
-    (fp32 and bf16 autocast); the AR twin on its padded window equals its token-by-token decoding in fp32."""
+    (fp32 and bf16 autocast), with the prefix cache too (one windowed graph per block); the AR twin on its padded
+    window equals its token-by-token decoding in fp32, and refuses graphs with its key/value cache."""
     import zoo
     from heads.lm.sampling import generate
 
@@ -303,10 +304,57 @@ def test_gpu_graphed_samplers_equal_eager(size):
     for amp in (False, True):
         with torch.autocast("cuda", torch.bfloat16, enabled=amp):
             for kw in (dict(sampler="low_confidence", steps=32, block=16), dict(sampler="threshold", threshold=0.5),
-                       dict(sampler="ddpm_cache", steps=64)):
+                       dict(sampler="ddpm_cache", steps=64), dict(sampler="low_confidence", steps=32, block=16, cache=True),
+                       dict(sampler="threshold", threshold=0.5, block=16, cache=True)):
                 eager = generate(mdlm, prompt, 64, temperature=1.0, seed=3, batch_size=4, **kw)
                 graphed = generate(mdlm, prompt, 64, temperature=1.0, seed=3, batch_size=4, graphs=True, **kw)
                 assert torch.equal(eager, graphed), (amp, kw)
     a = generate(ar, prompt, 48, temperature=0.0, batch_size=2)
     b = generate(ar, prompt, 48, temperature=0.0, batch_size=2, graphs=True)
     assert a.shape == b.shape and (a == b).float().mean() > 0.95
+    with pytest.raises(ValueError, match="cache=False"):
+        generate(ar, prompt, 8, cache=True, graphs=True)
+
+
+def test_cached_graph_orchestration_equals_the_eager_cache(monkeypatch):
+    """The CUDA-graph plumbing of the cached sampler on the CPU: a stand-in with a graph's semantics (a static
+    input buffer copied into, a static output overwritten at each replay) must give the eager cached samples
+    exactly, capture one windowed forward per block (the refresh pass stays eager) and count the same forwards."""
+    import zoo
+    from heads.lm import sampling
+
+    captured = []
+
+    class Replay:
+        def __init__(self, fn, example):
+            self.fn, self.x = fn, example.clone()
+            self.out = fn(self.x).clone()
+            captured.append(tuple(example.shape))
+
+        def __call__(self, x):
+            self.x.copy_(x)
+            self.out.copy_(self.fn(self.x))
+            return self.out
+
+    torch.manual_seed(0)
+    model = zoo.create_model("mdlm_tiny").eval()
+    prompt = torch.tensor([model.tokenizer.encode("ROMEO:")] * 2)
+    monkeypatch.setattr(sampling, "_GraphedForward", Replay)
+    for kw in (dict(sampler="low_confidence", steps=16, block=8), dict(sampler="threshold", threshold=0.5, block=8)):
+        runs = []
+        for graphs in (False, True):
+            captured.clear()
+            stats = sampling.SampleStats(tokens=64)
+            out = sampling._diffusion(model, prompt.clone(), 32, kw.get("steps", 32), kw["block"], kw["sampler"],
+                                      kw.get("threshold"), 1.0, sampling._Rng(3, torch.device("cpu")), True, stats,
+                                      graphs=graphs)
+            runs.append((out, stats.forwards, stats.cached_forwards, list(captured)))
+        (eager, f0, c0, cap0), (graphed, f1, c1, cap1) = runs
+        assert torch.equal(eager, graphed), kw
+        assert (f0, c0) == (f1, c1) and cap0 == [] and c1 > 0
+        P = prompt.shape[1]
+        windows = [(2, P + 32 - lo) for lo in range(P, P + 32, 8)]  # one per block, in order
+        if kw["sampler"] == "low_confidence":  # 4 steps a block: every block replays its window
+            assert cap1 == windows
+        else:                                  # a block decoded in one step has nothing to replay
+            assert cap1 and all(w in windows for w in cap1)
