@@ -38,11 +38,17 @@ def _meta(path: Path) -> dict:
         return f.metadata()
 
 
-def test_fit_smoke_image_recipe(in_repo, tmp_path):
+def test_fit_smoke_image_recipe(in_repo, tmp_path, capfd, monkeypatch):
+    import logging
+
     run = tmp_path / "run"
+    monkeypatch.setattr(logging.getLogger("zoo.fit"), "handlers", [])  # a handler on this test's stdout
     rc = _fit(["--config", "configs/cifar10_vit_micro.yaml", "--fast-dev-run", *TINY_IMAGE,
-               "--trainer.default_root_dir", str(run)])
+               "--trainer.default_root_dir", str(run), "--progress", "log"])
     assert rc == 0
+    out = capfd.readouterr()
+    (start,) = [ln for ln in (out.out + out.err).splitlines() if " training vit_micro" in ln]
+    assert "set-up took" in start and str(run) in start  # the log says when training began, after how long
     meta = _meta(run / "export.safetensors")
     assert meta["model"] == "vit_micro_patch4_32" and meta["recipe"] == "cifar10_vit_micro"
     assert meta["num_classes"] == "10" and meta["val_top1"] != "" and meta["init"] == ""

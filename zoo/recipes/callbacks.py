@@ -27,6 +27,7 @@ from zoo.recipes.task import batch_size_of
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("zoo.fit")
+_IMPORTED = time.perf_counter()  # about when `zoo fit` started: the progress log says how long set-up took
 
 
 class EpochCheckpoint(ModelCheckpoint):
@@ -201,10 +202,10 @@ class SparseProgress(Callback):
 
     def on_train_start(self, trainer, pl_module):
         self._fit_t0 = self._tlast = time.perf_counter()
-        progress_log.info("training %s: %s steps (%d epochs × %d batches), run dir %s",
+        progress_log.info("training %s: %s steps (%d epochs × %d batches), run dir %s (set-up took %.0f s)",
                           getattr(pl_module.hparams, "model", type(pl_module).__name__),
                           trainer.estimated_stepping_batches, trainer.max_epochs, trainer.num_training_batches,
-                          trainer.default_root_dir)
+                          trainer.default_root_dir, self._fit_t0 - _IMPORTED)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._samples += batch_size_of(batch) or 0
