@@ -160,8 +160,8 @@ class _GraphedForward:
 def _predict(model, x: torch.Tensor, cache: "_PrefixCache | None", start: int, refresh: bool,
              stats: SampleStats, graphed: "_GraphedForward | None" = None) -> torch.Tensor:
     """Logits of positions ``start:`` (fp32). With a cache: ``refresh`` stores the prefix ``[0, start)`` from
-    a full pass; otherwise only the window ``x[:, start:]`` runs, on the stored prefix. ``graphed``: the full
-    pass replayed from its CUDA graph."""
+    a full pass; otherwise only the window ``x[:, start:]`` runs, on the stored prefix. ``graphed``: the pass
+    replayed from its CUDA graph (without a cache the full one, with it the block's windowed one)."""
     if cache is None:
         stats.forwards += 1
         return (graphed or model)(x)[:, start:].float()
@@ -170,7 +170,7 @@ def _predict(model, x: torch.Tensor, cache: "_PrefixCache | None", start: int, r
         cache.clear()
         return model(x, cache=cache.cache, commit=start)[:, start:].float()
     stats.cached_forwards += 1
-    return model(x[:, start:], cache=cache.cache, commit=0).float()
+    return (graphed or cache.window)(x[:, start:]).float()
 
 
 @torch.no_grad()
@@ -196,13 +196,10 @@ def _diffusion(model, prompt: torch.Tensor, length: int, steps: int, block: int,
         while bool((x[:, lo:hi] == mask_id).any()):
             if sampler == "ddpm_cache" and logits is not None and not changed:
                 pass  # nothing was revealed last step: the prediction is the same
-            elif graphs and cache is not None and not fresh:
-                if window is None:  # commit=0 reads the cache and stores nothing: safe to replay
-                    window = _GraphedForward(lambda w: model(w, cache=cache.cache, commit=0), x[:, lo:])
-                stats.cached_forwards += 1
-                logits = window(x[:, lo:]).float()
             else:
-                logits = _predict(model, x, cache, lo, fresh, stats, graphed)  # positions lo .. L - 1
+                if graphs and cache is not None and not fresh and window is None:
+                    window = _GraphedForward(cache.window, x[:, lo:])  # reads the block's prefix, stores nothing
+                logits = _predict(model, x, cache, lo, fresh, stats, window or graphed)  # positions lo .. L - 1
             fresh = False
             logits[..., mask_id] = float("-inf")
             window_masked = x[:, lo:] == mask_id
@@ -263,6 +260,10 @@ class _PrefixCache:
 
     def clear(self) -> None:
         self.cache = self.model.new_cache()
+
+    def window(self, w: torch.Tensor) -> torch.Tensor:
+        """The logits of window ``w`` on the stored prefix, storing nothing (``commit=0``)."""
+        return self.model(w, cache=self.cache, commit=0)
 
 
 @torch.no_grad()
@@ -334,8 +335,9 @@ def generate(model, prompt_ids, length: int, steps: int | None = None, block: in
     for a causal one (the default there). ``steps`` (default: one per token) and ``block`` (default: the
     whole length) shape the diffusion schedule; ``threshold`` is the parallel decoder's tau; ``temperature``
     0 is greedy. ``cache=True``: the prefix cache (diffusion) / the key-value and state cache (AR); ignored
-    for layouts without one (Mamba). ``batch_size`` repeats a single prompt. ``graphs=True`` (CUDA): each step replays a captured CUDA graph
-    of the full-window forward, or with ``cache`` (diffusion) of the block's windowed forward. Returns ids
+    for layouts without one (Mamba). ``batch_size`` repeats a single prompt. ``graphs=True`` (CUDA): each step
+    replays a captured CUDA graph of the full-window forward, or with ``cache`` (diffusion) of the block's
+    windowed forward. Returns ids
     ``[B, P + length]`` (and :class:`SampleStats` with ``return_stats``).
     """
     device = next(model.parameters()).device

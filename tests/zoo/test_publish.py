@@ -79,7 +79,7 @@ def test_publish_int8_measures_and_ships_the_int8_copy(tmp_path, tiny_test_split
     """--int8: the shipped file is the int8 copy (about half the fp16 export), the tag loads the dequantized
     weights, and the registered figure is the int8 file's (zoo eval of the shipped file gives it back)."""
     from zoo.cli import main as zoo_main
-    from zoo.weights.quant import dequantize, quantize_int8
+    from zoo.weights.quant import dequantize, quantize
 
     torch.manual_seed(0)
     model = zoo.create_model(ARCH, depth=1).eval()
@@ -94,7 +94,7 @@ def test_publish_int8_measures_and_ships_the_int8_copy(tmp_path, tiny_test_split
     (name, tag), = list(tags_from_manifest(shipped))
     monkeypatch.setitem(get_entry(name).tags, tag.tag, tag)
     loaded = zoo.create_model(f"{ARCH}.unittest8", pretrained=True).eval()
-    expect = dequantize(*quantize_int8(hub.read_state_dict(export)))
+    expect = dequantize(*quantize(hub.read_state_dict(export)))
     assert all(torch.equal(loaded.state_dict()[k], expect[k].float()) for k in expect)
     out = tmp_path / "eval.csv"
     assert zoo_main(["eval", f"{ARCH}.unittest8", "--data", str(tiny_test_split), "--split", "test",

@@ -21,7 +21,7 @@ def _state():
 
 def test_round_trip_error_is_at_most_half_a_step_per_row():
     state = _state()
-    tensors, meta = quant.quantize_int8(state, {"model": "m"})
+    tensors, meta = quant.quantize(state, {"model": "m"})
     assert meta == {"model": "m", "weights_format": "int8-rowwise-v1", "int8_tensors": "3"}
     assert set(tensors) == set(state) | {f"{k}@int8_scale" for k in ("proj.weight", "conv.weight", "zero.weight")}
     for k in ("proj.weight", "conv.weight", "zero.weight"):
@@ -43,7 +43,7 @@ def test_round_trip_error_is_at_most_half_a_step_per_row():
 
 def test_key_scheme_refuses_a_colliding_key():
     with pytest.raises(ValueError, match="@int8_scale"):
-        quant.quantize_int8({"w@int8_scale": torch.randn(64, 64)})
+        quant.quantize({"w@int8_scale": torch.randn(64, 64)})
 
 
 def test_read_state_dict_dequantizes_an_int8_file(tmp_path):
@@ -52,7 +52,7 @@ def test_read_state_dict_dequantizes_an_int8_file(tmp_path):
     path.write_bytes(quant.quantized_bytes(state, {"model": "m"}))
     assert path.stat().st_size < 0.7 * sum(v.numel() * v.element_size() for v in state.values())
     read = hub.read_state_dict(path)
-    assert torch.equal(read["proj.weight"], quant.dequantize(*quant.quantize_int8(state))["proj.weight"])
+    assert torch.equal(read["proj.weight"], quant.dequantize(*quant.quantize(state))["proj.weight"])
     assert set(read) == set(state)
     plain = tmp_path / "fp16.safetensors"                 # a file without the format key reads as stored
     hub.save_state_dict(state, plain)
@@ -60,13 +60,13 @@ def test_read_state_dict_dequantizes_an_int8_file(tmp_path):
 
 
 def test_damaged_or_unknown_int8_files_are_refused(tmp_path):
-    tensors, meta = quant.quantize_int8(_state())
+    tensors, meta = quant.quantize(_state())
     del tensors["proj.weight@int8_scale"]
     with pytest.raises(WeightLoadError, match="damaged int8-rowwise-v1"):
         quant.dequantize(tensors, meta)
     with pytest.raises(WeightLoadError, match="upgrade speedzoo"):
         quant.dequantize({}, {"weights_format": "int4-v9"})
-    tensors, meta = quant.quantize_int8(_state())
+    tensors, meta = quant.quantize(_state())
     tensors["proj.weight@int8_scale"] = torch.full((96,), float("nan"))
     path = tmp_path / "nan.safetensors"
     hub.save_state_dict(tensors, path, metadata=meta)

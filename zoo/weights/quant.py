@@ -29,17 +29,15 @@ from zoo.errors import WeightLoadError
 
 FORMATS = {"int8": "int8-rowwise-v1", "int4": "int4-group32-v1"}
 """``--quant`` choice -> the ``weights_format`` a file's metadata names."""
-FORMAT = FORMATS["int8"]
 FORMAT_KEY = "weights_format"
-SCALE_SUFFIX = "@int8_scale"
-SUFFIXES = {"int8": SCALE_SUFFIX, "int4": "@int4_scale"}
+SUFFIXES = {"int8": "@int8_scale", "int4": "@int4_scale"}
 MIN_ELEMENTS = 4096
 """Smaller tensors stay fp16: their scales would cost more than quantizing saves, and they are the sensitive ones."""
 GROUP = 32
 """Elements per int4 scale (consecutive along a row's last dimension)."""
 
-__all__ = ["FORMATS", "FORMAT", "FORMAT_KEY", "SCALE_SUFFIX", "quantize", "quantize_int8", "dequantize",
-           "is_quantized", "quantized_bytes", "storage"]
+__all__ = ["FORMATS", "FORMAT_KEY", "SUFFIXES", "quantize", "dequantize", "is_quantized", "quantized_bytes",
+           "storage"]
 
 
 def _count_key(quant: str) -> str:
@@ -96,12 +94,6 @@ def quantize(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
     meta[FORMAT_KEY] = FORMATS[quant]
     meta[_count_key(quant)] = str(sum(k.endswith(suffix) for k in out))
     return out, meta
-
-
-def quantize_int8(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
-                  ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """:func:`quantize` with ``quant='int8'``."""
-    return quantize(state_dict, metadata, "int8")
 
 
 def is_quantized(metadata: Mapping[str, str] | None) -> bool:
