@@ -31,6 +31,11 @@ conv blocks, downsamples, and per token stage its LayerNorms, Mamba mixers, atte
 ``other``) and the top kernels by time with their group (conv2d, GEMM, attention, scan, conv1d, norm,
 elementwise, copy), printed and written to ``<name>_profile.{json,md}``.
 
+``--official-dir .official`` adds the official code itself as rows of impl ``official`` (eager and channels-last,
+the forms its own benchmark runs): NVlabs' ``mambavision`` package (a wheel carried to the GPU machine) on
+mamba_ssm's selective-scan CUDA kernel compiled from that folder (benchmarks.official), so its peak memory and
+speed are measured in the same run as ours.
+
 Each row carries ``official_img_per_s``: what the issue quotes for the official code (mamba_ssm's CUDA
 kernels) and the same peers measured in one run on one H200 (2026-12-02), and ``vs_official`` = ours / that.
 The peers' ratio tells how this machine compares with that run. Targets (issue #20): MambaVision-T >= 1.3x
@@ -90,6 +95,20 @@ def build_peer(name: str, img_size: int, device: torch.device, depth: int | None
     return timm.create_model(name, pretrained=False, **kw).to(device).eval()
 
 
+OFFICIAL_BUILDERS = {"mambavision_t_224": "mamba_vision_T", "mambavision_t2_224": "mamba_vision_T2",
+                     "mambavision_s_224": "mamba_vision_S", "mambavision_b_224": "mamba_vision_B"}
+
+
+def build_official(name: str, img_size: int, device: torch.device, official_dir: str) -> torch.nn.Module:
+    """The official MambaVision (``mambavision`` package) of the registered ``name``, on mamba_ssm's kernel."""
+    from benchmarks.official import install_mamba_ssm
+
+    install_mamba_ssm(official_dir)
+    from mambavision.models import mamba_vision
+
+    return getattr(mamba_vision, OFFICIAL_BUILDERS[name])(pretrained=False, resolution=img_size).to(device).eval()
+
+
 def fused_copy(model: torch.nn.Module) -> torch.nn.Module:
     """The inference copy a timm user makes: ``timm.utils.reparameterize_model`` (every module's ``fuse()``)."""
     from timm.utils import reparameterize_model
@@ -131,6 +150,25 @@ def measure(model: torch.nn.Module, img_size: int, batch: int, device: torch.dev
         free(device)
 
 
+def _official_rows(name: str, img_size: int, batch: int, device: torch.device, dtype: torch.dtype, warmup: int,
+                   iters: int, official_dir: str) -> list[dict[str, Any]]:
+    base = {"model": name, "img_size": img_size, "mode": "infer", "impl": "official", "dtype": dtype_name(dtype),
+            "batch": batch}
+    try:
+        model = build_official(name, img_size, device, official_dir)
+    except Exception as e:  # noqa: BLE001  (a peer that cannot be built is a row, not a lost run)
+        return [_with_official({**base, "variant": "eager", "ms": None, "img_per_s": None, "peak_gib": None,
+                                "note": f"build error: {e}"[:300]})]
+    rows = []
+    for variant in ("eager", "channels_last"):
+        res = measure(model, img_size, batch, device, dtype, warmup, iters, variant)
+        rows.append(_with_official({**base, "variant": variant, **res}))
+        log.info("official %s %s %d px: %s", name, variant, img_size, res)
+    del model
+    free(device)
+    return rows
+
+
 def _with_official(row: dict[str, Any]) -> dict[str, Any]:
     ref = OFFICIAL.get((row["model"], row["img_size"]))
     row["official_img_per_s"] = ref
@@ -141,9 +179,11 @@ def _with_official(row: dict[str, Any]) -> dict[str, Any]:
 def run(models: list[str], peers: list[str], sizes: list[int], variants: list[str], device: torch.device,
         dtype: torch.dtype = torch.bfloat16, batch_224: int = 128, batch_large: int = 16, warmup: int = 10,
         iters: int = 30, depth: int | None = None, scan_options: dict | None = None,
-        large_models: list[str] | None = None, compile_mode: str = "default") -> list[dict[str, Any]]:
-    """Every size: ours in each variant (above 224 px only ``large_models``, default all), then each peer
-    (eager, its default memory format), one process."""
+        large_models: list[str] | None = None, compile_mode: str = "default",
+        official_dir: str | None = None) -> list[dict[str, Any]]:
+    """Every size: ours in each variant (above 224 px only ``large_models``, default all), the official code
+    of each (``official_dir``: eager and channels-last), then each peer (eager, its default memory format), one
+    process."""
     rows: list[dict[str, Any]] = []
     for s in sizes:
         batch = batch_224 if s <= 224 else batch_large
@@ -160,6 +200,8 @@ def run(models: list[str], peers: list[str], sizes: list[int], variants: list[st
                 log.info("%s %s %d px: %s", name, variant, s, res)
             del model, fused
             free(device)
+            if official_dir and name in OFFICIAL_BUILDERS:
+                rows += _official_rows(name, s, batch, device, dtype, warmup, iters, official_dir)
         for name in peers:
             try:
                 model = build_peer(name, s, device, depth)
@@ -370,6 +412,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="torch.compile mode of the compiled variants (reduce-overhead: CUDA graphs)")
     p.add_argument("--scan-variant", default=None, choices=("auto", "sequential", "chunked"),
                    help="selective-scan kernel variant (default: its heuristic)")
+    p.add_argument("--official-dir", default=None,
+                   help="also time the official code (mambavision package) on mamba_ssm's kernel built from this "
+                        "folder of its csrc (.official; see benchmarks.official)")
     add_model_bench_options(p, "mambavision")
     p.set_defaults(batch_224=128, batch=16, warmup=10, iters=30)
     return p.parse_args(argv)
@@ -396,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     peers = [p for p in args.peers.split(",") if p]
     rows = run(models, peers, parse_sizes(args.sizes), variants, device, torch.bfloat16, args.batch_224, args.batch,
                args.warmup, args.iters, args.depth, {"variant": args.scan_variant}, [OURS[m] for m in large],
-               args.compile_mode)
+               args.compile_mode, args.official_dir)
     from zoo.bench.results import write_results
 
     extra = {"kernels": backend(), "timing": f"median of {args.iters} after {args.warmup} warm-up (+1 untimed) "

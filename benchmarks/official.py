@@ -147,3 +147,22 @@ def official_selective_scan_fn(ext) -> Callable:
         return (out, last) if return_last_state else out
 
     return selective_scan_fn
+
+
+def install_mamba_ssm(official_dir: str | os.PathLike | None = None) -> None:
+    """Make ``import mamba_ssm.ops.selective_scan_interface`` give mamba_ssm's ``selective_scan_fn`` on the
+    compiled official extension, for peer code that imports it (the official MambaVision): mamba_ssm itself
+    is not installable offline, its kernel is (``load_selective_scan_cuda``)."""
+    import sys
+    import types
+
+    if "mamba_ssm.ops.selective_scan_interface" in sys.modules:
+        return
+    fn = official_selective_scan_fn(load_selective_scan_cuda(official_dir))
+    names = ("mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.selective_scan_interface")
+    mods = [types.ModuleType(n) for n in names]
+    for parent, child in zip(mods, mods[1:]):
+        parent.__path__ = []
+        setattr(parent, child.__name__.rsplit(".", 1)[1], child)
+    mods[-1].selective_scan_fn = fn
+    sys.modules.update(zip(names, mods))

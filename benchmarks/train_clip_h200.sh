@@ -13,11 +13,14 @@
 #                                                       jsonargparse, docstring_parser, typeshed_client
 # Device call (run tool, kind nvidia-h200, carry [".data/flickr8k-128-train.zip",
 #   ".data/flickr8k-train-minilm-int8.safetensors", ".whl"]):   bash benchmarks/train_clip_h200.sh
-# Knobs: EPOCHS (default: the recipes' 50), MAX_TIME (clock budget per run, default 00:00:05:00: a run that has
-# not done its epochs by then stops, annealed, and exports; the table says so), TOWERS (default "vit vim
-# efficientvit"), THROUGHPUT (default 1; 0 skips the towers' timing, e.g. when other work shares the GPU), FIT_ARGS (more zoo fit overrides), TRAIN_TIMEOUT (hard stop, seconds, default 390), ACCEL
-# (default gpu; "cpu" with TINY=1 checks the script
-# on a CPU: 64 images, batch 16, 1 epoch, no throughput timing).
+# Knobs: TOWERS (default "vit vim efficientvit": configs/flickr8k_clip_<tower>.yaml; an entry RUN=TOWER trains that
+# tower's recipe as run RUN with the extra overrides of $ARGS_RUN, e.g. TOWERS="vit_micro vit_micro_scratch=vit_micro"
+# ARGS_vit_micro_scratch="--model.init_args.tower_init null"; overrides split on spaces), EPOCHS (default: the
+# recipes' 50), MAX_TIME (clock budget per run, default 00:00:05:00: a run that has not done its epochs by then
+# stops, annealed, and exports; the table says so), THROUGHPUT (default 1; 0 skips the towers' timing, e.g. when
+# other work shares the GPU), FIT_ARGS (more zoo fit overrides, every run), TRAIN_TIMEOUT (hard stop, seconds,
+# default 390), ACCEL (default gpu; "cpu" with TINY=1 checks the script on a CPU: 64 images, batch 16, 1 epoch, no
+# throughput timing).
 # Back in $OUT: export_<tower>.safetensors (image tower + projections, fp16), clip_runs.tgz (curves metrics.csv,
 # fit_summary.json, config.yaml, logs, throughput json/md).
 set -uo pipefail
@@ -47,24 +50,29 @@ epochs=()
 [ -n "${EPOCHS:-}" ] && epochs=(--trainer.max_epochs "$EPOCHS")
 
 t0=$SECONDS
-for t in $TOWERS; do
+runs=()
+for spec in $TOWERS; do
+  t=${spec%%=*}; cfg=${spec#*=}; runs+=("$t")
+  extra=ARGS_$t
   mkdir -p "$RUNS/$t"
   # max_time: Lightning stops by the clock (the cosine anneals by it too) and still exports; timeout is the hard stop
-  timeout -k 10 "${TRAIN_TIMEOUT:-390}" $PY -m zoo.cli fit --config "configs/flickr8k_clip_$t.yaml" \
+  timeout -k 10 "${TRAIN_TIMEOUT:-390}" $PY -m zoo.cli fit --config "configs/flickr8k_clip_$cfg.yaml" \
     --data.init_args.text_embeddings "$EMB" --trainer.default_root_dir "$RUNS/$t" --trainer.accelerator "$ACCEL" \
-    --trainer.max_time "${MAX_TIME:-00:00:05:00}" --progress log "${epochs[@]}" "${tiny[@]}" ${FIT_ARGS:-} \
+    --trainer.max_time "${MAX_TIME:-00:00:05:00}" --progress log "${epochs[@]}" "${tiny[@]}" ${FIT_ARGS:-} ${!extra:-} \
     > "$RUNS/$t/train.log" 2>&1 &
 done
 wait
 echo "=== training: $((SECONDS - t0)) s"
-for t in $TOWERS; do
+for t in "${runs[@]}"; do
   echo "--- $t"; tail -n 4 "$RUNS/$t/train.log"
   [ -f "$RUNS/$t/export.safetensors" ] && cp "$RUNS/$t/export.safetensors" "$OUT/export_$t.safetensors"
 done
 
 if [ "$ACCEL" = gpu ] && [ -z "${TINY:-}" ] && [ "${THROUGHPUT:-1}" = 1 ]; then  # each image tower alone, as the recipes build it
-  declare -A TOWER=([vit]="vit_tiny_patch16_224 depth=6" [vim]="vim_tiny_patch16_224 depth=12" [efficientvit]="efficientvit_b0")
-  for t in $TOWERS; do
+  declare -A TOWER=([vit]="vit_tiny_patch16_224 depth=6" [vim]="vim_tiny_patch16_224 depth=12" [efficientvit]="efficientvit_b0"
+                    [vit_micro]="vit_micro_patch4_32 patch_size=16" [vim_micro]="vim_micro_patch4_32 patch_size=16")
+  for t in "${runs[@]}"; do
+    [ -n "${TOWER[$t]:-}" ] || continue  # a variant of a tower: timed under the tower's own name
     set -- ${TOWER[$t]}; m=$1; shift
     timeout -k 10 60 $PY -m zoo.cli bench throughput "$m" --img-size 128 --batch-size 256 --mode infer,train \
       --warmup 3 --iters 10 \

@@ -69,6 +69,20 @@ def create_model(model_name: str, pretrained: bool = False, num_classes: int | N
     return model
 
 
+def load_tag_into(model: nn.Module, spec: str) -> dict[str, list[str]]:
+    """Start ``model`` from the weights of the registered tag ``spec`` (``'name.tag'``), adapted as the tag's
+    family allows (head, input channels, patch size, position grid): e.g. a CLIP image tower of patch 16 at
+    128 px from ``vit_micro_patch4_32.cifar10``. Returns what was re-initialised (see :func:`load_weights`)."""
+    name, tag_name = split_name(spec)
+    if tag_name is None:
+        raise ConfigError(f"{spec!r} names no weights: give a tag as name.tag (zoo list --pretrained)")
+    entry = get_entry(name)
+    tag = get_tag(entry, tag_name)
+    state = hub.read_state_dict(hub.resolve(tag))
+    return load_weights(model, state, tag.converter or entry.converter, source=f"{spec} ({tag.source.describe()})",
+                        src_img_size=_src_img_size(entry, tag), adapt=entry.adapt)
+
+
 def load_named_or_export(name: str | None, checkpoint: str | None, device: str, *, kinds, load_export,
                          need: str, drop_flag: str, logger: logging.Logger = log) -> nn.Module:
     """The model a one-model command runs (zoo generate, zoo caption), in eval mode on ``device``: ``name``
@@ -151,6 +165,20 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return w.to(weight.dtype)
 
 
+def resample_patch_kernel(weight: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A patch embedding's kernel [O, I, kh, kw] at patch ``size``. An integer multiple r of the kernel repeats
+    each tap r x r times over r^2, so the new patch embedding is exactly r x r average pooling followed by the old
+    one (a 128-px image is seen as its 32-px reduction, as a CIFAR tower was trained); any other size uses
+    FlexiViT's pseudo-inverse resize (timm's ``resample_patch_embed``)."""
+    old = weight.shape[-2:]
+    if all(n % o == 0 for n, o in zip(size, old)):
+        rh, rw = size[0] // old[0], size[1] // old[1]
+        return (weight.float().repeat_interleave(rh, -2).repeat_interleave(rw, -1) / (rh * rw)).to(weight.dtype)
+    from timm.layers import resample_patch_embed
+
+    return resample_patch_embed(weight.float(), list(size)).to(weight.dtype)
+
+
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], converter=None, source: str = "state dict",
                  src_img_size: tuple[int, int] | None = None, strict: bool = True,
                  adapt: WeightAdapt | None = None) -> dict[str, list[str]]:
@@ -173,6 +201,15 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], converte
         if key in state_dict and key in own and state_dict[key].shape[1] != own[key].shape[1]:
             log.info("adapted %s from %d to %d input channels", key, state_dict[key].shape[1], own[key].shape[1])
             state_dict[key] = adapt_input_conv(state_dict[key], own[key].shape[1])
+    src_patch = None
+    for conv in adapt.patch_embed:
+        key = conv + ".weight"
+        if key in state_dict and key in own and state_dict[key].shape[-2:] != own[key].shape[-2:]:
+            src_patch = tuple(state_dict[key].shape[-2:])
+            log.info("resampled %s from patch %s to %s", key, src_patch, tuple(own[key].shape[-2:]))
+            state_dict[key] = resample_patch_kernel(state_dict[key], tuple(own[key].shape[-2:]))
+    if src_patch is not None and src_img_size is not None:  # the checkpoint's grid: its image size over its patch
+        src_img_size = tuple(i * o // s for i, s, o in zip(src_img_size, src_patch, _patch_size(model, src_patch)))
     for key in adapt.pos_embed:
         if key in state_dict and key in own and state_dict[key].shape != own[key].shape:
             state_dict[key] = adapt.resize_pos_embed(model, state_dict[key], src_img_size)
@@ -203,6 +240,12 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], converte
     own_keys = set(own)
     model.load_state_dict({k: v for k, v in state_dict.items() if k in own_keys and v.shape == own[k].shape}, strict=False)
     return {"reinitialised": reinit, "missing": missing, "unexpected": unexpected}
+
+
+def _patch_size(model: nn.Module, default: tuple[int, ...]) -> tuple[int, ...]:
+    """The model's patch size (its backbone's ``patch_embed.patch_size``), ``default`` without one."""
+    pe = getattr(getattr(model, "backbone", model), "patch_embed", None)
+    return tuple(getattr(pe, "patch_size", default))
 
 
 def _registered_adapt(model: nn.Module) -> WeightAdapt:

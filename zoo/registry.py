@@ -92,10 +92,14 @@ class WeightAdapt:
       the checkpoint was trained at).
     - ``head``: the module prefix of the task head; its keys re-initialise when the checkpoint's do not
       fit (another ``num_classes``, another head type) instead of failing the load.
+    - ``patch_embed``: patch-embedding convolutions whose kernel follows ``patch_size``; a checkpoint's kernel
+      of another size is resampled to the model's (zoo.factory.resample_patch_kernel), so a patch-4 CIFAR tower
+      starts a patch-16 tower at 4x the image size.
     """
 
     first_conv: tuple[str, ...] = ()
     pos_embed: tuple[str, ...] = ()
+    patch_embed: tuple[str, ...] = ()
     resize_pos_embed: PosEmbedResizer | None = None
     head: str | None = None
 

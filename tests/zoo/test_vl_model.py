@@ -111,3 +111,50 @@ def test_export_leaves_out_the_locked_text_tower_and_reloads(tmp_path):
     from zoo.errors import WeightLoadError
     with pytest.raises(WeightLoadError, match="missing"):
         other.load_export({k: v for k, v in state.items() if not k.startswith("image_proj")})
+
+
+@pytest.mark.parametrize("arch", ["vit", "vim"])
+def test_tower_init_from_cifar10_weights_is_average_pooling_then_the_cifar_tower(arch):
+    """A patch-4 CIFAR-10 tower starts the patch-16 CLIP tower at 128 px: its kernel repeated 4x4 over 16, so
+    the tower on an image equals the CIFAR backbone on the image's 4x4 average pooling, to float rounding."""
+    from zoo.recipes.contrastive import ContrastiveTask
+
+    task = ContrastiveTask(f"clip_{arch}_micro_p16_minilm_128", tower_init=f"{arch}_micro_patch4_32.cifar10")
+    cifar = zoo.create_model(f"{arch}_micro_patch4_32.cifar10", pretrained=True, num_classes=0).eval()
+    tower = task.model.visual.eval()
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        want, got = cifar(F.avg_pool2d(x, 4)), tower(x)
+    assert got.shape == want.shape == (2, 128)
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    fresh = zoo.create_model(f"clip_{arch}_micro_p16_minilm_128", text_tower="cached").visual.eval()
+    with torch.no_grad():
+        assert not torch.allclose(fresh(x), want, atol=1e-2)               # the weights did the work
+    with pytest.raises(ConfigError, match="not a tag of this model's image tower"):
+        ContrastiveTask(f"clip_{arch}_micro_p16_minilm_128", tower_init="vit_tiny_patch16_224.augreg_in21k")
+    with pytest.raises(ConfigError, match="names no weights"):
+        ContrastiveTask(f"clip_{arch}_micro_p16_minilm_128", tower_init=f"{arch}_micro_patch4_32")
+
+
+def test_patch_kernel_resample_other_ratios_use_the_pseudo_inverse():
+    from zoo.factory import resample_patch_kernel
+
+    w = torch.randn(8, 3, 4, 4)
+    up = resample_patch_kernel(w, (8, 8))
+    x = torch.randn(5, 3, 8, 8)
+    assert torch.allclose(F.conv2d(x, up, stride=8), F.conv2d(F.avg_pool2d(x, 2), w, stride=4), atol=1e-5)
+    odd = resample_patch_kernel(w, (6, 6))                               # not a multiple: FlexiViT's PI-resize
+    assert odd.shape == (8, 3, 6, 6) and torch.isfinite(odd).all()
+
+
+def test_open_clip_configs_cover_every_registered_tower():
+    import open_clip
+
+    from zoo.families.clip import TOWERS
+    from zoo.vl.openclip import CONFIG_DIR
+
+    named = {json_name: __import__("json").loads((CONFIG_DIR / json_name).read_text())["vision_cfg"]["timm_model_name"]
+             for json_name in (p.name for p in CONFIG_DIR.glob("*.json"))}
+    assert set(named.values()) == {f"zoo_{n}_visual" for n in TOWERS}
+    model, _, _ = open_clip.create_model_and_transforms("zoo-vit-micro-p16-128")
+    assert model.visual.trunk.backbone.patch_embed.grid_size == (8, 8)

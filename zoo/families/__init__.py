@@ -95,8 +95,10 @@ def resize_patch_pos_embed(model: nn.Module, pos_embed: torch.Tensor,
 
 
 PATCH_ADAPT = WeightAdapt(first_conv=("backbone.patch_embed.proj",), pos_embed=("backbone.pos_embed",),
-                          resize_pos_embed=resize_patch_pos_embed, head="head")
-"""Adaptation of a patch-embedding family (ViT, Vim): first conv, grid position embedding, classifier head."""
+                          resize_pos_embed=resize_patch_pos_embed, head="head",
+                          patch_embed=("backbone.patch_embed.proj",))
+"""Adaptation of a patch-embedding family (ViT, Vim): first conv, patch size, grid position embedding,
+classifier head."""
 
 
 def _load_families() -> None:

@@ -21,6 +21,12 @@ TOWERS = {
     "clip_vit_tiny_d6_minilm_128": ("vit_tiny_patch16_224", {"depth": 6}, "ViT-Tiny/16 (6 blocks, softmax attention)"),
     "clip_vim_tiny_d12_minilm_128": ("vim_tiny_patch16_224", {"depth": 12}, "Vim-Tiny/16 (12 bidirectional Mamba blocks)"),
     "clip_efficientvit_b0_minilm_128": ("efficientvit_b0", {}, "EfficientViT-B0 (ReLU linear attention)"),
+    # the CIFAR-10 towers' widths (128, 12 blocks) at patch 16: 8x8 patches at 128 px as at 32 px / patch 4, so
+    # their CIFAR-10 weights start the tower (model.tower_init: vit_micro_patch4_32.cifar10)
+    "clip_vit_micro_p16_minilm_128": ("vit_micro_patch4_32", {"patch_size": 16},
+                                      "ViT-Micro/16 (12 blocks of width 128, softmax attention)"),
+    "clip_vim_micro_p16_minilm_128": ("vim_micro_patch4_32", {"patch_size": 16},
+                                      "Vim-Micro/16 (12 bidirectional Mamba blocks of width 128)"),
 }
 
 

@@ -48,6 +48,9 @@ class ContrastiveTask(Task):
             ``'minilm'`` (the encoder itself, from the MiniLM zip under ZOO_DATA or ``text_path``).
         text_path: the MiniLM zip or folder (default: ``$ZOO_DATA/all-MiniLM-L6-v2-fp16.zip``).
         checkpoint_path: start from an export of this architecture (image tower + projections).
+        tower_init: start the image tower from a registered tag of its backbone (``vit_micro_patch4_32.cifar10``;
+            zoo list --pretrained), its classifier head dropped and its patch embedding resampled to the
+            tower's patch size; the projections start fresh.
     """
 
     task_name = "contrastive"
@@ -58,7 +61,8 @@ class ContrastiveTask(Task):
                  betas: tuple[float, float] = (0.9, 0.98), warmup_epochs: float = 1.0,
                  warmup_steps: Optional[int] = None, min_lr: float = 1e-6, ema_decay: float = 0.0,
                  compile: bool = False, loss: Literal["clip", "siglip"] = "clip", lock_text: bool = True,
-                 text_tower: Literal["cached", "minilm"] = "cached", text_path: Optional[str] = None):
+                 text_tower: Literal["cached", "minilm"] = "cached", text_path: Optional[str] = None,
+                 tower_init: Optional[str] = None):
         super().__init__(model=model, pretrained=pretrained, model_args=model_args, checkpoint_path=checkpoint_path,
                          lr=lr, lr_base_batch_size=lr_base_batch_size, weight_decay=weight_decay, betas=betas,
                          warmup_epochs=warmup_epochs, warmup_steps=warmup_steps, min_lr=min_lr,
@@ -90,6 +94,15 @@ class ContrastiveTask(Task):
             args.setdefault("init_logit_scale", 10.0)
         model = create_model(hp.model, pretrained=hp.pretrained, text_tower=hp.text_tower, text_path=hp.text_path,
                              lock_text=hp.lock_text, **args)
+        if hp.tower_init:
+            from zoo.factory import load_tag_into
+
+            tower = model.pretrained_cfg.get("image_tower")
+            if split_name(hp.tower_init)[0] != tower:
+                raise ConfigError(f"model.tower_init={hp.tower_init} is not a tag of this model's image tower "
+                                  f"{tower} (zoo info {tower} lists its tags)")
+            load_tag_into(model.visual, hp.tower_init)
+            log.info("image tower initialised from %s", hp.tower_init)
         if hp.checkpoint_path:
             model.load_export(read_state_dict(hp.checkpoint_path))
         return model
