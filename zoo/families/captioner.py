@@ -21,6 +21,10 @@ DECODER = dict(dim=256, depth=3, num_heads=4, mlp_hidden=512, layout="attn", max
 TOWERS = {
     # suffix: (image tower, tower overrides, decoder, description)
     "vit_tiny_d6_128": ("vit_tiny_patch16_224", {"depth": 6}, DECODER, "ViT-Tiny/16 (6 blocks) at 128 px"),
+    # the CIFAR-10 towers' width at patch 16 (8 x 8 patches at 128 px, or at 64 px with tower_args patch_size 8),
+    # so tower_from=vit_micro_patch4_32.cifar10 starts it, or the CLIP tag / export of clip_vit_micro_p16_minilm_128
+    "vit_micro_p16_128": ("vit_micro_patch4_32", {"patch_size": 16}, DECODER,
+                          "ViT-Micro/16 (12 blocks of width 128) at 128 px"),
     "tiny_test": ("vit_tiny_patch16_224", {"depth": 1, "embed_dim": 64, "num_heads": 2},
                   dict(dim=64, depth=2, num_heads=2, mlp_hidden=128, layout="attn", max_len=128),
                   "a 1-block ViT (64 wide) + a 2-block decoder, for tests"),

@@ -307,6 +307,22 @@ def resolve_tower(spec: str, sha256: Optional[str] = None) -> tuple[str, Optiona
     return str(path), {"tag": spec, "sha256": digest}
 
 
+def _is_backbone_tag(spec: str) -> bool:
+    """Whether ``tower_from`` names a registered backbone's tag (a classifier's: it starts the tower, adapted as
+    its family allows: head dropped, patch size resampled) rather than a CLIP tag or file."""
+    from pathlib import Path
+
+    from zoo.registry import get_entry, split_name
+
+    name, tag = split_name(str(spec))
+    if tag is None or Path(str(spec)).is_file():
+        return False
+    try:
+        return get_entry(name).kind not in ("vision-language", "captioner")
+    except ZooError:
+        return False
+
+
 def load_tower(model: Captioner, path: str) -> None:
     """Initialise the image tower from a CLIP export (``visual.*`` keys) or a captioner export."""
     from zoo import hub
@@ -332,7 +348,8 @@ def captioner_builder(kind: str, image_tower: str, tower_args: Optional[dict] = 
                       decoder: Optional[dict] = None, mean=None, std=None):
     """A registry builder: ``builder(vocab=None, pool=None, answer_length=32, tower_from=None, img_size=,
     drop_path_rate=None, **decoder overrides)``; ``vocab`` is a CaptionVocab or a vocabulary file (default the
-    packaged Flickr8k list)."""
+    packaged Flickr8k list). ``tower_from``: a CLIP tag or export (its image tower), or a classifier tag of the
+    tower's backbone (``vit_micro_patch4_32.cifar10``: the classifier's backbone, adapted by zoo.factory)."""
     tower_defaults, dec_defaults = dict(tower_args or {}), dict(decoder or {})
 
     def build(vocab=None, pool: Optional[int] = None, answer_length: int = 32, tower_from: Optional[str] = None,
@@ -363,7 +380,14 @@ def captioner_builder(kind: str, image_tower: str, tower_args: Optional[dict] = 
                     std=tuple(std or visual.pretrained_cfg.get("std")), interpolation="bicubic", crop_pct=1.0,
                     kind=kind, image_tower=image_tower, tower_args=targs)
         model = Captioner(visual, dec, tok, kind, pool=pool, answer_length=answer_length, pretrained_cfg=pcfg)
-        if tower_from:
+        if tower_from and _is_backbone_tag(tower_from):  # a classifier's weights (vit_micro_patch4_32.cifar10)
+            from zoo.factory import load_tag_into
+
+            load_tag_into(model.visual, tower_from)
+            model.pretrained_cfg["tower"] = {"backbone_tag": str(tower_from)}
+            if freeze_tower:
+                model.freeze_tower()
+        elif tower_from:
             path, ref = resolve_tower(tower_from, tower_sha256)
             load_tower(model, path)
             model.pretrained_cfg["tower"] = ref or {"file": str(path)}
