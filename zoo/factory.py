@@ -169,14 +169,14 @@ def resample_patch_kernel(weight: torch.Tensor, size: tuple[int, int]) -> torch.
     """A patch embedding's kernel [O, I, kh, kw] at patch ``size``. An integer multiple r of the kernel repeats
     each tap r x r times over r^2, so the new patch embedding is exactly r x r average pooling followed by the old
     one (a 128-px image is seen as its 32-px reduction, as a CIFAR tower was trained); any other size uses
-    FlexiViT's pseudo-inverse resize (timm's ``resample_patch_embed``)."""
+    FlexiViT's pseudo-inverse resize (timm.layers'). In fp32: a checkpoint's fp16 taps over r^2 would round again."""
     old = weight.shape[-2:]
     if all(n % o == 0 for n, o in zip(size, old)):
         rh, rw = size[0] // old[0], size[1] // old[1]
-        return (weight.float().repeat_interleave(rh, -2).repeat_interleave(rw, -1) / (rh * rw)).to(weight.dtype)
+        return weight.float().repeat_interleave(rh, -2).repeat_interleave(rw, -1) / (rh * rw)
     from timm.layers import resample_patch_embed
 
-    return resample_patch_embed(weight.float(), list(size)).to(weight.dtype)
+    return resample_patch_embed(weight.float(), list(size))
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], converter=None, source: str = "state dict",
@@ -201,15 +201,14 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], converte
         if key in state_dict and key in own and state_dict[key].shape[1] != own[key].shape[1]:
             log.info("adapted %s from %d to %d input channels", key, state_dict[key].shape[1], own[key].shape[1])
             state_dict[key] = adapt_input_conv(state_dict[key], own[key].shape[1])
-    src_patch = None
     for conv in adapt.patch_embed:
         key = conv + ".weight"
         if key in state_dict and key in own and state_dict[key].shape[-2:] != own[key].shape[-2:]:
-            src_patch = tuple(state_dict[key].shape[-2:])
-            log.info("resampled %s from patch %s to %s", key, src_patch, tuple(own[key].shape[-2:]))
-            state_dict[key] = resample_patch_kernel(state_dict[key], tuple(own[key].shape[-2:]))
-    if src_patch is not None and src_img_size is not None:  # the checkpoint's grid: its image size over its patch
-        src_img_size = tuple(i * o // s for i, s, o in zip(src_img_size, src_patch, _patch_size(model, src_patch)))
+            src_patch, patch = tuple(state_dict[key].shape[-2:]), tuple(own[key].shape[-2:])
+            log.info("resampled %s from patch %s to %s", key, src_patch, patch)
+            state_dict[key] = resample_patch_kernel(state_dict[key], patch)
+            if src_img_size is not None:  # the checkpoint's grid, as the image size that gives it at the new patch
+                src_img_size = tuple(i * n // o for i, o, n in zip(src_img_size, src_patch, patch))
     for key in adapt.pos_embed:
         if key in state_dict and key in own and state_dict[key].shape != own[key].shape:
             state_dict[key] = adapt.resize_pos_embed(model, state_dict[key], src_img_size)
@@ -240,12 +239,6 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], converte
     own_keys = set(own)
     model.load_state_dict({k: v for k, v in state_dict.items() if k in own_keys and v.shape == own[k].shape}, strict=False)
     return {"reinitialised": reinit, "missing": missing, "unexpected": unexpected}
-
-
-def _patch_size(model: nn.Module, default: tuple[int, ...]) -> tuple[int, ...]:
-    """The model's patch size (its backbone's ``patch_embed.patch_size``), ``default`` without one."""
-    pe = getattr(getattr(model, "backbone", model), "patch_embed", None)
-    return tuple(getattr(pe, "patch_size", default))
 
 
 def _registered_adapt(model: nn.Module) -> WeightAdapt:

@@ -158,3 +158,16 @@ def test_open_clip_configs_cover_every_registered_tower():
     assert set(named.values()) == {f"zoo_{n}_visual" for n in TOWERS}
     model, _, _ = open_clip.create_model_and_transforms("zoo-vit-micro-p16-128")
     assert model.visual.trunk.backbone.patch_embed.grid_size == (8, 8)
+
+
+def test_tag_into_another_patch_and_grid_resamples_both():
+    """Patch 4 -> 16 and an 8 x 8 -> 12 x 12 grid (192 px): the kernel and the position embeddings are resampled."""
+    from zoo.factory import load_tag_into
+
+    model = zoo.create_model("vit_micro_patch4_32", num_classes=0, img_size=192, patch_size=16)
+    load_tag_into(model, "vit_micro_patch4_32.cifar10")
+    cifar = zoo.create_model("vit_micro_patch4_32.cifar10", pretrained=True, num_classes=0)
+    assert model.backbone.pos_embed.shape == (1, 145, 128)
+    assert torch.equal(model.backbone.pos_embed[:, :1], cifar.backbone.pos_embed[:, :1])        # the class token's
+    w = model.backbone.patch_embed.proj.weight
+    assert torch.allclose(w, cifar.backbone.patch_embed.proj.weight.repeat_interleave(4, -2).repeat_interleave(4, -1) / 16)
