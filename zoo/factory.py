@@ -62,11 +62,15 @@ def create_model(model_name: str, pretrained: bool = False, num_classes: int | N
                      adapt=entry.adapt)
     elif pretrained:
         assert tag is not None
-        path = hub.resolve(tag)
-        state = hub.read_state_dict(path)
-        load_weights(model, state, tag.converter or entry.converter, source=tag.source.describe(),
-                     src_img_size=_src_img_size(entry, tag), adapt=entry.adapt)
+        _load_tag(model, entry, tag, source=tag.source.describe())
     return model
+
+
+def _load_tag(model: nn.Module, entry: ModelEntry, tag: PretrainedTag, source: str) -> dict[str, list[str]]:
+    """The tag's weights (cache or download) into ``model``, converted and adapted as ``entry``'s family allows."""
+    state = hub.read_state_dict(hub.resolve(tag))
+    return load_weights(model, state, tag.converter or entry.converter, source=source,
+                        src_img_size=_src_img_size(entry, tag), adapt=entry.adapt)
 
 
 def load_tag_into(model: nn.Module, spec: str) -> dict[str, list[str]]:
@@ -78,9 +82,7 @@ def load_tag_into(model: nn.Module, spec: str) -> dict[str, list[str]]:
         raise ConfigError(f"{spec!r} names no weights: give a tag as name.tag (zoo list --pretrained)")
     entry = get_entry(name)
     tag = get_tag(entry, tag_name)
-    state = hub.read_state_dict(hub.resolve(tag))
-    return load_weights(model, state, tag.converter or entry.converter, source=f"{spec} ({tag.source.describe()})",
-                        src_img_size=_src_img_size(entry, tag), adapt=entry.adapt)
+    return _load_tag(model, entry, tag, source=f"{spec} ({tag.source.describe()})")
 
 
 def load_named_or_export(name: str | None, checkpoint: str | None, device: str, *, kinds, load_export,
