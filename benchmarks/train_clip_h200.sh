@@ -34,8 +34,13 @@ ACCEL=${ACCEL:-gpu}
 PY=${PY:-python3}
 RUNS=runs/clip_h200
 
+# the carried wheels, installed once per machine (/tmp/site/.zoo-wheels): two scripts sharing a call must not
+# reinstall them under each other's running fits
 if ls .whl/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1
+  if [ ! -f /tmp/site/.zoo-wheels ]; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1 \
+      && touch /tmp/site/.zoo-wheels
+  fi
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 for f in "$ZOO_DATA/flickr8k-128-train.zip" "$EMB"; do
