@@ -19,7 +19,7 @@
 # recipes' 50), MAX_TIME (clock budget per run, default 00:00:05:00: a run that has not done its epochs by then
 # stops, annealed, and exports; the table says so), THROUGHPUT (default 1; 0 skips the towers' timing, e.g. when
 # other work shares the GPU), FIT_ARGS (more zoo fit overrides, every run), TRAIN_TIMEOUT (hard stop, seconds,
-# default 390), ACCEL (default gpu; "cpu" with TINY=1 checks the script on a CPU: 64 images, batch 16, 1 epoch, no
+# default 390; it must leave room beyond MAX_TIME for set-up: 187 s when easy-VQA fits shared the host, clip r6), ACCEL (default gpu; "cpu" with TINY=1 checks the script on a CPU: 64 images, batch 16, 1 epoch, no
 # throughput timing).
 # Back in $OUT: export_<tower>.safetensors (image tower + projections, fp16), clip_runs.tgz (curves metrics.csv,
 # fit_summary.json, config.yaml, logs, throughput json/md).
