@@ -20,12 +20,17 @@ Sections (each writes its rows as soon as it ends, so a cut-short run keeps what
   set pruned to tiles dividing the chunk (the behaviour after 58b03a2) and over the full set (the fix), same
   process; the comparison with mamba_ssm is ``python -m benchmarks.selective_scan``.
 - ``layouts``: the scan forward's tile layouts at Vim-Ti's mixer shapes (224 px b64, 1024 and 1248 px b8):
-  the channel layout (autotuned, today's default) and the token-parallel layout (autotuned, and each of
-  ``TOKEN_TILES`` forced). Every config is first checked against the fp32 reference mixer (rel. RMS printed;
-  a config above the tolerance gets an error row and no timing), then the fused mixer forward and the scan
-  launch alone are timed (inference, bf16), then out_proj on the token layout's y (transposed operand vs a
-  copy to [B, L, 2E]), then vim_tiny.forward_features with the channel layout and with each shape's fastest
-  token tile against deit_tiny. ``--sections layouts --name scan_layouts`` keeps these rows apart.
+  the channel layout (autotuned, today's default), the lane layout (``layout="lane"``, autotuned over
+  ``_LANE_CONFIGS``; the row's ``lane_config`` is the autotuner's pick) and the token-parallel layout
+  (autotuned, and each of ``TOKEN_TILES`` forced). Every config is first checked against the fp32 reference
+  mixer (rel. RMS printed; a config above the tolerance gets an error row and no timing), then the fused mixer
+  forward and the scan launch alone are timed (inference, bf16; ``mode`` "fwd"), and for channel, lane and
+  token-auto also forward + backward (``mode`` "fwdbwd": the mixer under autocast with every input and
+  parameter a leaf, and the scan launch alone with its backward; the backward is the same for all layouts, it
+  reads the chunk states the forward stored); ``speedup_vs_channel`` compares rows of one shape and mode. Then
+  out_proj on the token layout's y (transposed operand vs a copy to [B, L, 2E]), then vim_tiny.forward_features
+  with the channel layout, the lane layout and each shape's fastest token tile against deit_tiny.
+  ``--sections layouts --name scan_layouts`` keeps these rows apart.
 
 ``--compile`` also times the mixer and the models under ``torch.compile`` (inductor); ``--cuda-graph`` also
 times inference forwards replayed from a captured CUDA graph (what removes launch overhead at 224 px).
@@ -358,11 +363,23 @@ def scan_rows(args, device, dtype) -> list[dict[str, Any]]:
 
 # -- (6) scan tile layouts --------------------------------------------------------------------------------------
 def _layout_configs(quick: bool) -> list[tuple[str, tuple | None]]:
-    """(layout, tile) pairs of the sweep: channel autotuned, token autotuned, each token tile forced."""
+    """(layout, tile) pairs of the sweep: channel autotuned, lane autotuned, token autotuned, each token tile
+    forced."""
     from kernels.selective_scan.triton import TOKEN_TILES
 
     tiles = [(4, 4, 2, 1), (1, 8, 4, 1)] if quick else TOKEN_TILES
-    return [("channel", None), ("token", None)] + [("token", t) for t in tiles]
+    return [("channel", None), ("lane", None), ("token", None)] + [("token", t) for t in tiles]
+
+
+FWDBWD_LAYOUTS = ("channel", "lane", "token")     # timed forward + backward too (token: autotuned tile only)
+
+
+def _lane_pick() -> str | None:
+    """The lane autotuner's last choice (the sequential pass, or chunk-parallel pass 3), None off the GPU."""
+    from kernels.mamba_mixer.triton import _biscan_lane_tuned
+
+    best = getattr(_biscan_lane_tuned, "best_config", None)
+    return str(best.all_kwargs()) if best is not None else None
 
 
 def layout_rows(args, device, dtype) -> list[dict[str, Any]]:
@@ -399,7 +416,7 @@ def layout_rows(args, device, dtype) -> list[dict[str, Any]]:
         fastest = None
         for layout, tile in _layout_configs(args.quick):
             label = "token " + ("auto" if tile is None else "x".join(map(str, tile))) if layout == "token" else \
-                "channel auto"
+                f"{layout} auto"
             base = {"op": "bimamba_mixer", "shape": shape, "img_size": img, "mode": "fwd", "impl": "ours_fused",
                     "layout": layout, "tile": list(tile) if tile else None, "config": label,
                     "dtype": dtype_name(dtype)}
@@ -434,15 +451,22 @@ def layout_rows(args, device, dtype) -> list[dict[str, Any]]:
                 row["scan_exp_frac"] = round(row["scan_texp_per_s"] / EXP_TPS, 4)
                 if layout == "token" and tile is not None and (fastest is None or scan["ms"] < fastest[0]):
                     fastest = (scan["ms"], tile)
+            if layout == "lane":
+                row["lane_config"] = _lane_pick()
             rows.append(row)
             log.info("%s", row)
-        channel = next((r for r in rows if r.get("shape") == shape and r.get("config") == "channel auto"
-                        and r.get("ms")), None)
-        for r in rows:
-            if r.get("shape") == shape and r.get("ms") and channel:
-                r["speedup_vs_channel"] = round(channel["ms"] / r["ms"], 3)
-                if r.get("scan_ms") and channel.get("scan_ms"):
-                    r["scan_speedup_vs_channel"] = round(channel["scan_ms"] / r["scan_ms"], 3)
+            if layout in FWDBWD_LAYOUTS and tile is None:
+                rows.append(_fwdbwd_row(base, layout, x, z, stacked, w_out, b_out, scan_in, batch, E, L, N, device,
+                                        dtype, args))
+                log.info("%s", rows[-1])
+        for mode in ("fwd", "fwdbwd"):
+            channel = next((r for r in rows if r.get("shape") == shape and r.get("mode") == mode
+                            and r.get("config") == "channel auto" and r.get("ms")), None)
+            for r in rows:
+                if r.get("shape") == shape and r.get("mode") == mode and r.get("ms") and channel:
+                    r["speedup_vs_channel"] = round(channel["ms"] / r["ms"], 3)
+                    if r.get("scan_ms") and channel.get("scan_ms"):
+                        r["scan_speedup_vs_channel"] = round(channel["scan_ms"] / r["scan_ms"], 3)
         if fastest is not None:
             best[img] = fastest[1]
             # out_proj over the token layout's y: the transposed operand (what the op does) vs a copy first
@@ -468,7 +492,7 @@ def layout_rows(args, device, dtype) -> list[dict[str, Any]]:
     for img, batch in sizes:
         x_img = torch.randn(batch, 3, img, img, device=device)
         results = {}
-        configs = [("ours_fused channel", {})]
+        configs = [("ours_fused channel", {}), ("ours_fused lane", {"layout": "lane"})]
         if img in best:
             configs.append((f"ours_fused token {'x'.join(map(str, best[img]))}", {"layout": "token", "tile": best[img]}))
         configs.append(("timm", None))
@@ -502,6 +526,46 @@ def layout_rows(args, device, dtype) -> list[dict[str, Any]]:
                 if row.get("peak_gib") and peer.get("peak_gib"):
                     row["mem_ratio_vs_deit"] = round(row["peak_gib"] / peer["peak_gib"], 3)
     return rows
+
+
+def _fwdbwd_row(base, layout, x, z, stacked, w_out, b_out, scan_in, batch, E, L, N, device, dtype, args):
+    """Forward + backward of the fused mixer (bf16 autocast; x, z and every stacked parameter a leaf) and of the
+    scan launch alone (BiScanFn forward + the selective-scan backward per direction) in ``layout``."""
+    from kernels.mamba_mixer import bimamba_inner
+    from kernels.mamba_mixer.triton import BiScanFn, mixer_plans
+
+    def leaf(t):
+        return t.detach().clone().requires_grad_() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    mix_in = [leaf(t) for t in (x, z, *stacked, w_out, b_out)]
+    with torch.autocast(device.type, dtype=dtype):
+        out = bimamba_inner(*mix_in, variant="fused", layout=layout)
+    g_out = torch.randn(out.shape, device=device, dtype=out.dtype)
+    del out
+
+    def mixer_fwdbwd():
+        with torch.autocast(device.type, dtype=dtype):
+            out = bimamba_inner(*mix_in, variant="fused", layout=layout)
+        out.backward(g_out)
+
+    s_in = [leaf(t) for t in scan_in]                    # clones outside inference mode: autograd may save them
+    plan, bwd_plan = mixer_plans(batch, E, L, N, device, layout=layout)
+    y = BiScanFn.apply(*s_in, plan, bwd_plan, None)
+    g_y = torch.randn(y.shape, device=device, dtype=y.dtype)
+    del y
+
+    def scan_fwdbwd():
+        BiScanFn.apply(*s_in, plan, bwd_plan, None).backward(g_y)
+
+    mix = _timed(mixer_fwdbwd, device, args)
+    scan = _timed(scan_fwdbwd, device, args)
+    row = {**base, "mode": "fwdbwd", "ms": mix.get("ms"), "peak_gib": mix.get("peak_gib"), "exec": "eager",
+           "scan_ms": scan.get("ms"), "note": mix.get("note") or scan.get("note")}
+    if layout == "lane":
+        row["lane_config"] = _lane_pick()
+    del mix_in, s_in
+    free(device)
+    return row
 
 
 # -- driver ---------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Selective scan benchmark: ours (Triton) vs the official mamba_ssm CUDA kernel, same process, same inputs.
 
-    python -m benchmarks.selective_scan [--official-dir DIR] [--shapes vim|small] [--out DIR]
+    python -m benchmarks.selective_scan [--official-dir DIR] [--shapes vim|small] [--out DIR] [--layouts channel,lane]
 
 bf16 u/delta/z/B/C, fp32 A/D/delta_bias, z gate, softplus. Reports the median ms of fwd and fwd+bwd
 (triton.testing.do_bench), bandwidth on the *minimum* traffic (read u, delta, z, B, C; write y) against the
@@ -11,7 +11,10 @@ Ours is timed in both Triton variants (sequential over L, and chunk-parallel alo
 ``chunk`` (tokens per stored state = backward tile) and ``auto`` (whether the heuristic picks it at this
 shape); official/ours ratios use the auto row. Both are chosen through the op's keyword arguments
 (``selective_scan(..., variant=, chunk=)``). ``--chunk 8`` (or 4, 16, 32) times ours with states stored every
-8 tokens and the backward tiled to match; ``--out`` keeps such a run apart.
+8 tokens and the backward tiled to match; ``--out`` keeps such a run apart. ``--layouts channel,lane`` times
+each variant in each listed forward layout side by side (``selective_scan(..., layout=)``; the backward is the
+same for all, it reads the chunk states the forward stored); rows record ``layout``, and official/ours uses the
+first listed layout's auto row. Default: channel only, as before.
 """
 from __future__ import annotations
 
@@ -88,7 +91,15 @@ def main(argv=None) -> int:
     parser.add_argument("--no-official", action="store_true", help="skip building/timing the CUDA kernel")
     parser.add_argument("--chunk", type=int, default=None,
                         help="tokens per stored state = backward tile of ours (default: the kernel's choice)")
+    parser.add_argument("--layouts", default="channel",
+                        help="comma-separated forward layouts of ours to time side by side (channel, lane, token)")
     args = parser.parse_args(argv)
+    from kernels.selective_scan.options import LAYOUTS
+
+    layouts = [x for x in args.layouts.split(",") if x]
+    bad = [x for x in layouts if x not in LAYOUTS]
+    if bad or not layouts:
+        parser.error(f"--layouts: choose from {LAYOUTS}, got {args.layouts!r}")
     if not torch.cuda.is_available():
         print("selective_scan benchmark needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -115,7 +126,8 @@ def main(argv=None) -> int:
         sms = sm_count(inputs[0].device)
         auto_variant = scan_plan(batch, dim, L, n, sms, chunk=args.chunk)[0]
         variants = {v: scan_plan(batch, dim, L, n, sms, v, chunk=args.chunk) for v in ("sequential", "chunked")}
-        ours = {v: functools.partial(selective_scan, variant=v, chunk=args.chunk) for v in variants}
+        ours = {(v, lay): functools.partial(selective_scan, variant=v, chunk=args.chunk, layout=lay)
+                for v in variants for lay in layouts}
         # correctness before timing: each variant of ours vs official (or vs the fp32 PyTorch path)
         dy = torch.randn_like(inputs[0])
         if official is not None:
@@ -126,33 +138,34 @@ def main(argv=None) -> int:
                                                            for t in inputs], dy.float())
             peer = "fp32 torch"
         worst = {}
-        for v in variants:
-            y_ours, g_ours = _grads(ours[v], inputs, dy)
+        for (v, lay), fn in ours.items():
+            y_ours, g_ours = _grads(fn, inputs, dy)
             errs = {"y": rel_rms(y_ours, y_off)}
             errs.update({f"d{k}": rel_rms(a, b) for k, a, b in zip(names, g_ours, g_off)})
-            worst[v] = max(errs.values())
-            print(f"{shape_s} {v} (seg {variants[v][1]}): rel RMS ours vs {peer}: "
+            worst[(v, lay)] = max(errs.values())
+            print(f"{shape_s} {v} {lay} (seg {variants[v][1]}): rel RMS ours vs {peer}: "
                   + " ".join(f"{k}={e:.1e}" for k, e in errs.items())
-                  + ("" if worst[v] < 2e-2 else "  <-- MISMATCH"), flush=True)
+                  + ("" if worst[(v, lay)] < 2e-2 else "  <-- MISMATCH"), flush=True)
         mb = min_traffic_bytes(batch, dim, L, n)
         for mode in ("fwd", "fwdbwd"):
             times, mode_rows = {}, []
-            runs = [("ours", v, ours[v]) for v in variants] + [(k, None, f) for k, f in peers.items()]
-            for impl, v, fn in runs:
+            runs = [("ours", key, fn) for key, fn in ours.items()] + [(k, None, f) for k, f in peers.items()]
+            for impl, key, fn in runs:
                 ms = _bench(_runner(fn, inputs, mode))
-                times[(impl, v)] = ms
-                print(f"{shape_s} {mode} {impl} {v or ''}: {ms:.4f} ms", flush=True)  # a cut-short run still reports
+                times[(impl, key)] = ms
+                print(f"{shape_s} {mode} {impl} {' '.join(key or ())}: {ms:.4f} ms", flush=True)  # a cut-short run still reports
                 row = dict(op="selective_scan", shape=shape_s, mode=mode, impl=impl, dtype="bf16", ms=round(ms, 4))
-                if v is not None:
-                    row.update(variant=v, seg=variants[v][1], chunk=chunk_size_for(n, args.chunk), auto=v == auto_variant,
-                               sms=sms, max_rel_rms_vs_peer=float(f"{worst[v]:.2e}"))
+                if key is not None:
+                    v, lay = key
+                    row.update(variant=v, layout=lay, seg=variants[v][1], chunk=chunk_size_for(n, args.chunk),
+                               auto=v == auto_variant, sms=sms, max_rel_rms_vs_peer=float(f"{worst[key]:.2e}"))
                 if mode == "fwd":
                     gbps = mb / (ms * 1e-3) / 1e9
                     row.update(gbps=round(gbps, 1), bw_frac=round(gbps / (COPY_TBPS * 1e3), 4),
                                traffic="min: read u,delta,z,B,C + write y")
                 mode_rows.append(row)
             if official is not None:
-                ratio = times[("mamba_ssm", None)] / times[("ours", auto_variant)]
+                ratio = times[("mamba_ssm", None)] / times[("ours", (auto_variant, layouts[0]))]
                 for r in mode_rows:
                     r["ratio_official_over_ours"] = round(ratio, 3)
             rows += mode_rows
@@ -168,13 +181,14 @@ def main(argv=None) -> int:
 
     path = write_results("selective_scan", rows, out_dir=args.out)
     print(f"\nwrote {path}\n")
-    header = (f"{'shape':<26}{'mode':<8}{'impl':<11}{'variant':<16}{'ms':>9}{'GB/s':>9}{'bw%':>7}"
+    header = (f"{'shape':<26}{'mode':<8}{'impl':<11}{'variant':<22}{'ms':>9}{'GB/s':>9}{'bw%':>7}"
               f"{'off/ours':>10}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        variant = (r["variant"] + ("*" if r["auto"] else "")) if "variant" in r else ""
-        print(f"{r['shape']:<26}{r['mode']:<8}{r['impl']:<11}{variant:<16}{r['ms']:>9.4f}"
+        variant = (r["variant"] + ("*" if r["auto"] else "") + ("" if r["layout"] == "channel" else "/" + r["layout"])
+                   if "variant" in r else "")
+        print(f"{r['shape']:<26}{r['mode']:<8}{r['impl']:<11}{variant:<22}{r['ms']:>9.4f}"
               f"{r.get('gbps', float('nan')):>9.1f}{100 * r.get('bw_frac', float('nan')):>7.1f}"
               f"{r.get('ratio_official_over_ours', float('nan')):>10.3f}")
     print("(GB/s and bw% on minimum traffic: read u, delta, z, B, C + write y; copy rate 4.27 TB/s;"

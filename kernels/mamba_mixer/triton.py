@@ -48,10 +48,14 @@ from kernels.causal_conv1d.triton import _blocks as _conv_blocks
 from kernels.common import interpreting
 from kernels.selective_scan.triton import (
     _FWD_CONFIGS,
+    _LANE_CONFIGS,
     _bucket,
     _combine,
     _delta,
     _dummy,
+    _lane_put,
+    _lane_state,
+    _lane_walk,
     _launch,
     _prune,
     _prune_tiles,
@@ -65,6 +69,7 @@ from kernels.selective_scan.triton import (
     scan_plan,
     sm_count,
 )
+from kernels.selective_scan.options import lane_variant, split_lane_variant
 
 __all__ = ["bimamba_inner_triton", "BiConvFn", "BiScanFn", "merged_out_proj", "mixer_plans"]
 
@@ -174,7 +179,7 @@ def _biscan_fwd_kernel(
         mask = mask_l[:, None] & mask_d[None, :]
         mask_ln = mask_l[:, None] & mask_n[None, :]
         u = tl.load(u_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)        # [BL, BD]
-        _, dt = _delta(dt_ptr, col, t, mask, bias, True, True)
+        _, dt = _delta(dt_ptr, col + t[:, None], mask, bias[None, :], True, True)
         Bt = tl.load(x_ptr + colB + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)   # [BL, NP]
 
         hs, h = _scan_tile(u, dt, Bt, A2, h, offs_l, BLOCK_L)
@@ -194,6 +199,55 @@ def _biscan_fwd_kernel(
 
     if STORE_END:
         tl.store(end_ptr + seg_off, h, mask=mask_nd)
+    if not EMIT_Y:
+        tl.store(dsum_ptr + seg_row * Dch + offs_d, dsum, mask=mask_d)
+
+
+@triton.jit(do_not_specialize=["sy_e"])
+def _biscan_lane_kernel(
+    u_ptr, dt_ptr, A_ptr, bc_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, end_ptr, states_ptr, h0_ptr, dsum_ptr,
+    batch, Dch, L, SEG, sy_b, sy_l, sy_dir, sy_e,
+    L_BUCKET, BATCH_BUCKET, BD_CAP,
+    N: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr,
+    STORE_STATES: tl.constexpr, EMIT_Y: tl.constexpr, STORE_END: tl.constexpr, HAS_H0: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """Lane layout of ``_biscan_fwd_kernel`` (same grid, switches, y2, chunk / segment states):
+    ``kernels.selective_scan.triton._lane_walk`` with the mixer's addressing. B|C come transposed as fp32
+    bc [2, B, L, 2N] (``lane_bc``). y2's channel stride ``sy_e`` (= 1) is left unspecialised so that the
+    coalescer does not see y's channel contiguity and stores y from the compute layout (lanes on channels,
+    64 B per warp and token) instead of converting it through shared memory."""
+    pid_d = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n_seg = tl.num_programs(1)
+    pid_r = tl.program_id(2).to(tl.int64)
+    rev = pid_r // batch
+    pid_b = pid_r % batch
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, NP)
+    mask_d = offs_d < Dch
+    pdir = rev * Dch + offs_d                                                      # [BD] in [2, E] params
+    A2 = tl.load(A_ptr + pdir[:, None] * N + offs_n[None, :], mask=mask_d[:, None] & (offs_n < N)[None, :],
+                 other=0.0).to(tl.float32) * 1.4426950408889634                    # [BD, NP]
+    Dv = tl.load(D_ptr + pdir, mask=mask_d, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + pdir, mask=mask_d, other=0.0).to(tl.float32)
+    d64 = offs_d.to(tl.int64)
+    B_row = bc_ptr + pid_r * L * (2 * N)
+    st_row = (pid_r * Dch + d64) * tl.cdiv(L, CHUNK) * N
+    seg_row = pid_r * n_seg + pid_s
+    p0 = pid_s * SEG
+    if HAS_H0:
+        h = _lane_state(h0_ptr, (seg_row * Dch + d64) * N, mask_d, N, NP)
+    else:
+        h = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
+    if STORE_STATES:
+        _lane_put(states_ptr, st_row + (p0 // CHUNK) * N, h, mask_d, N, NP)
+    h, dsum = _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, B_row + N, states_ptr, (pid_r * Dch + d64) * L,
+                         (pid_b * Dch + d64) * L, pid_b * sy_b + rev * sy_dir + d64 * sy_e, sy_l, st_row, A2, Dv,
+                         bias, h, p0, tl.minimum(L, p0 + SEG), L, rev, mask_d, N, NP, CHUNK, 2 * N, True, True,
+                         True, True, STORE_STATES, EMIT_Y, BLOCK_L)
+    if STORE_END:
+        _lane_put(end_ptr, (seg_row * Dch + d64) * N, h, mask_d, N, NP)
     if not EMIT_Y:
         tl.store(dsum_ptr + seg_row * Dch + offs_d, dsum, mask=mask_d)
 
@@ -243,6 +297,17 @@ _biscan_tp_tuned = triton.autotune([_tile_config(t) for t in TOKEN_TILES],
 _SCAN_KEY = ["Dch", "L_BUCKET", "BATCH_BUCKET", "N", "EMIT_Y", "HAS_H0", "STORE_STATES"]
 _biscan_tuned = triton.autotune(_FWD_CONFIGS, key=_SCAN_KEY,
                                 prune_configs_by={"early_config_prune": _prune})(_biscan_fwd_kernel)
+_biscan_lane_tuned = triton.autotune(_LANE_CONFIGS, key=_SCAN_KEY,
+                                     prune_configs_by={"early_config_prune": _prune})(_biscan_lane_kernel)
+
+
+def lane_bc(x_dbl: torch.Tensor, rank: int) -> torch.Tensor:
+    """B|C of both directions as the lane kernel reads them: x_dbl[:, :, R:] [2, B, 2N, L] -> fp32 [2, B, L, 2N]
+    (token t's B at [.., t, :N], C at [.., t, N:]), by one torch op (a strided copy that transposes and casts in
+    one kernel; 2 x 4 B per (direction, token, state), 1/12 of one [2, B, E, L] bf16 tensor's bytes at Vim-Ti).
+    ``copy_`` into a fresh buffer: ``.to(..., memory_format=contiguous_format)`` may return a view (fp32 input)."""
+    bc = x_dbl[:, :, rank:].transpose(2, 3)
+    return torch.empty(bc.shape, device=x_dbl.device, dtype=torch.float32).copy_(bc)
 
 
 def mixer_plans(batch: int, dim: int, L: int, n_state: int, device: torch.device, variant: str | None = None,
@@ -253,7 +318,8 @@ def mixer_plans(batch: int, dim: int, L: int, n_state: int, device: torch.device
     The forward runs both directions in one grid (2 x batch rows), the backward one direction at a time, so
     each gets the selective scan's own occupancy rule (``scan_plan``) for its row count; both share the
     chunk (tokens per stored state) since the backward reads the states the forward wrote. ``layout="token"``
-    makes the forward's variant "token" (one token-parallel pass); "auto" keeps the channel layout."""
+    makes the forward's variant "token" (one token-parallel pass); ``layout="lane"`` makes it "lane" /
+    "lane_chunked" (the same passes and segments in the lane layout); "auto" keeps the channel layout."""
     if interpreting() and (variant or "auto").lower() == "auto":
         variant = "sequential"                    # the interpreter has no SMs to fill
     sms = sm_count(device)
@@ -261,19 +327,24 @@ def mixer_plans(batch: int, dim: int, L: int, n_state: int, device: torch.device
     tune = bool(autotune is None or autotune) and not interpreting()
     fwd = (*scan_plan(2 * batch, dim, L, n_state, sms, variant, seg, c), c, tune)
     bwd = (*scan_plan(batch, dim, L, n_state, sms, variant, seg, c), c, tune)
-    if check_layout(layout)[0] == "token":
+    layout = check_layout(layout)[0]
+    if layout == "token":
         fwd = ("token", max(L, 1), c, tune)
+    elif layout == "lane":
+        fwd = (lane_variant(fwd[0]), *fwd[1:])
     return fwd, bwd
 
 
 def biscan_fwd(xc, delta, A, x_dbl, D, z, bias, rank, store_states, plan, tile=None):
     """Launch the two-direction scan (one sequential pass, passes 1-3 of the chunk-parallel variant, or the
-    token-parallel pass with ``tile``, None: autotuned).
+    token-parallel pass with ``tile``, None: autotuned); variants "lane" / "lane_chunked" run the sequential /
+    chunk-parallel passes in the lane layout (``_biscan_lane_kernel`` on ``lane_bc(x_dbl)``).
 
     xc, delta [2, B, E, L], x_dbl [2, B, R+2N, L], z [B, E, L] contiguous; A [2, E, N], D, bias [2, E] fp32.
     Returns (y2 in xc's dtype: [B, L, 2, E], or [B, 2, E, L] for the token layout; chunk states
     [2, B, E, n_chunks, N] fp32 or a dummy)."""
     variant, seg, chunk, autotune = plan
+    lane, variant = split_lane_variant(variant)
     _, batch, dim, L = xc.shape
     n = A.shape[-1]
     rows = 2 * batch
@@ -288,12 +359,19 @@ def biscan_fwd(xc, delta, A, x_dbl, D, z, bias, rank, store_states, plan, tile=N
                       NP=triton.next_power_of_2(n), CHUNK=chunk, STORE_STATES=bool(store_states))
         return y, states
     y = torch.empty(batch, L, 2, dim, device=xc.device, dtype=xc.dtype)
-    scalars = (batch, dim, L, seg, rank, x_dbl.stride(1), x_dbl.stride(2), y.stride(0), y.stride(1), y.stride(2),
-               _bucket(L), _bucket(rows), 1 << 30)
+    tail = (_bucket(L), _bucket(rows), 1 << 30)
     meta = dict(N=n, NP=triton.next_power_of_2(n), CHUNK=chunk)
-    run = functools.partial(_launch, _biscan_fwd_kernel, _biscan_tuned, batch=rows, dim=dim, cap=1 << 30,
-                            chunk=chunk, fwd=True, autotune=autotune)
-    head = (xc, delta, A, x_dbl, D, z, bias, y)
+    if lane:
+        scalars = (batch, dim, L, seg, y.stride(0), y.stride(1), y.stride(2), y.stride(3), *tail)
+        head = (xc, delta, A, lane_bc(x_dbl, rank), D, z, bias, y)
+        kernels = (_biscan_lane_kernel, _biscan_lane_tuned)
+    else:
+        scalars = (batch, dim, L, seg, rank, x_dbl.stride(1), x_dbl.stride(2), y.stride(0), y.stride(1),
+                   y.stride(2), *tail)
+        head = (xc, delta, A, x_dbl, D, z, bias, y)
+        kernels = (_biscan_fwd_kernel, _biscan_tuned)
+    run = functools.partial(_launch, *kernels, batch=rows, dim=dim, cap=1 << 30, chunk=chunk, fwd=True,
+                            autotune=autotune, lane=lane)
     if variant == "sequential":
         run((*head, dummy, states, dummy, dummy, *scalars), 1, **meta, STORE_STATES=bool(store_states),
             EMIT_Y=True, STORE_END=False, HAS_H0=False)

@@ -102,7 +102,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     GPU), ``seg`` tokens per segment of the chunked variant, ``chunk`` tokens per stored state = backward
     tile (4..64, default 16, or 8 above 16 states), ``autotune`` (default True on the GPU) the launch
     configuration per shape, ``layout`` of the forward's tiles ("channel", "token": lanes along L, one program
-    per few channels, for grids that the channel layout leaves empty; "auto" = "channel" for now) and ``tile``
+    per few channels, for grids that the channel layout leaves empty; "lane": the channel layout's passes with
+    one channel per lane and B / C broadcast from fp32 transposed copies; "auto" = "channel" for now) and ``tile``
     the token layout's (tokens per thread, groups, channels, warps).
     """
     _validate(u, delta, A, B, C, D, z, delta_bias)

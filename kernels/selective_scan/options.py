@@ -4,14 +4,34 @@ Kept apart from ``triton.py`` so the public op validates them on every path with
 """
 from __future__ import annotations
 
-__all__ = ["CHUNKS", "LAYOUTS", "VARIANTS", "check_layout", "check_plan_args", "chunk_size_for"]
+__all__ = ["CHUNKS", "LAYOUTS", "LANE_VARIANTS", "VARIANTS", "check_layout", "check_plan_args", "chunk_size_for",
+           "lane_variant", "split_lane_variant"]
 
 VARIANTS = ("auto", "sequential", "chunked")
 CHUNKS = (4, 8, 16, 32, 64)                 # tokens per stored state = backward tile (power of two)
 # Forward tile layouts: "channel" (lanes on channels, tokens in-thread; sequential or chunk-parallel by
-# ``variant``), "token" (lanes and warps along L, one program per few channels; always one pass), "auto"
-# (= "channel" until GPU measurements pick per shape).
-LAYOUTS = ("auto", "channel", "token")
+# ``variant``), "token" (lanes and warps along L, one program per few channels; always one pass), "lane" (one
+# channel per lane, the tile's tokens and all N states in-thread, B / C broadcast from an fp32 transposed copy:
+# no layout conversions; sequential or chunk-parallel by ``variant``, like "channel"), "auto" (= "channel" until
+# GPU measurements pick per shape).
+LAYOUTS = ("auto", "channel", "token", "lane")
+# The forward plan's variant under layout="lane" (the plan tuple has no layout field: like "token", the layout
+# rides in the variant); the backward plan keeps "sequential" / "chunked" (its kernels are shared).
+LANE_VARIANTS = {"sequential": "lane", "chunked": "lane_chunked"}
+
+
+def lane_variant(variant: str) -> str:
+    """The lane layout's forward variant for a scan_plan variant ("sequential" -> "lane", "chunked" ->
+    "lane_chunked")."""
+    return LANE_VARIANTS[variant]
+
+
+def split_lane_variant(variant: str) -> tuple[bool, str]:
+    """(lane layout?, "sequential" | "chunked" | the variant unchanged) of a forward plan's variant."""
+    for base, lane in LANE_VARIANTS.items():
+        if variant == lane:
+            return True, base
+    return False, variant
 
 
 def chunk_size_for(n_state: int, chunk: int | None = None) -> int:

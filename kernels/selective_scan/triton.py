@@ -76,10 +76,19 @@ import triton
 import triton.language as tl
 
 from kernels.common import interpreting
-from kernels.selective_scan.options import CHUNKS, LAYOUTS, VARIANTS, check_layout, check_plan_args, chunk_size_for
+from kernels.selective_scan.options import (
+    CHUNKS,
+    LAYOUTS,
+    VARIANTS,
+    check_layout,
+    check_plan_args,
+    chunk_size_for,
+    lane_variant,
+    split_lane_variant,
+)
 
 __all__ = ["selective_scan_triton", "SelectiveScanFn", "chunk_size_for", "scan_plan", "sm_count", "CHUNKS",
-           "VARIANTS", "LAYOUTS", "TOKEN_TILES"]
+           "VARIANTS", "LAYOUTS", "TOKEN_TILES", "lane_bc"]
 
 LOG2E = 1.4426950408889634
 
@@ -107,11 +116,12 @@ def _softplus(x):
 
 
 @triton.jit
-def _delta(dt_ptr, col, t, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Load a [tokens, channels] tile of Δ: returns (pre-softplus x, Δ); padding gets Δ = 0 (identity step)."""
-    x = tl.load(dt_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
+def _delta(dt_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Load a tile of Δ at ``offs`` (bias broadcast to it): returns (pre-softplus x, Δ); padding gets Δ = 0
+    (identity step)."""
+    x = tl.load(dt_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        x = x + bias[None, :]
+        x = x + bias
     if SOFTPLUS:
         dt = _softplus(x)
     else:
@@ -129,6 +139,172 @@ def _scan_tile(u, dt, Bt, A2, h, offs_l, BLOCK_L: tl.constexpr):
     a_s, b_s = tl.associative_scan((a, b), axis=0, combine_fn=_affine_combine)
     hs = a_s * h[None, :, :] + b_s
     return hs, tl.sum(tl.where(offs_l[:, None, None] == BLOCK_L - 1, hs, 0.0), axis=0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# lane forward layout ("lane"): one channel per lane, the tile's tokens and all N states in-thread
+
+@triton.jit
+def _lane_rows(row, mask_d, N: tl.constexpr, NP: tl.constexpr, K: tl.constexpr):
+    """Offsets [BD, NP/K, K] of N consecutive values per channel (``row`` [BD]) and their mask.
+
+    Lane-layout tiles are channel-major: Triton's coalescer gives lanes to the contiguous axis first, then to
+    the other axes in index order, so a contiguous axis no longer than one 16-B vector (K = 4 fp32) leaves
+    all lanes to the channels on axis 0: vector accesses straight in the compute layout, no conversion."""
+    n = tl.arange(0, NP // K)[None, :, None] * K + tl.arange(0, K)[None, None, :]
+    return row[:, None, None] + n, mask_d[:, None, None] & (n < N)
+
+
+@triton.jit
+def _lane_state(ptr, row, mask_d, N: tl.constexpr, NP: tl.constexpr):
+    """Load [BD, NP] states at ptr + row + n (h0 of pass 3)."""
+    K: tl.constexpr = 4 if NP >= 4 else NP
+    off, m = _lane_rows(row, mask_d, N, NP, K)
+    return tl.reshape(tl.load(ptr + off, mask=m, other=0.0), [row.shape[0], NP])
+
+
+@triton.jit
+def _lane_put(ptr, row, h, mask_d, N: tl.constexpr, NP: tl.constexpr):
+    """Store [BD, NP] states at ptr + row + n."""
+    K: tl.constexpr = 4 if NP >= 4 else NP
+    off, m = _lane_rows(row, mask_d, N, NP, K)
+    tl.store(ptr + off, tl.reshape(h, off.shape), mask=m)
+
+
+@triton.jit
+def _lane_bc(row_ptr, t, mask_l, S: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, K: tl.constexpr,
+             BLOCK_D: tl.constexpr):
+    """The [BL, NP] B or C tile of a transposed fp32 row (state n of token t at row_ptr + t S + n) as
+    [BD, BL, NP]: every lane loads the same addresses (zero stride along channels: one L1 wavefront per
+    load), as fp32 so no per-element unpacking (the launchers transpose B / C once, a few % of the scan's
+    traffic)."""
+    n = tl.arange(0, NP // K)[None, None, :, None] * K + tl.arange(0, K)[None, None, None, :]
+    zero_d = tl.zeros([BLOCK_D, 1, 1, 1], dtype=tl.int32)
+    ptrs = row_ptr + (t.to(tl.int64)[None, :, None, None] * S + n) + zero_d            # [BD, BL, NP/K, K]
+    v = tl.load(ptrs, mask=mask_l[None, :, None, None] & (n < N), other=0.0).to(tl.float32)
+    return tl.reshape(v, [BLOCK_D, v.shape[1], NP])
+
+
+@triton.jit
+def _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, col, colz, coly, sy_l, st_row, A2, Dv,
+               bias, h, p0, p_end, L, rev, mask_d,
+               N: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr, S: tl.constexpr, HAS_D: tl.constexpr,
+               HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr,
+               EMIT_Y: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The lane-layout forward of one program over scan steps [p0, p_end): BD channels (one per lane), the
+    tile's tokens and all states in-thread, so the scan and the sum over states need no shuffles. Loads and
+    stores are channel-major ([BD, ...], see _lane_rows / _lane_bc), the arithmetic token-major [BL, NP, BD]:
+    a [BD, BL, NP] compute tile gets Triton's default layout with lanes on the LAST axis (states / tokens), and
+    the first version of this walk compiled (sm_90) to ~416 shuffles per tile, 255 registers and spills;
+    token-major it has none (the permute of B / C is a register renaming). Shared by the selective scan's and the fused
+    mixer's kernels, which differ only in addressing: ``col`` / ``colz`` / ``coly`` [BD] row offsets in u and
+    Δ / z / y (token stride 1, 1, ``sy_l``); B_row, C_row the transposed fp32 B / C rows (token stride S);
+    ``st_row`` [BD] where chunk 0's state of each channel goes (the channel layout's addresses). ``rev`` = 1
+    walks token L-1-p at step p. A2 = A log2(e), h: [BD, NP]. Returns (h, ΣΔ [BD])."""
+    K: tl.constexpr = 4 if NP >= 4 else NP
+    # compute tiles are token-major [BL, NP, BD] (channels last): Triton's default layout gives the lanes (and
+    # warps) to the last axis, so with BD = 32 x warps every thread holds its channel's BL x NP values and the
+    # loads' layouts (lanes on channels, see _lane_rows) match it up to a register permutation
+    offs_l = tl.arange(0, BLOCK_L)
+    first = offs_l[:, None, None] == 0
+    last = offs_l[:, None, None] == BLOCK_L - 1
+    A2t = tl.trans(A2)                                                             # [NP, BD]
+    ht = tl.trans(h)
+    dsum = tl.zeros(mask_d.shape, dtype=tl.float32)
+    for i in range(0, tl.cdiv(p_end - p0, BLOCK_L)):
+        p = p0 + i * BLOCK_L + offs_l
+        mask_l = p < p_end
+        t = p + rev * (L - 1 - 2 * p)
+        mask = mask_l[:, None] & mask_d[None, :]                                   # [BL, BD]
+        u = tl.load(u_ptr + col[None, :] + t[:, None], mask=mask, other=0.0).to(tl.float32)
+        _, dt = _delta(dt_ptr, col[None, :] + t[:, None], mask, bias[None, :], HAS_BIAS, SOFTPLUS)
+        Bt = tl.permute(_lane_bc(B_row, t, mask_l, S, N, NP, K, mask_d.shape[0]), (1, 2, 0))   # [BL, NP, BD]
+        # the recurrence h = a h + b as an in-thread scan of b alone: the carried-in state enters through
+        # token 0's input, and the scan's running product of a is unused (dead code)
+        a = tl.exp2(dt[:, None, :] * A2t[None, :, :])
+        b = (dt * u)[:, None, :] * Bt
+        b = tl.where(first, a * ht[None, :, :] + b, b)
+        _, hs = tl.associative_scan((a, b), axis=0, combine_fn=_affine_combine)
+        ht = tl.sum(tl.where(last, hs, -0.0), axis=0)                              # -0.0: x + -0.0 folds
+        if EMIT_Y:
+            Ct = tl.permute(_lane_bc(C_row, t, mask_l, S, N, NP, K, mask_d.shape[0]), (1, 2, 0))
+            y = tl.sum(hs * Ct, axis=1)                                            # [BL, BD]
+            if HAS_D:
+                y += Dv[None, :] * u
+            if HAS_Z:
+                zz = tl.load(z_ptr + colz[None, :] + t[:, None], mask=mask, other=0.0).to(tl.float32)
+                y = y * zz * tl.sigmoid(zz)
+            tl.store(y_ptr + coly[None, :] + t.to(tl.int64)[:, None] * sy_l, y.to(y_ptr.dtype.element_ty),
+                     mask=mask)
+        else:
+            dsum += tl.sum(dt, axis=0)
+        if STORE_STATES:
+            end = p0 + (i + 1) * BLOCK_L
+            if (end % CHUNK == 0) & (end < p_end):
+                _lane_put(states_ptr, st_row + (end // CHUNK) * N, tl.trans(ht), mask_d, N, NP)
+    return tl.trans(ht), dsum
+
+
+@triton.jit(do_not_specialize=["sy_l"])
+def _lane_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, end_ptr, states_ptr, h0_ptr, dsum_ptr,
+    Dch, L, SEG, cpg_B, cpg_C, stride_Bb, stride_Bg, stride_Cb, stride_Cg,
+    L_BUCKET, BATCH_BUCKET, BD_CAP, sy_l,
+    N: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr, STORE_STATES: tl.constexpr,
+    EMIT_Y: tl.constexpr, STORE_END: tl.constexpr, HAS_H0: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """Lane layout of ``_fwd_kernel``: same grid, arguments, switches and outputs (y, end / segment states, ΣΔ,
+    the backward's chunk states at the same addresses), by ``_lane_walk``. B_ptr / C_ptr are the launcher's
+    transposed fp32 copies [B, G, L, N] (state n of token t at row + t N + n), strides of those; a program's
+    channels lie in one group (BLOCK_D <= BD_CAP), so its B / C row is one broadcast address per token.
+    ``sy_l``: y's token stride (= 1, given by the launcher as a keyword and left unspecialised, as in the mixer's
+    ``_biscan_lane_kernel``): a store that the coalescer sees contiguous along tokens gets lanes on tokens, and
+    the compiler then converts the whole [BL, NP, BD] tile (or rescans it in a second layout) to match."""
+    pid_d = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n_seg = tl.num_programs(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    d0 = pid_d * BLOCK_D
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, NP)
+    mask_d = offs_d < Dch
+    d64 = offs_d.to(tl.int64)
+    A2 = tl.load(A_ptr + d64[:, None] * N + offs_n[None, :], mask=mask_d[:, None] & (offs_n < N)[None, :],
+                 other=0.0).to(tl.float32) * 1.4426950408889634                    # [BD, NP]
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if REVERSE:
+        rev = 1
+    else:
+        rev = 0
+    col = (pid_b * Dch + d64) * L                                                  # [BD] rows of u, Δ, z, y
+    B_row = B_ptr + pid_b * stride_Bb + (d0 // cpg_B) * stride_Bg
+    C_row = C_ptr + pid_b * stride_Cb + (d0 // cpg_C) * stride_Cg
+    st_row = (pid_b * Dch + d64) * tl.cdiv(L, CHUNK) * N
+    seg_row = pid_b * n_seg + pid_s
+    p0 = pid_s * SEG
+    if HAS_H0:
+        h = _lane_state(h0_ptr, (seg_row * Dch + d64) * N, mask_d, N, NP)
+    else:
+        h = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
+    if STORE_STATES:
+        _lane_put(states_ptr, st_row + (p0 // CHUNK) * N, h, mask_d, N, NP)
+    h, dsum = _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, col, col, col, sy_l, st_row, A2, Dv,
+                         bias, h, p0, tl.minimum(L, p0 + SEG), L, rev, mask_d, N, NP, CHUNK, N, HAS_D, HAS_Z,
+                         HAS_BIAS, SOFTPLUS, STORE_STATES, EMIT_Y, BLOCK_L)
+    if STORE_END:
+        _lane_put(end_ptr, (seg_row * Dch + d64) * N, h, mask_d, N, NP)
+    if not EMIT_Y:
+        tl.store(dsum_ptr + seg_row * Dch + offs_d, dsum, mask=mask_d)
 
 
 @triton.jit
@@ -197,7 +373,7 @@ def _fwd_kernel(
         mask = mask_l[:, None] & mask_d[None, :]
         mask_ln = mask_l[:, None] & mask_n[None, :]
         u = tl.load(u_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)        # [BL, BD]
-        _, dt = _delta(dt_ptr, col, t, mask, bias, HAS_BIAS, SOFTPLUS)
+        _, dt = _delta(dt_ptr, col + t[:, None], mask, bias[None, :], HAS_BIAS, SOFTPLUS)
         Bt = tl.load(B_ptr + colB + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)   # [BL, NP]
 
         hs, h = _scan_tile(u, dt, Bt, A2, h, offs_l, BLOCK_L)
@@ -294,7 +470,7 @@ def _bwd_kernel(
         else:
             t = p
         mask = mask_l[:, None] & mask_d[None, :]
-        x, dt = _delta(dt_ptr, col, t, mask, bias, HAS_BIAS, SOFTPLUS)
+        x, dt = _delta(dt_ptr, col + t[:, None], mask, bias[None, :], HAS_BIAS, SOFTPLUS)
         dout = tl.load(dout_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
         if HAS_Z:
             zz = tl.load(z_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
@@ -564,6 +740,10 @@ _FWD_CONFIGS = [
     for bd, bl, w in [(32, 4, 1), (64, 4, 2), (128, 4, 4), (32, 8, 2), (16, 8, 1), (32, 16, 4), (8, 16, 1),
                       (4, 32, 4)]
 ]
+# Lane-layout tiles: one channel per lane (BLOCK_D = 32 x warps), BLOCK_L tokens x N states per thread. sm_90
+# offline (ptxas -v, N 16, _biscan_lane_kernel): BLOCK_L 2 -> 128 registers, 4 -> 183-243, no spills, no
+# shuffles; BLOCK_L 8 hits 255 registers and spills ~230 B per thread, so it is left out.
+_LANE_CONFIGS = [triton.Config({"BLOCK_D": 32 * w, "BLOCK_L": bl}, num_warps=w) for w in (1, 2, 4) for bl in (2, 4)]
 # The backward keeps its tile's tokens in-thread and one channel per lane: BLOCK_D = 32 * num_warps.
 _BWD_CONFIGS = [triton.Config({"BLOCK_D": 32 * w}, num_warps=w) for w in (1, 2, 4, 8)]
 
@@ -598,6 +778,8 @@ _FWD_KEY = _KEY + ["EMIT_Y", "HAS_H0", "STORE_STATES"]
 _BWD_KEY = _KEY + ["CARRY_ONLY", "HAS_CARRY"]
 
 _fwd_tuned = triton.autotune(_FWD_CONFIGS, key=_FWD_KEY, prune_configs_by={"early_config_prune": _prune})(_fwd_kernel)
+_lane_fwd_tuned = triton.autotune(_LANE_CONFIGS, key=_FWD_KEY,
+                                  prune_configs_by={"early_config_prune": _prune})(_lane_fwd_kernel)
 _bwd_tuned = triton.autotune(_BWD_CONFIGS, key=_BWD_KEY, prune_configs_by={"early_config_prune": _prune},
                              reset_to_zero=["dA_ptr", "dB_ptr", "dC_ptr", "dD_ptr", "dbias_ptr"])(_bwd_kernel)
 
@@ -656,6 +838,15 @@ def _fixed_config(cap: int, chunk: int, fwd: bool) -> dict:
         bd = max(1, min(cap, 32))
         return {"BLOCK_D": bd, "BLOCK_L": min(4 if bd == 32 else 8, chunk), "num_warps": 1}
     return {"BLOCK_D": max(1, min(cap, 32)), "num_warps": 1}
+
+
+def _lane_fixed_config(cap: int, chunk: int) -> dict:
+    """The lane layout's config without autotuning: one warp of one channel per lane and 4 tokens per tile on
+    the GPU (BLOCK_D below 32 only where a B/C group is narrower); BLOCK_L 8 (or the chunk) in the interpreter,
+    so an odd L ends inside a tile and a chunk of 16 spans two tiles."""
+    if interpreting():
+        return {"BLOCK_D": max(1, min(cap, 4)), "BLOCK_L": min(8, chunk)}
+    return {"BLOCK_D": max(1, min(cap, 32)), "BLOCK_L": min(4, chunk), "num_warps": 1}
 
 
 def _bucket(x: int) -> int:
@@ -726,10 +917,11 @@ def _dummy(ref: torch.Tensor) -> torch.Tensor:
     return torch.zeros(1, device=ref.device, dtype=torch.float32)
 
 
-def _launch(fixed, tuned, args, n_seg, batch, dim, cap, chunk, fwd, autotune, **kw):
-    """One scan kernel over grid (channel blocks, segments, batch), autotuned or with the fixed config."""
+def _launch(fixed, tuned, args, n_seg, batch, dim, cap, chunk, fwd, autotune, lane=False, **kw):
+    """One scan kernel over grid (channel blocks, segments, batch), autotuned or with the fixed config
+    (``lane``: the lane layout's, ``_lane_fixed_config``)."""
     if not autotune or interpreting():
-        cfg = _fixed_config(cap, chunk, fwd=fwd)
+        cfg = _lane_fixed_config(cap, chunk) if lane else _fixed_config(cap, chunk, fwd=fwd)
         fixed[(triton.cdiv(dim, cfg["BLOCK_D"]), n_seg, batch)](*args, **kw, **cfg)
     else:
         tuned[lambda m: (triton.cdiv(dim, m["BLOCK_D"]), n_seg, batch)](*args, **kw)
@@ -745,13 +937,26 @@ def _combine(A, dsum, x, out, final, backward):
                           BLOCK=block, BACKWARD=backward, STORE_FINAL=final is not None, num_warps=4)
 
 
+def lane_bc(t: torch.Tensor) -> torch.Tensor:
+    """B or C [B, G, N, L] as the lane layout reads it: fp32 [B, G, L, N] (a token's N states contiguous), by
+    one torch op (a strided copy that transposes and casts in one kernel). Costs a read of the bf16 tensor and
+    a write + the scan's read of 2x its bytes: at Vim-Ti (N 16, D 384) ~1/24 of a [B, D, L] tensor each.
+
+    (``copy_`` into a fresh contiguous buffer, not ``.to(float32, memory_format=contiguous_format)``: for an fp32
+    input that returns the transposed view itself, whose suggested memory format is already "contiguous".)"""
+    tt = t.transpose(-1, -2)
+    return torch.empty(tt.shape, device=t.device, dtype=torch.float32).copy_(tt)
+
+
 def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, store_states, plan, tile=None):
-    """Launch the forward: one sequential pass, passes 1-3 of the chunk-parallel variant, or (variant "token")
-    the token-parallel kernel with ``tile`` (None: autotuned).
+    """Launch the forward: one sequential pass, passes 1-3 of the chunk-parallel variant, (variant "token") the
+    token-parallel kernel with ``tile`` (None: autotuned), or (variants "lane" / "lane_chunked") the sequential /
+    chunk-parallel passes in the lane layout (``_lane_fwd_kernel``, on ``lane_bc`` copies of B and C).
 
     B, C are 4-D ``[B, G, N, L]``; all contiguous. Returns (y, last, states).
     """
     variant, seg, chunk, autotune = plan
+    lane, variant = split_lane_variant(variant)
     batch, dim, L = u.shape
     n = A.shape[1]
     y = torch.empty_like(u)
@@ -765,8 +970,13 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, s
            delta_bias if delta_bias is not None else dummy)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=bool(softplus), REVERSE=bool(reverse))
-    run = functools.partial(_launch, _fwd_kernel, _fwd_tuned, batch=batch, dim=dim, cap=cap, chunk=chunk,
-                            fwd=True, autotune=autotune)
+    if lane:
+        # the kernels read B / C from fp32 [B, G, L, N] copies; the group arithmetic stays that of B / C
+        B, C = lane_bc(B), lane_bc(C)
+        scalars = scalars[:5] + (B.stride(0), B.stride(1), C.stride(0), C.stride(1)) + scalars[9:]
+    run = functools.partial(_launch, *((_lane_fwd_kernel, _lane_fwd_tuned) if lane else (_fwd_kernel, _fwd_tuned)),
+                            batch=batch, dim=dim, cap=cap, chunk=chunk, fwd=True, autotune=autotune, lane=lane,
+                            **(dict(sy_l=1) if lane else {}))
     if variant == "token":
         args = (u, delta, A, B, C, *opt, y, last, states, *(scalars[:2] + scalars[3:]))
         launch_tokens(_tp_fwd_kernel, _tp_fwd_tuned, args, batch, dim, cap, tile, autotune, **meta, **flags,
@@ -918,7 +1128,8 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     :func:`chunk_size_for`'s choice; ``autotune`` (default: on, except in the interpreter) picks the launch
     configuration per shape. The interpreter has no SMs to fill, so "auto" means sequential there.
     ``layout="token"`` runs the forward token-parallel (``tile`` forces its configuration; the backward keeps
-    its variant); "auto" and "channel" keep the channel layout.
+    its variant); ``layout="lane"`` runs the forward's passes (same variant and segments) in the lane layout;
+    "auto" and "channel" keep the channel layout.
     """
     batch, dim, L = u.shape
     if interpreting() and check_plan_args(variant, seg) == "auto":
@@ -928,5 +1139,10 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     tune = bool(autotune is None or autotune) and not interpreting()
     c = chunk_size_for(n, chunk)
     bwd_plan = (*scan_plan(batch, dim, L, n, sm_count(u.device), variant, seg, chunk), c, tune)
-    plan = ("token", max(L, 1), c, tune) if layout == "token" else bwd_plan
+    if layout == "token":
+        plan = ("token", max(L, 1), c, tune)
+    elif layout == "lane":
+        plan = (lane_variant(bwd_plan[0]), *bwd_plan[1:])
+    else:
+        plan = bwd_plan
     return SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, plan, bwd_plan, tile)

@@ -210,6 +210,36 @@ def test_token_layout_on_the_unfused_path_and_checked_everywhere():
             bimamba_inner(*inputs, variant=variant, layout="rows")
 
 
+@pytest.mark.parametrize("batch,L,n,scan_kw", [(1, 37, 8, {}), (2, 21, 12, {}),
+                                                (1, 37, 16, dict(variant_scan="chunked", seg=16))])
+def test_fused_lane_layout_matches_reference(batch, L, n, scan_kw):
+    """layout="lane": both directions' scan forward in the lane layout (_biscan_lane_kernel on the fp32 B|C copy),
+    BLOCK_L 8 in the interpreter (L = 37 ends inside a tile; chunks of 8 / 16), N = 12, sequential and
+    chunk-parallel (3 segments of 16, the last partial); every gradient through the unchanged backward."""
+    compare(make_inputs(batch, 8, L, n), TOL[torch.float32], layout="lane", **scan_kw)
+
+
+def test_fused_lane_layout_bf16_matches_reference():
+    compare(make_inputs(1, 4, 37, 8, dtype=torch.bfloat16), TOL[torch.bfloat16], layout="lane")
+
+
+def test_lane_layout_plans_and_unfused_path():
+    """mixer_plans gives the forward the lane variant of its own plan (the backward's is unchanged); lane_bc is
+    x_dbl's B|C rows transposed to fp32 [2, B, L, 2N]; the unfused path takes layout="lane" too."""
+    from kernels.mamba_mixer.triton import lane_bc, mixer_plans
+
+    for variant, want in (("sequential", "lane"), ("chunked", "lane_chunked")):
+        base = mixer_plans(2, 8, 37, 16, torch.device("cpu"), variant, 16)
+        lane = mixer_plans(2, 8, 37, 16, torch.device("cpu"), variant, 16, layout="lane")
+        assert lane == ((want, *base[0][1:]), base[1])
+    x_dbl = torch.randn(2, 3, 5 + 2 * 4, 7)
+    bc = lane_bc(x_dbl, 5)
+    assert bc.is_contiguous() and bc.shape == (2, 3, 7, 8) and torch.equal(bc, x_dbl[:, :, 5:].transpose(2, 3))
+    inputs = make_inputs(1, 8, 37, 12)
+    out_u = bimamba_inner(*inputs, variant="unfused", layout="lane")
+    assert rel_rms(out_u, bimamba_inner_ref(*inputs)) < 1e-5
+
+
 def test_merged_out_proj_token_operand_equals_channel_layout():
     """out_proj over y [B, 2, E, L] read transposed equals out_proj over the same values laid out [B, L, 2, E]."""
     from kernels.mamba_mixer.triton import merged_out_proj
@@ -279,3 +309,27 @@ def test_gpu_fused_token_layout(dtype, L):
     inputs = make_inputs(2, 384, L, 16, dim=192, rank=12, dtype=dtype, device="cuda")
     for tile in (None, (16, 32, 1, 8)):
         compare(inputs, 3e-2 if dtype == torch.bfloat16 else 1e-4, ref=_gpu_ref, layout="token", tile=tile)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("shape", GPU_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_fused_lane_layout(shape, dtype):
+    """The lane forward of the fused mixer at the benchmark shapes (autotuned; the heuristic's variant, chunked at
+    1024 px batch 8), all gradients through the unchanged backward."""
+    batch, e, L, n, dim, rank = shape
+    inputs = make_inputs(batch, e, L, n, dim=dim, rank=rank, dtype=dtype, device="cuda")
+    errs = compare(inputs, 3e-2 if dtype == torch.bfloat16 else 1e-4, ref=_gpu_ref, layout="lane")
+    print(shape, dtype, {k: f"{v:.1e}" for k, v in errs.items()})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("variant_scan", ["sequential", "chunked"])
+@pytest.mark.parametrize("autotune", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_fused_lane_layout_odd_length(variant_scan, autotune, dtype):
+    inputs = make_inputs(2, 384, 1237, 16, dim=192, rank=12, dtype=dtype, device="cuda")
+    compare(inputs, 3e-2 if dtype == torch.bfloat16 else 1e-4, ref=_gpu_ref, variant_scan=variant_scan,
+            autotune=autotune, layout="lane")

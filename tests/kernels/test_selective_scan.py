@@ -398,6 +398,97 @@ def test_token_layout_keywords_are_checked():
         selective_scan(*groups[:5], layout="token", tile=(4, 8, 4, 1))
 
 
+# Lane forward layout (layout="lane": one channel per lane, the tile's tokens and all N states in-thread, B / C
+# broadcast from fp32 transposed copies): the interpreter runs BLOCK_L = min(8, chunk), so L = 37 ends inside a
+# tile and a chunk of 16 spans two tiles (states stored at every other tile end); gradients through the
+# unchanged backward from the chunk states the lane forward stored.
+LANE_CASES = [
+    # batch, dim, L, n, groups, has_D, has_z, has_bias, softplus, reverse, Triton keywords
+    ((2, 6, 37, 16, None, True, True, True, True, False), {}),          # 2 tiles per chunk, L not a multiple
+    ((1, 8, 37, 12, 2, True, True, True, True, True), {}),              # N = 12, grouped B/C, reverse
+    ((2, 5, 19, 1, None, True, False, True, False, True), dict(chunk=4)),   # N = 1, BLOCK_L = chunk = 4
+    ((1, 3, 1, 1, None, False, False, False, False, False), {}),        # L = 1, nothing optional
+    ((1, 4, 70, 16, None, False, True, False, True, False), CHUNKED),   # chunk-parallel: 5 segments of 16
+    ((1, 8, 37, 12, 2, True, True, True, True, True), CHUNKED),         # chunk-parallel, reverse, partial last
+]
+
+
+@pytest.mark.parametrize("case,scan_kw", LANE_CASES)
+def test_lane_layout_fp32_matches_ref(case, scan_kw):
+    batch, dim, L, n, groups, has_D, has_z, has_bias, softplus, reverse = case
+    inputs = make_inputs(batch, dim, L, n, groups, torch.float32, has_D, has_z, has_bias)
+    compare(inputs, TOL[torch.float32], scan_kw=dict(scan_kw, layout="lane"), delta_softplus=softplus,
+            reverse=reverse)
+
+
+def test_lane_layout_bf16_matches_ref():
+    inputs = make_inputs(1, 8, 37, 16, 2, torch.bfloat16)
+    compare(inputs, TOL[torch.bfloat16], scan_kw=dict(layout="lane"), delta_softplus=True, reverse=True)
+
+
+@pytest.mark.parametrize("variant", ["sequential", "chunked"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lane_layout_last_state_and_no_grad(variant, reverse):
+    """Without a gradient (no stored states, any tile) the lane layout gives the reference y and last state."""
+    u, delta, A, B, C, D, z, bias = make_inputs(1, 4, 45, 12)
+    kw = dict(D=D, z=z, delta_bias=bias, delta_softplus=True, reverse=reverse, return_last_state=True)
+    y, last = selective_scan(u, delta, A, B, C, **kw, layout="lane", variant=variant, seg=16)
+    y_ref, last_ref = selective_scan_ref(u, delta, A, B, C, **kw)
+    assert rel_rms(y, y_ref) < 1e-5 and rel_rms(last, last_ref) < 1e-5
+
+
+def test_lane_layout_runs_the_lane_kernel(monkeypatch):
+    """layout="lane" reaches the launcher as the forward variant "lane" / "lane_chunked" and launches
+    _lane_fwd_kernel only (the backward keeps its plan); layout="lane" with a tile is refused."""
+    import kernels.selective_scan.triton as scan_triton
+
+    plans, kernels = [], []
+    real_fwd, real_launch = scan_triton.selective_scan_fwd, scan_triton._launch
+    monkeypatch.setattr(scan_triton, "selective_scan_fwd", lambda *a: plans.append(a[11]) or real_fwd(*a))
+    monkeypatch.setattr(scan_triton, "_launch",
+                        lambda fixed, *a, **kw: kernels.append(fixed.fn.__name__) or real_launch(fixed, *a, **kw))
+    u, delta, A, B, C, D, z, bias = make_inputs(1, 4, 40, 4)
+    for variant, want in (("sequential", ("lane", 40, 16, False)), ("chunked", ("lane_chunked", 16, 16, False))):
+        plans.clear()
+        kernels.clear()
+        with torch.no_grad():
+            selective_scan(u, delta, A, B, C, D, z, bias, True, layout="lane", variant=variant, seg=16)
+        assert plans == [want] and kernels and set(kernels) == {"_lane_fwd_kernel"}
+    with pytest.raises(ValueError, match="tile applies to layout='token' only"):
+        selective_scan(u, delta, A, B, C, layout="lane", tile=(4, 8, 1, 1))
+
+
+@pytest.mark.parametrize("variant,seg", [("sequential", 37), ("chunked", 16)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lane_layout_stores_the_channel_layouts_states(variant, seg, reverse):
+    """The lane forward writes the backward's chunk states (and y, the last state) where and as the channel
+    forward does: the launcher op run with both plans on the same inputs (chunk 16: states at tokens 0, 16, 32
+    of L = 37 in scan order; N = 12)."""
+    from kernels.selective_scan.options import lane_variant
+
+    u, delta, A, B, C, D, z, bias = make_inputs(2, 8, 37, 12, groups=2)            # B, C [2, 2, 12, 37]
+    outs = {}
+    for v in (variant, lane_variant(variant)):
+        outs[v] = torch.ops.speedzoo.selective_scan_fwd(u, delta, A, B, C, D, z, bias, True, reverse, True, v,
+                                                        seg, 16, False, [])
+    (y, last, states), (y_l, last_l, states_l) = outs.values()
+    assert states_l.shape == states.shape == (2, 8, 3, 12)
+    assert torch.allclose(states_l, states, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(last_l, last, rtol=1e-5, atol=1e-6) and torch.allclose(y_l, y, rtol=1e-5, atol=1e-6)
+
+
+def test_lane_bc_is_a_transposed_fp32_copy():
+    """The launcher's B / C copy is a fresh contiguous fp32 [B, G, L, N] buffer for fp32 input too (where
+    .to(float32, memory_format=contiguous_format) would hand back the transposed view)."""
+    from kernels.selective_scan.triton import lane_bc
+
+    for dtype in (torch.float32, torch.bfloat16):
+        B = torch.randn(2, 3, 5, 7).to(dtype)
+        Bt = lane_bc(B)
+        assert Bt.is_contiguous() and Bt.dtype == torch.float32 and Bt.shape == (2, 3, 7, 5)
+        assert torch.equal(Bt, B.float().transpose(-1, -2)) and Bt.data_ptr() != B.data_ptr()
+
+
 GPU_SHAPES = [(2, 384, 197, 16), (1, 384, 6085, 16), (2, 768, 197, 16), (1, 2048, 4096, 16)]
 
 
@@ -504,3 +595,44 @@ def test_gpu_token_layout(shape, reverse, dtype):
         errs = compare(inputs, 1e-2 if dtype == torch.bfloat16 else 1e-4, ref_fn=_gpu_ref,
                        scan_kw=dict(FIXED, layout="token", tile=tile), delta_softplus=True, reverse=reverse)
         print(shape, reverse, dtype, tile, {k: f"{v:.1e}" for k, v in errs.items()})
+
+
+@pytest.mark.parametrize("shape", [(2, 384, 197, 16), (1, 384, 4097, 16), (2, 64, 1237, 12)])
+@pytest.mark.parametrize("variant", ["sequential", "chunked"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_lane_layout(shape, variant, reverse, dtype):
+    """The lane forward (fixed config and autotuned over _LANE_CONFIGS), both variants, and the backward from
+    the chunk states it stored; the last state too."""
+    batch, dim, L, n = shape
+    inputs = make_inputs(batch, dim, L, n, dtype=dtype, device="cuda")
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-4
+    for autotune in (False, True):
+        kw = dict(layout="lane", variant=variant, autotune=autotune)
+        errs = compare(inputs, tol, ref_fn=_gpu_ref, scan_kw=kw, delta_softplus=True, reverse=reverse)
+        print(shape, variant, reverse, dtype, autotune, {k: f"{v:.1e}" for k, v in errs.items()})
+        with torch.no_grad():
+            y, last = selective_scan(*inputs, delta_softplus=True, reverse=reverse, return_last_state=True, **kw)
+        _, last_ref = _gpu_ref(*[x.float() if x is not None else None for x in inputs], delta_softplus=True,
+                               reverse=reverse, return_last_state=True)
+        assert rel_rms(last, last_ref) < tol
+
+
+@pytest.mark.parametrize("case,scan_kw", LANE_CASES)
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_lane_layout_fp32_odd_shapes(case, scan_kw):
+    """The interpreter's lane cases compiled (fixed config: BLOCK_D <= 32 channels, groups narrower than a warp)."""
+    batch, dim, L, n, groups, has_D, has_z, has_bias, softplus, reverse = case
+    inputs = make_inputs(batch, dim, L, n, groups, torch.float32, has_D, has_z, has_bias, device="cuda")
+    compare(inputs, 1e-4, scan_kw=dict(scan_kw, layout="lane", **FIXED), delta_softplus=softplus, reverse=reverse)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_lane_layout_grouped_autotuned():
+    """Grouped B/C (96 channels per group: only BLOCK_D 32 lane configs fit a group), autotuned, bf16."""
+    inputs = make_inputs(2, 384, 300, 16, groups=4, dtype=torch.bfloat16, device="cuda")
+    compare(inputs, 1e-2, ref_fn=_gpu_ref, scan_kw=dict(layout="lane"), delta_softplus=True)
