@@ -362,13 +362,14 @@ def scan_rows(args, device, dtype) -> list[dict[str, Any]]:
 
 
 # -- (6) scan tile layouts --------------------------------------------------------------------------------------
-def _layout_configs(quick: bool) -> list[tuple[str, tuple | None]]:
-    """(layout, tile) pairs of the sweep: channel autotuned, lane autotuned, token autotuned, each token tile
-    forced."""
+def _layout_configs(quick: bool, layouts: tuple[str, ...]) -> list[tuple[str, tuple | None]]:
+    """(layout, tile) pairs of the sweep over ``layouts``: channel autotuned, lane autotuned, token autotuned,
+    each token tile forced."""
     from kernels.selective_scan.triton import TOKEN_TILES
 
     tiles = [(4, 4, 2, 1), (1, 8, 4, 1)] if quick else TOKEN_TILES
-    return [("channel", None), ("lane", None), ("token", None)] + [("token", t) for t in tiles]
+    pairs = [("channel", None), ("lane", None), ("token", None)] + [("token", t) for t in tiles]
+    return [(layout, tile) for layout, tile in pairs if layout in layouts]
 
 
 FWDBWD_LAYOUTS = ("channel", "lane", "token")     # timed forward + backward too (token: autotuned tile only)
@@ -414,7 +415,7 @@ def layout_rows(args, device, dtype) -> list[dict[str, Any]]:
             delta = torch.matmul(dtw.to(dtype).unsqueeze(1), x_dbl[:, :, :R])
         scan_in = (xc, delta, -torch.exp(A_log.float()), x_dbl, Dp.float(), z, dtb.float(), R)
         fastest = None
-        for layout, tile in _layout_configs(args.quick):
+        for layout, tile in _layout_configs(args.quick, args.layouts):
             label = "token " + ("auto" if tile is None else "x".join(map(str, tile))) if layout == "token" else \
                 f"{layout} auto"
             base = {"op": "bimamba_mixer", "shape": shape, "img_size": img, "mode": "fwd", "impl": "ours_fused",
@@ -492,7 +493,8 @@ def layout_rows(args, device, dtype) -> list[dict[str, Any]]:
     for img, batch in sizes:
         x_img = torch.randn(batch, 3, img, img, device=device)
         results = {}
-        configs = [("ours_fused channel", {}), ("ours_fused lane", {"layout": "lane"})]
+        configs = [("ours_fused channel", {})] + ([("ours_fused lane", {"layout": "lane"})] if "lane" in args.layouts
+                                                  else [])
         if img in best:
             configs.append((f"ours_fused token {'x'.join(map(str, best[img]))}", {"layout": "token", "tile": best[img]}))
         configs.append(("timm", None))
@@ -577,9 +579,14 @@ def _parse(argv):
     p.add_argument("--compile", action="store_true", help="also time under torch.compile")
     p.add_argument("--cuda-graph", action="store_true", help="also time inference forwards as CUDA graph replays")
     p.add_argument("--quick", action="store_true", help="toy sizes: a check of the script, not a measurement")
+    p.add_argument("--layouts", default="channel,lane,token",
+                   help="the layouts section's layouts (token: the autotuned tile and every forced one)")
     add_run_options(p, "mamba_mixer")
     args = p.parse_args(argv)
     args.sections = [s for s in args.sections.split(",") if s]
+    args.layouts = tuple(s for s in args.layouts.split(",") if s)
+    if set(args.layouts) - {"channel", "lane", "token"}:
+        p.error(f"unknown layouts {args.layouts}; choose from channel, lane, token")
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         p.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")

@@ -121,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("serve", help="web page for a vision-language model on 127.0.0.1: zoo serve MODEL[.tag]",
                    add_help=False)
-    sub.add_parser("caption", help="caption images: zoo caption IMAGE... --checkpoint EXPORT [--steps --block --threshold]",
-                   add_help=False)
+    sub.add_parser("caption", help="caption images, or answer a question about them (a captioner trained on easy-VQA): "
+                                   "zoo caption IMAGE... --checkpoint EXPORT [--question TEXT] [--steps --block "
+                                   "--threshold]", add_help=False)
     sub.add_parser("bench", help=f"measure on your device: zoo bench {{{','.join(BENCHMARKS)}}} [args]; "
                                  "zoo bench lists them", add_help=False)
     sub.add_parser("table", help="the zoo at a glance: benchmarks/results/zoo.csv, ZOO.md and docs/zoo_*.png from "
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_passthrough("zoo.recipes.cli", argv[1:])
         if argv and argv[0] == "eval":
             from zoo.kinds import captioner
-            if captioner.handles(argv[1:]):  # captioners: BLEU / CIDEr on a caption set's test images
+            if captioner.handles(argv[1:]):  # captioners: BLEU / CIDEr on a caption set, or easy-VQA accuracy
                 return captioner.eval_main(argv[1:])
             return _cmd_passthrough("zoo.evaluate", argv[1:])
         if argv and argv[0] == "publish":

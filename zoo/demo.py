@@ -101,7 +101,7 @@ def run_demo(list_only: bool = False) -> int:
     from zoo.vl.demo import run as vision_language_demo
     vision_language_demo()  # CLIP weights on bundled Flickr8k / CIFAR-10 images (skipped, saying why, when absent)
     from zoo.kinds.captioner import demo as captioning_demo
-    captioning_demo()  # shipped captioners on the same bundled Flickr8k images (skipped, saying why, when absent)
+    captioning_demo()  # shipped captioners on the same Flickr8k images, easy-VQA ones on bundled questions (or why not)
     from zoo.generate import demo as language_model_demo
     language_model_demo()  # Tiny Shakespeare samples from the shipped LM weights (skipped, saying why, when absent)
     return 0

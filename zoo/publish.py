@@ -3,9 +3,11 @@
     zoo publish runs/cifar10_vim_micro/export.safetensors --tag cifar10 --data cifar10 [--split test] [--quant int8|int4]
     zoo publish runs/flickr8k_clip_vit/export.safetensors --tag flickr8k --int8
     zoo publish runs/tinyshakespeare_mdlm_attn/export.safetensors --tag tinyshakespeare --quant int4
+    zoo publish runs/easyvqa_mdlm/export.safetensors --tag easyvqa --quant int4    # easy-VQA test accuracy
 
 The export's metadata ``kind`` picks the publisher: classifiers (image, audio) here, vision-language in
-zoo.vl.publish, language models (diffusion-lm, causal-lm) here too. Each measures the file exactly as it
+zoo.vl.publish, captioners in zoo.kinds.captioner (BLEU / CIDEr on Flickr8k, or easy-VQA accuracy for one trained
+on its questions), language models (diffusion-lm, causal-lm) here too. Each measures the file exactly as it
 ships (``--quant int8`` / ``int4``: the weight-only quantized copy, zoo.weights.quant), writes it to
 ``zoo/weights/<model>.<tag>.safetensors`` within the size budget (zoo.weights.manifest.check_budget) and the
 tag into ``zoo/weights/manifest.json`` with its sha256, architecture overrides, preprocessing and metrics. The
@@ -181,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("export", help="export.safetensors written by zoo fit")
     p.add_argument("--tag", required=True, help="tag name, e.g. cifar10, flickr8k, tinyshakespeare")
     p.add_argument("--data", default=None, help="evaluation data (path or named set): required for classifiers "
-                                                "(cifar10 / fsdd); default flickr8k (vision-language, captioners), "
-                                                "tinyshakespeare (language models)")
+                                                "(cifar10 / fsdd); default flickr8k (vision-language, captioners; "
+                                                "easy-vqa for a captioner trained on it), tinyshakespeare (language "
+                                                "models)")
     p.add_argument("--split", default="test", help="classifiers: the split to measure")
     add_quant_arguments(p)
     p.add_argument("--license", default="apache-2.0")
@@ -191,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-t", type=int, default=32, help="diffusion LMs: antithetic t per window (NELBO)")
     p.add_argument("--context", type=int, default=256, help="language models: window length")
     p.add_argument("--max-windows", type=int, default=None, help="language models: measure the first N windows")
-    p.add_argument("--limit", type=int, default=None, help="captioners: measure the first N test images")
+    p.add_argument("--limit", type=int, default=None, help="captioners: measure the first N test images (easy-VQA: "
+                                                           "and their questions)")
     args = p.parse_args(argv)
 
     def dispatch() -> dict[str, Any]:  # by the export's kind
@@ -204,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                                           max_windows=args.max_windows)
         from zoo.kinds.captioner import CAPTION_KINDS, publish_captioner
         if kind in CAPTION_KINDS:
-            return publish_captioner(args.export, args.tag, args.data or "flickr8k", args.license,
+            return publish_captioner(args.export, args.tag, args.data, args.license,  # its default: the export's
                                      device=args.device, quant=args.quant, limit=args.limit)
         if kind == "vision-language":
             from zoo.vl.publish import publish as publish_vl

@@ -38,7 +38,7 @@ from zoo.data.image_text import CLIP_MEAN, CLIP_STD, ImageTextSet, decode_images
 from zoo.data.images import _normalise_split
 from zoo.data.sampling import ResumableRandomSampler, shard_kwargs
 from zoo.data.sources import FileTree
-from zoo.errors import ConfigError, DataError, ZooError
+from zoo.errors import ConfigError, DataError, InputShapeError, ZooError
 from zoo.vl.caption_metrics import ptb_tokenize
 
 log = logging.getLogger(__name__)
@@ -261,14 +261,41 @@ class EasyVQADataModule(pl.LightningDataModule):
                           collate_fn=self._collate("test"), num_workers=self.hparams.num_workers)
 
 
+def check_questions(vocab, questions: Sequence[str], prompt_length: int = PROMPT_LENGTH) -> None:
+    """Questions a prompt of ``prompt_length`` holds, checked before decoding: ConfigError for an empty one,
+    InputShapeError for one of more than ``prompt_length - 1`` pieces; words the vocabulary lacks read as [UNK]
+    (the model knows easy-VQA's question words only), which is logged, not refused."""
+    empty = [i for i, q in enumerate(questions) if not isinstance(q, str) or not q.strip()]
+    if empty:
+        raise ConfigError(f"question {empty[0]} is empty ({questions[empty[0]]!r}); ask about the image, e.g. "
+                          f"'what color is the shape?'")
+    for q, ids in zip(questions, vocab.encode_batch(list(questions))):
+        if len(ids) > prompt_length - 1:
+            raise InputShapeError(f"question {q!r} is {len(ids)} pieces, but this model's prompt holds "
+                                  f"{prompt_length - 1} (after the start token); ask a shorter question, e.g. "
+                                  f"'what color is the shape?'")
+        if vocab.unk_id in ids:
+            log.warning("question %r has words outside the model's %d-piece vocabulary (easy-VQA's question "
+                        "words); they read as [UNK]", q, vocab.vocab_size)
+
+
+def _layout(model, prompt_length: Optional[int], answer_length: Optional[int]) -> tuple[int, int]:
+    """The text layout a captioner answers in: the given lengths, else the model's own, else this module's."""
+    return (prompt_length or getattr(model, "prompt_length", None) or PROMPT_LENGTH,
+            answer_length or getattr(model, "answer_length", None) or ANSWER_LENGTH)
+
+
 @torch.no_grad()
-def answer_questions(model, images: torch.Tensor, questions: Sequence[str], prompt_length: int = PROMPT_LENGTH,
-                     answer_length: int = ANSWER_LENGTH, return_stats: bool = False, **sampler: Any):
+def answer_questions(model, images: torch.Tensor, questions: Sequence[str], prompt_length: Optional[int] = None,
+                     answer_length: Optional[int] = None, return_stats: bool = False, **sampler: Any):
     """One answer per (normalised image, question) from a captioner trained on ``qa_batch`` layouts: the question
-    is the prompt of ``Captioner.generate_ids``; ``sampler``: its arguments (steps, block, threshold, seed, cache)."""
+    is the prompt of ``Captioner.generate_ids``; ``sampler``: its arguments (steps, block, threshold, seed, cache).
+    ``prompt_length`` / ``answer_length``: the layout (default the model's, else this module's)."""
     if len(questions) != images.shape[0]:
         raise DataError(f"answer_questions needs one question per image: {len(questions)} questions for "
                         f"{images.shape[0]} images.")
+    prompt_length, answer_length = _layout(model, prompt_length, answer_length)
+    check_questions(model.tokenizer, questions, prompt_length)
     prompt = qa_batch(model.tokenizer, questions, None, prompt_length, answer_length)["tokens"][:, :prompt_length]
     out = model.generate_ids(images, prompt=prompt, length=answer_length, return_stats=return_stats, **sampler)
     ids, stats = out if return_stats else (out, None)
@@ -278,9 +305,11 @@ def answer_questions(model, images: torch.Tensor, questions: Sequence[str], prom
 
 @torch.no_grad()
 def evaluate_vqa(model, split: str = "test", limit: Optional[int] = None, batch_size: int = 500,
-                 settings: Optional[list[dict]] = None, amp: bool = True, prompt_length: int = PROMPT_LENGTH,
-                 answer_length: int = ANSWER_LENGTH) -> list[dict[str, Any]]:
-    """easy-VQA accuracy of a captioner per sampler setting, with decoding tokens/s and ms per question."""
+                 settings: Optional[list[dict]] = None, amp: bool = True, prompt_length: Optional[int] = None,
+                 answer_length: Optional[int] = None) -> list[dict[str, Any]]:
+    """easy-VQA accuracy of a captioner per sampler setting, with decoding tokens/s and ms per question
+    (``limit``: the first N images and their questions; the layout as in ``answer_questions``)."""
+    prompt_length, answer_length = _layout(model, prompt_length, answer_length)
     ds = open_easy_vqa(split, limit)
     device = next(model.parameters()).device
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
@@ -300,9 +329,11 @@ def evaluate_vqa(model, split: str = "test", limit: Optional[int] = None, batch_
                 torch.cuda.synchronize()
             seconds += time.perf_counter() - t0
         rows.append({"model": model.pretrained_cfg.get("architecture", ""), "kind": model.kind, **setting,
-                     "split": ds.split, "questions": len(ds), "accuracy": vqa_accuracy(preds, ds.answers),
+                     "split": ds.split, "images": len(ds.images), "questions": len(ds), "batch_size": batch_size,
+                     "accuracy": vqa_accuracy(preds, ds.answers),
                      "tokens_per_s": len(ds) * answer_length / max(seconds, 1e-9),
-                     "ms_per_question": 1000 * seconds / len(ds), "examples": list(zip(ds.questions[:3], preds[:3]))})
+                     "ms_per_question": 1000 * seconds / len(ds), "seconds": round(seconds, 3),
+                     "examples": list(zip(ds.questions[:3], preds[:3]))})
     return rows
 
 

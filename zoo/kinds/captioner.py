@@ -17,6 +17,10 @@ Contract: ``forward(images, tokens, prefix=None) -> logits [B, T, vocab]`` (``pr
 cache to reuse), ``image_prefix(images) -> DecoderCache``, ``generate_caption(images, steps=, block=,
 threshold=, temperature=, seed=) -> list[str]``, ``tokenizer`` (zoo.data.captions.CaptionVocab),
 ``pretrained_cfg`` (the tower's preprocessing: input_size, mean, std).
+
+Question answering is the same decoding after a text prompt: a captioner trained on easy-VQA (``prompt_length``
+set: the question's positions) answers ``zoo caption --question``, is scored by accuracy in ``zoo eval --data
+easy-vqa`` and ``zoo publish`` (zoo.data.easy_vqa), and ``zoo demo`` asks it the bundled easy-VQA questions.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ from zoo.errors import ConfigError, InputShapeError, WeightLoadError, ZooError
 from zoo.inputs import check_image_batch
 
 __all__ = ["Captioner", "captioner_builder", "load_captioner", "evaluate_captioner", "publish_captioner",
-           "resolve_tower", "CAPTION_KINDS"]
+           "resolve_tower", "trained_on_easy_vqa", "vqa_samples", "CAPTION_KINDS"]
 
 CAPTION_KINDS = ("diffusion-captioner", "causal-captioner")
 KIND_NAME = "captioner"
@@ -86,10 +90,12 @@ class Captioner(nn.Module):
         tokenizer: a ``CaptionVocab`` of the decoder's vocabulary size.
         pool: average-pool the tower's patch grid to ``pool x pool`` tokens (None: every patch token).
         answer_length: caption + end positions a generation writes.
+        prompt_length: text positions of the question prompt (start token + question pieces, end-padded) the
+            model was trained with (easy-VQA, zoo.data.easy_vqa); None: trained without prompts (it captions).
     """
 
     def __init__(self, visual: nn.Module, decoder: TextDecoder, tokenizer, kind: str, pool: Optional[int] = None,
-                 answer_length: int = 32, pretrained_cfg: Optional[dict] = None):
+                 answer_length: int = 32, pretrained_cfg: Optional[dict] = None, prompt_length: Optional[int] = None):
         super().__init__()
         if kind not in CAPTION_KINDS:
             raise ConfigError(f"a captioner's kind is one of {CAPTION_KINDS}, got {kind!r}")
@@ -102,6 +108,9 @@ class Captioner(nn.Module):
             raise ConfigError(f"the vocabulary has {tokenizer.vocab_size} ids but the decoder {decoder.vocab_size}")
         if pool is not None and (not isinstance(pool, int) or pool < 1):
             raise ConfigError(f"pool must be a positive grid side or None, got {pool!r}")
+        if prompt_length is not None and (not isinstance(prompt_length, int) or prompt_length < 2):
+            raise ConfigError(f"prompt_length must be >= 2 (the start token and a piece) or None, got "
+                              f"{prompt_length!r}")
         self.visual = visual
         width = getattr(visual, "num_features", None) or visual.backbone.num_features
         self.projector = Mlp(width, decoder.dim, decoder.dim)
@@ -109,15 +118,19 @@ class Captioner(nn.Module):
         self.head = TokenHead(decoder.dim, decoder.vocab_size, decoder.embed)
         self.tokenizer = tokenizer
         self.kind, self.pool, self.answer_length = kind, pool, int(answer_length)
+        self.prompt_length = prompt_length
         self.pretrained_cfg = dict(pretrained_cfg or {})
+        # the size the tower is built for: create_model replaces pretrained_cfg by the entry's defaults (128 px)
+        self._input_size = tuple(self.pretrained_cfg.get("input_size", (3, 128, 128)))
         self.tower_frozen = False
         self.tower_ref: Optional[dict] = None
         self._register_state_dict_hook(_drop_referenced_tower)
         self.register_load_state_dict_post_hook(_allow_referenced_tower)
         self.num_image_tokens = self._count_image_tokens()
-        if self.num_image_tokens + 1 + self.answer_length > decoder.max_len:
-            raise ConfigError(f"{self.num_image_tokens} image tokens + prompt + {self.answer_length} answer positions "
-                              f"exceed the decoder's max_len {decoder.max_len}; raise max_len or pool the image")
+        if self.num_image_tokens + (prompt_length or 1) + self.answer_length > decoder.max_len:
+            raise ConfigError(f"{self.num_image_tokens} image tokens + {prompt_length or 1} prompt + "
+                              f"{self.answer_length} answer positions exceed the decoder's max_len {decoder.max_len}; "
+                              f"raise max_len or pool the image")
 
     @property
     def causal(self) -> bool:
@@ -146,7 +159,12 @@ class Captioner(nn.Module):
 
     @property
     def input_size(self) -> tuple[int, int, int]:
-        return tuple(self.pretrained_cfg.get("input_size", (3, 128, 128)))
+        return self._input_size
+
+    @property
+    def answers_questions(self) -> bool:
+        """Trained with question prompts (easy-VQA): ``zoo caption --question`` and ``zoo eval --data easy-vqa``."""
+        return self.prompt_length is not None
 
     def _count_image_tokens(self) -> int:
         with torch.no_grad():
@@ -346,15 +364,16 @@ def load_tower(model: Captioner, path: str) -> None:
 
 def captioner_builder(kind: str, image_tower: str, tower_args: Optional[dict] = None, img_size: int = 128,
                       decoder: Optional[dict] = None, mean=None, std=None):
-    """A registry builder: ``builder(vocab=None, pool=None, answer_length=32, tower_from=None, img_size=,
-    drop_path_rate=None, **decoder overrides)``; ``vocab`` is a CaptionVocab or a vocabulary file (default the
-    packaged Flickr8k list). ``tower_from``: a CLIP tag or export (its image tower), or a classifier tag of the
+    """A registry builder: ``builder(vocab=None, pool=None, answer_length=32, prompt_length=None, tower_from=None,
+    img_size=, drop_path_rate=None, **decoder overrides)``; ``vocab`` is a CaptionVocab or a vocabulary file (default
+    the packaged Flickr8k list). ``tower_from``: a CLIP tag or export (its image tower), or a classifier tag of the
     tower's backbone (``vit_micro_patch4_32.cifar10``: the classifier's backbone, adapted by zoo.factory)."""
     tower_defaults, dec_defaults = dict(tower_args or {}), dict(decoder or {})
 
     def build(vocab=None, pool: Optional[int] = None, answer_length: int = 32, tower_from: Optional[str] = None,
               img_size: int = img_size, drop_path_rate: Optional[float] = None, tower_args: Optional[dict] = None,
-              freeze_tower: bool = False, tower_sha256: Optional[str] = None, **overrides: Any) -> Captioner:
+              freeze_tower: bool = False, tower_sha256: Optional[str] = None, prompt_length: Optional[int] = None,
+              **overrides: Any) -> Captioner:
         from zoo.data.captions import CaptionVocab
         from zoo.factory import create_model
 
@@ -379,7 +398,8 @@ def captioner_builder(kind: str, image_tower: str, tower_args: Optional[dict] = 
         pcfg = dict(input_size=(3, img_size, img_size), mean=tuple(mean or visual.pretrained_cfg.get("mean")),
                     std=tuple(std or visual.pretrained_cfg.get("std")), interpolation="bicubic", crop_pct=1.0,
                     kind=kind, image_tower=image_tower, tower_args=targs)
-        model = Captioner(visual, dec, tok, kind, pool=pool, answer_length=answer_length, pretrained_cfg=pcfg)
+        model = Captioner(visual, dec, tok, kind, pool=pool, answer_length=answer_length, pretrained_cfg=pcfg,
+                          prompt_length=prompt_length)
         if tower_from and _is_backbone_tag(tower_from):  # a classifier's weights (vit_micro_patch4_32.cifar10)
             from zoo.factory import load_tag_into
 
@@ -397,6 +417,32 @@ def captioner_builder(kind: str, image_tower: str, tower_args: Optional[dict] = 
 
     build.__name__ = f"build_{kind.replace('-', '_')}_{image_tower}"
     return build
+
+
+VQA_DATA_MODULE = "EasyVQADataModule"
+"""An export's ``data`` metadata when it was trained on easy-VQA (zoo.data.easy_vqa)."""
+VQA_DATA_NAMES = ("easy-vqa", "easyvqa")
+"""What ``zoo eval --data`` / ``zoo publish --data`` call easy-VQA (it comes from its PyPI package, not ZOO_DATA)."""
+
+
+def trained_on_easy_vqa(meta: dict) -> bool:
+    """Whether an export's metadata says easy-VQA (the data module it was fitted on)."""
+    return meta.get("data") == VQA_DATA_MODULE
+
+
+def scored_on(answers_questions: bool, data: Optional[str], what: str) -> str:
+    """The data ``zoo eval`` / ``zoo publish`` score a captioner on: ``easy-vqa`` (accuracy) for one trained on its
+    questions, a caption set (BLEU / CIDEr; default flickr8k) otherwise. ``what`` names the model in the
+    ConfigError for the other pairing: a question model's captions and a caption model's answers mean nothing."""
+    if data is None:
+        return "easy-vqa" if answers_questions else "flickr8k"
+    vqa = data.lower() in VQA_DATA_NAMES
+    if vqa:
+        need_prompts(answers_questions, what, "easy-VQA")
+    if answers_questions and not vqa:
+        raise ConfigError(f"{what} answers easy-VQA questions (trained with question prompts), so it is scored by "
+                          f"accuracy on --data easy-vqa (its default), not on the captions of {data}")
+    return "easy-vqa" if vqa else data
 
 
 def load_captioner(path, device: str | torch.device = "cpu") -> Captioner:
@@ -423,9 +469,13 @@ def load_captioner(path, device: str | torch.device = "cpu") -> Captioner:
         args.pop(k, None)
     if meta.get("tower_included") == "False":  # ... or a frozen one by reference to its registered tag
         args.update(tower_from=meta["tower_tag"], tower_sha256=meta.get("tower_sha256") or None, freeze_tower=True)
+    if trained_on_easy_vqa(meta):  # the question is the prompt (the data module's layout; exports predate the arg)
+        from zoo.data.easy_vqa import PROMPT_LENGTH
+
+        args.setdefault("prompt_length", PROMPT_LENGTH)
     model = create_model(meta["model"], vocab=CaptionVocab.from_json(meta["vocab"]), **args)
     load_weights(model, {k: v.float() for k, v in hub.read_state_dict(path).items()}, source=str(path))
-    model.pretrained_cfg.update(architecture=meta["model"], source=str(path))
+    model.pretrained_cfg.update(architecture=meta["model"], source=str(path), input_size=model.input_size)
     return model.to(device).eval()
 
 
@@ -505,17 +555,21 @@ def handles(argv: list[str]) -> bool:
 
 
 def eval_main(argv: list[str]) -> int:
-    """``zoo eval CAPTIONER[.tag]|EXPORT [--data flickr8k] [--split test] [--limit N] [--steps --block --threshold]``:
-    BLEU-1..4, CIDEr-D, tokens/s and ms/image on the split's images against their references (evaluate_captioner)."""
+    """``zoo eval CAPTIONER[.tag]|EXPORT [--data flickr8k|easy-vqa] [--split test] [--limit N] [--steps --block
+    --threshold]``: BLEU-1..4, CIDEr-D, tokens/s and ms/image on a caption set's images against their references
+    (evaluate_captioner), or easy-VQA test accuracy over its questions (zoo.data.easy_vqa.evaluate_vqa; the default
+    data of a captioner trained on it)."""
     import argparse
     from pathlib import Path
 
-    p = argparse.ArgumentParser(prog="zoo eval", description="Caption a split's images and score them (BLEU, CIDEr).")
+    p = argparse.ArgumentParser(prog="zoo eval", description="Caption a split's images and score them (BLEU, CIDEr), "
+                                "or answer easy-VQA's questions (accuracy).")
     p.add_argument("model", help="a captioner name[.tag] or a zoo fit export of one")
     p.add_argument("--checkpoint", default=None, help="a zoo fit export of the named captioner")
-    p.add_argument("--data", default="flickr8k", help="an image-caption set (name under ZOO_DATA, zip or folder)")
+    p.add_argument("--data", default=None, help="an image-caption set (name under ZOO_DATA, zip or folder), or "
+                   "easy-vqa (its PyPI package); default easy-vqa for a captioner trained on it, else flickr8k")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images (easy-VQA: and their questions)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: one per answer position)")
     p.add_argument("--block", type=int, default=None)
@@ -530,30 +584,54 @@ def eval_main(argv: list[str]) -> int:
         raise ConfigError(f"--limit and --batch-size must be >= 1 (got {a.limit}, {a.batch_size})")
     name, checkpoint = (None, a.model) if Path(a.model).is_file() else (a.model, a.checkpoint)
     model = load_model(name, checkpoint, a.device)
+    data = scored_on(model.answers_questions, a.data, a.model)
     setting = {k: v for k, v in (("steps", a.steps), ("block", a.block), ("threshold", a.threshold)) if v is not None}
-    (row,) = evaluate_captioner(model, a.data, a.split, a.limit, a.batch_size, [setting], amp=not a.no_amp)
-    row = {"name": a.model, "data": a.data, "split": a.split, "setting": _setting_words(setting, model.causal), **row}
-    print(f"{a.model} on {a.data} {a.split} ({row['images']} images, {row['setting']}): "
-          + ", ".join(f"{k} {row[k]:.4f}" for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider"))
-          + f"; {row['tokens_per_s']:.0f} tokens/s, {row['ms_per_image']:.2f} ms/image at batch {a.batch_size}")
-    for ex in row["examples"]:
+    words = _setting_words(setting, model.causal)
+    if data == "easy-vqa":  # what zoo publish measured: zoo.data.easy_vqa's evaluation (python -m ... --evaluate)
+        from zoo.data.easy_vqa import evaluate_vqa
+
+        (row,) = evaluate_vqa(model, a.split, a.limit, a.batch_size, [setting], amp=not a.no_amp)
+        row = {"name": a.model, "data": data, "split": a.split, "setting": words, **row}
+        print(f"{a.model} on easy-VQA {row['split']} ({row['questions']} questions on {row['images']} images, "
+              f"{words}): accuracy {100 * row['accuracy']:.2f}%; {row['tokens_per_s']:.0f} tokens/s, "
+              f"{row['ms_per_question']:.2f} ms/question at batch {a.batch_size}")
+        examples = [f"{q} -> {ans}" for q, ans in row["examples"]]
+    else:
+        (row,) = evaluate_captioner(model, data, a.split, a.limit, a.batch_size, [setting], amp=not a.no_amp)
+        row = {"name": a.model, "data": data, "split": a.split, "setting": words, **row}
+        print(f"{a.model} on {data} {a.split} ({row['images']} images, {words}): "
+              + ", ".join(f"{k} {row[k]:.4f}" for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider"))
+              + f"; {row['tokens_per_s']:.0f} tokens/s, {row['ms_per_image']:.2f} ms/image at batch {a.batch_size}")
+        examples = row["examples"]
+    for ex in examples:
         print(f"  {ex}")
     if a.out:
         Path(a.out).write_text(json.dumps(row, indent=1) + "\n")
     return 0
 
 
+def need_prompts(answers_questions: bool, name: str, what: str) -> None:
+    """ConfigError unless the captioner ``name`` was trained with question prompts (easy-VQA): ``what`` asks it."""
+    if not answers_questions:
+        raise ConfigError(f"{name} was trained without question prompts (it captions images), so {what} has nothing "
+                          f"to ask it; use a captioner trained on easy-VQA ({DEFAULT_VQA_CAPTIONER} where installed, "
+                          f"or the export of zoo fit --config configs/easyvqa_mdlm.yaml)")
+
+
 FLICKR8K_LICENSE = ("Flickr8k captions and images: research and non-commercial use only (Hodosh, Young, Hockenmaier, "
                     "JAIR 2013)")
+EASY_VQA_LICENSE = "easy-VQA questions and images: MIT license (Victor Zhou; PyPI easy-vqa 1.0)"
 
 
-def publish_captioner(export, tag: str, data: str = "flickr8k", license: str = "apache-2.0", folder=None,
+def publish_captioner(export, tag: str, data: Optional[str] = None, license: str = "apache-2.0", folder=None,
                       device: str = "cpu", quant: str | None = None, limit: Optional[int] = None,
                       batch_size: int = 100) -> dict[str, Any]:
-    """Measure the shipped copy of a captioner ``export`` on ``data``'s test images (BLEU-1..4, CIDEr-D with the
-    default sampler: one answer position a step / AR greedy; fp32), ship it as ``<model>.<tag>``; returns the
-    manifest record. An export whose frozen tower is a reference ships only the projector and decoder, and the
-    record names the tower's tag and sha256 (``arch_overrides.tower_from``): loading rebuilds it from that tag."""
+    """Measure the shipped copy of a captioner ``export`` with the default sampler (one answer position a step /
+    AR greedy; fp32), ship it as ``<model>.<tag>``; returns the manifest record. ``data``: the test images of a
+    caption set (BLEU-1..4, CIDEr-D; default flickr8k) or, for an export trained on easy-VQA (its default),
+    ``easy-vqa``: accuracy over every test question (``limit``: the first N images, either way). An export whose
+    frozen tower is a reference ships only the projector and decoder, and the record names the tower's tag and
+    sha256 (``arch_overrides.tower_from``): loading rebuilds it from that tag."""
     import datetime
     from pathlib import Path
 
@@ -572,12 +650,19 @@ def publish_captioner(export, tag: str, data: str = "flickr8k", license: str = "
                           f"with zoo fit --config configs/flickr8k_caption_mdlm.yaml")
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1, got {limit}")
+    vqa = trained_on_easy_vqa(meta)
+    data = scored_on(vqa, data, str(export))
     measured: dict[str, Any] = {}
 
     def measure(shipped: Path) -> None:
         model = load_captioner(shipped, device)
-        (row,) = evaluate_captioner(model, data, "test", limit, batch_size, [{}], amp=False, warmup=False)
-        measured.update(row, causal=model.causal)
+        if vqa:
+            from zoo.data.easy_vqa import evaluate_vqa
+
+            (row,) = evaluate_vqa(model, "test", limit, batch_size, [{}], amp=False)
+        else:
+            (row,) = evaluate_captioner(model, data, "test", limit, batch_size, [{}], amp=False, warmup=False)
+        measured.update(row, causal=model.causal, cfg=model.pretrained_cfg, prompt_length=model.prompt_length)
 
     folder, file, sha256 = ship_file(export, name, tag, folder, quant=quant, check=measure)
     res = measured
@@ -593,21 +678,30 @@ def publish_captioner(export, tag: str, data: str = "flickr8k", license: str = "
     if pieces != CaptionVocab.load().pieces:  # not the builder's default list: the record carries it
         args["vocab"] = pieces
     setting = _setting_words({}, res["causal"])
-    dataset = f"{data} (test{f', first {limit}' if limit else ''}, {res['images']} images, {setting})"
-    again = f"zoo eval {name}.{tag} --data {data} --device {device}" + (f" --limit {limit}" if limit else "")
+    first = f", first {limit}" + (" images" if vqa else "") if limit else ""
+    if vqa:  # the builder needs the prompt layout; the figure is accuracy over the questions
+        args["prompt_length"] = res["prompt_length"]
+        metrics = {f"easy-vqa (test{first}, {res['questions']} questions, {setting})":
+                   {"accuracy": round(100 * float(res["accuracy"]), 2)}}
+    else:
+        metrics = {f"{data} (test{first}, {res['images']} images, {setting})":
+                   {k: round(float(res[k]), 4) for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider")}}
+    data_license = EASY_VQA_LICENSE if vqa else FLICKR8K_LICENSE if "flickr" in data else data + ": see its source"
+    again = (f"zoo eval {name}.{tag} --data {data} --device {device}" + (f" --limit {limit}" if limit else "")
+             + ("" if str(device) == "cpu" else " --no-amp"))  # measured in fp32; eval's GPU default is bf16
     trained = meta.get("recipe") or export.parent.name
+    cfg = res["cfg"]
     record = {
         "file": file, "kind": KIND_NAME, "caption_kind": meta["kind"], "sha256": sha256, "license": license,
         "num_classes": None, "label_names": [], "arch_overrides": args,
-        "preprocess": json.loads(meta.get("preprocess") or "{}"),
-        "metrics": {dataset: {k: round(float(res[k]), 4) for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider")}},
+        "preprocess": {k: list(cfg[k]) for k in ("input_size", "mean", "std")},  # the tower's, as built
+        "metrics": metrics,
         "eval": {"data": data, "split": "test", "limit": limit, "images": res["images"], "batch_size": batch_size,
-                 "device": str(device)},
+                 "device": str(device), **({"questions": res["questions"]} if vqa else {})},
         "notes": (f"trained with `zoo fit` ({trained}, {meta.get('global_step', '?')} steps"
                   + (f", image tower frozen from {tower['tag']}, not in this file" if tower else "")
-                  + f"); weights {license}, {FLICKR8K_LICENSE if 'flickr' in data else data + ': see its source'}; "
-                  f"{storage(quant)} weights measured by `zoo publish` (fp32) on {datetime.date.today().isoformat()}; "
-                  f"reproduce: {again}"),
+                  + f"); weights {license}, {data_license}; {storage(quant)} weights measured by `zoo publish` "
+                  f"(fp32) on {datetime.date.today().isoformat()}; reproduce: {again}"),
     }
     if tower:
         record["tower"] = tower
@@ -658,10 +752,16 @@ def load_model(name: Optional[str], checkpoint: Optional[str] = None, device: st
                                 drop_flag="--model", logger=logging.getLogger(__name__))
 
 
-def caption_files(model: Captioner, files, batch_size: int = 32, rgb: bool = False, **kw) -> list[str]:
-    """One caption per image file (``kw``: generate_caption's sampler arguments)."""
+def caption_files(model: Captioner, files, batch_size: int = 32, rgb: bool = False,
+                  questions: Optional[list[str]] = None, **kw) -> list[str]:
+    """One caption per image file, or with ``questions`` (one per file; a captioner trained on easy-VQA) the answer
+    to each file's question (``kw``: generate_caption's sampler arguments)."""
     from zoo.data.image_text import normalise
 
+    if questions is not None:
+        need_prompts(model.answers_questions, model.pretrained_cfg.get("architecture", "this captioner"), "a question")
+        if len(questions) != len(files):
+            raise ConfigError(f"one question per image file: {len(questions)} questions for {len(files)} files")
     c, h, w = model.input_size
     device = next(model.parameters()).device
     images = [read_image(f, (h, w), c, rgb) for f in files]  # every file is checked before any decoding
@@ -669,55 +769,101 @@ def caption_files(model: Captioner, files, batch_size: int = 32, rgb: bool = Fal
     for lo in range(0, len(images), batch_size):
         x = normalise(torch.stack(images[lo:lo + batch_size]).float().to(device), model.pretrained_cfg["mean"],
                       model.pretrained_cfg["std"])
-        out += model.generate_caption(x, **kw)
+        if questions is None:
+            out += model.generate_caption(x, **kw)
+        else:
+            from zoo.data.easy_vqa import answer_questions
+
+            out += answer_questions(model, x, questions[lo:lo + batch_size], **kw)
     return out
 
 
 DEFAULT_CAPTIONER = "caption_mdlm_vit_tiny_d6_128.flickr8k"
 """What ``zoo caption`` uses when neither --model nor --checkpoint is given: the shipped diffusion captioner."""
+DEFAULT_VQA_CAPTIONER = "caption_mdlm_vit_micro_p16_128.easyvqa"
+"""What ``zoo caption --question`` uses then: the diffusion captioner trained on easy-VQA, once published."""
 
 
-def _default_captioner() -> str:
+def _default_captioner(question: bool = False) -> str:
     import zoo
 
-    if DEFAULT_CAPTIONER not in zoo.list_pretrained():
-        raise ConfigError(f"name a captioner: --checkpoint EXPORT (a zoo fit export) or --model NAME[.tag] (the "
-                          f"default {DEFAULT_CAPTIONER} is not installed)")
-    return DEFAULT_CAPTIONER
+    name = DEFAULT_VQA_CAPTIONER if question else DEFAULT_CAPTIONER
+    if name not in zoo.list_pretrained():
+        raise ConfigError(f"name a captioner{' trained on easy-VQA' if question else ''}: --checkpoint EXPORT (a zoo "
+                          f"fit export) or --model NAME[.tag] (the default {name} is not installed)")
+    return name
+
+
+def vqa_samples() -> list[tuple[str, str, str]]:
+    """(file, question, answer) of the bundled easy-VQA test images (zoo/vl/static/vqa, MIT: its README), one of
+    each image's own test questions."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "vl" / "static" / "vqa"
+    rows = json.loads((folder / "questions.json").read_text())
+    return [(str(folder / f), r["question"], r["answer"]) for f, r in rows.items()]
+
+
+def _answers_questions(name: str) -> bool:
+    """Whether the registered ``name.tag`` was trained with question prompts (its record's prompt_length)."""
+    from zoo.registry import get_entry, get_tag, split_name
+
+    base, tag = split_name(name)
+    return get_tag(get_entry(base), tag).arch_overrides.get("prompt_length") is not None
+
+
+def _demo_block(name: str, on: str, run) -> None:
+    """One shipped captioner's block of ``zoo demo``: the lines ``run(model)`` returns, timed on the CPU."""
+    model = load_model(name, None, "cpu")
+    t0 = time.perf_counter()
+    lines = run(model)
+    print(f"{name} ({model.kind}, {on} in {time.perf_counter() - t0:.1f} s):")
+    print("".join(f"  {ln}\n" for ln in lines))
 
 
 def demo() -> int:
-    """``zoo demo``'s section: captions of the bundled Flickr8k test images from every shipped captioner (default
-    sampler, greedy), or a line saying there is none; returns how many captioners ran."""
+    """``zoo demo``'s section: every shipped captioner on bundled test images (default sampler, greedy): captions of
+    the Flickr8k ones, or from a captioner trained on easy-VQA its answers to the easy-VQA images' questions beside
+    the truth; a line saying so where either has no tag. Returns how many captioners ran."""
     import zoo
     from zoo.registry import kind_of
     from zoo.vl.service import sample_files
 
     tags = [n for n in zoo.list_pretrained() if kind_of(n) == "captioner"]
-    if not tags:
-        print("captioners: no shipped weights yet (zoo list --kind captioner); skipping captions\n")
-        return 0
+    vqa = [n for n in tags if _answers_questions(n)]
+    captioners = [n for n in tags if n not in vqa]
     files = [str(f) for f in sample_files()]
-    for name in tags:
-        model = load_model(name, None, "cpu")
-        t0 = time.perf_counter()
-        caps = caption_files(model, files, batch_size=len(files), rgb=False)
-        print(f"{name} ({model.kind}, {len(files)} bundled Flickr8k test images in {time.perf_counter() - t0:.1f} s):")
-        for f, c in zip(files, caps):
-            print(f"  {f.rsplit('/', 1)[-1]}  {c}")
-        print()
+    if not captioners:
+        print("captioners: no shipped weights yet (zoo list --kind captioner); skipping captions\n")
+    for name in captioners:
+        _demo_block(name, f"{len(files)} bundled Flickr8k test images", lambda m: [
+            f"{f.rsplit('/', 1)[-1]}  {c}" for f, c in zip(files, caption_files(m, files, len(files)))])
+    samples = vqa_samples()
+    if not vqa:
+        print("easy-VQA captioners: no shipped weights yet (zoo publish EXPORT --tag easyvqa); skipping questions\n")
+    images, questions = [f for f, _, _ in samples], [q for _, q, _ in samples]
+    for name in vqa:
+        _demo_block(name, f"{len(samples)} bundled easy-VQA test images and questions", lambda m: [
+            f"{f.rsplit('/', 1)[-1]}  {q} -> {ans}  (truth: {truth})" for (f, q, truth), ans in
+            zip(samples, caption_files(m, images, len(images), questions=questions))])
     return len(tags)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``zoo caption IMAGE...|--example [--model NAME | --checkpoint EXPORT] [--steps N] [--block B] [--threshold T]
-    [--temperature T] [--seed S] [--device cpu]``: one line ``file<TAB>caption`` per image."""
+    """``zoo caption IMAGE...|--example [--question TEXT] [--model NAME | --checkpoint EXPORT] [--steps N]
+    [--block B] [--threshold T] [--temperature T] [--seed S] [--device cpu]``: one line ``file<TAB>caption`` per
+    image, or ``file<TAB>question<TAB>answer`` from a captioner trained on easy-VQA."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="zoo caption", description="Caption images with a captioner (diffusion or AR).")
+    p = argparse.ArgumentParser(prog="zoo caption", description="Caption images with a captioner (diffusion or AR), "
+                                "or answer a question about them (a captioner trained on easy-VQA).")
     p.add_argument("images", nargs="*", help="image files (JPEG, PNG)")
-    p.add_argument("--example", action="store_true", help="caption the bundled Flickr8k test images (zoo/vl/static/"
-                   "samples; Flickr8k: research and non-commercial use only)")
+    p.add_argument("--example", action="store_true", help="the bundled test images: Flickr8k's (zoo/vl/static/"
+                   "samples; research and non-commercial use only), or for an easy-VQA captioner easy-VQA's with "
+                   "one of their test questions each (zoo/vl/static/vqa; MIT)")
+    p.add_argument("--question", default=None, help="ask this question about every image (a captioner trained on "
+                   "easy-VQA, e.g. 'what color is the shape?'); default model: " + DEFAULT_VQA_CAPTIONER
+                   + " where installed")
     p.add_argument("--model", default=None, help="a captioner (zoo list --kind captioner), .tag for its weights; "
                    "default: the shipped " + DEFAULT_CAPTIONER)
     p.add_argument("--checkpoint", default=None, help="a zoo fit export of a captioner")
@@ -730,21 +876,36 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--rgb", action="store_true", help="convert grayscale / RGBA images to RGB instead of refusing")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    if a.example:
-        from zoo.vl.service import sample_files
-
-        a.images = list(a.images) + [str(f) for f in sample_files()]
-    if not a.images:
+    if not a.images and not a.example:
         raise ConfigError("name image files to caption, or --example for the bundled ones")
+    if a.question is not None:
+        a.question = " ".join(a.question.split())  # one line of output per image, whatever the shell passed
+        if not a.question:
+            raise ConfigError("--question is empty; ask about the image, e.g. --question 'what color is the shape?'")
     if a.steps is not None and a.steps <= 0:
         raise ConfigError(f"--steps must be a positive integer, got {a.steps}")
     if a.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {a.batch_size}")
     if not a.model and not a.checkpoint:
-        a.model = _default_captioner()
+        a.model = _default_captioner(question=a.question is not None)
     model = load_model(a.model, a.checkpoint, a.device)
-    caps = caption_files(model, a.images, a.batch_size, a.rgb, steps=a.steps, block=a.block, threshold=a.threshold,
-                         temperature=a.temperature, seed=a.seed)
-    for f, c in zip(a.images, caps):
-        print(f"{f}\t{c}")
+    asked = [a.question] * len(a.images)
+    if a.example and model.answers_questions:
+        samples = vqa_samples()
+        a.images += [f for f, _, _ in samples]
+        asked += [a.question or q for _, q, _ in samples]
+    elif a.example:
+        from zoo.vl.service import sample_files
+
+        a.images += [str(f) for f in sample_files()]
+        asked += [a.question] * (len(a.images) - len(asked))
+    if model.answers_questions and None in asked:
+        raise ConfigError(f"{a.model or a.checkpoint} answers questions about images (trained on easy-VQA): give "
+                          f"--question, e.g. --question 'what color is the shape?' (or --example alone: the bundled "
+                          f"images with their questions)")
+    questions = asked if a.question is not None or model.answers_questions else None
+    out = caption_files(model, a.images, a.batch_size, a.rgb, questions=questions, steps=a.steps, block=a.block,
+                        threshold=a.threshold, temperature=a.temperature, seed=a.seed)
+    for f, q, c in zip(a.images, asked, out):
+        print(f"{f}\t{q}\t{c}" if questions is not None else f"{f}\t{c}")
     return 0
