@@ -113,6 +113,20 @@ def test_export_leaves_out_the_locked_text_tower_and_reloads(tmp_path):
         other.load_export({k: v for k, v in state.items() if not k.startswith("image_proj")})
 
 
+def test_siglip_export_loads_into_the_registered_model_with_its_bias(tmp_path):
+    """`zoo eval` builds the registered model (no logit bias); a SigLIP export brings its learned bias along."""
+    from zoo.hub import read_state_dict, save_state_dict
+
+    task = _task(loss="siglip")
+    with torch.no_grad():
+        task.model.logit.logit_bias.fill_(-7.5)
+    path = save_state_dict(task.export_state_dict(), tmp_path / "export.safetensors")
+    other = zoo.create_model("clip_vit_tiny_d6_minilm_128", text_tower="cached", **SMALL)
+    assert other.logit_bias is None
+    other.load_export(read_state_dict(path))
+    assert other.logit_bias is not None and other.logit_bias.item() == -7.5
+
+
 @pytest.mark.parametrize("arch", ["vit", "vim"])
 def test_tower_init_from_cifar10_weights_is_average_pooling_then_the_cifar_tower(arch):
     """A patch-4 CIFAR-10 tower starts the patch-16 CLIP tower at 128 px: its kernel repeated 4x4 over 16, so

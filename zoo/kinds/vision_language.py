@@ -163,7 +163,12 @@ class VisionLanguageModel(nn.Module):
         return {k: v for k, v in self.state_dict().items() if include_text or not k.startswith(TEXT_PREFIX)}
 
     def load_export(self, state: dict[str, torch.Tensor]) -> None:
-        """Load an export; text-encoder keys may be absent (then the attached pretrained tower stays)."""
+        """Load an export; text-encoder keys may be absent (then the attached pretrained tower stays). A SigLIP
+        export carries its learned logit bias: a model built without one gains it (the bias is the export's, and
+        retrieval and zero-shot rankings do not depend on it)."""
+        bias = state.get("logit.logit_bias")
+        if bias is not None and self.logit.logit_bias is None:
+            self.logit.logit_bias = nn.Parameter(bias.detach().float().reshape(()).clone())
         own = self.state_dict()
         missing = [k for k in own if k not in state and not k.startswith(TEXT_PREFIX)]
         unexpected = [k for k in state if k not in own]
