@@ -53,8 +53,6 @@ from kernels.selective_scan.triton import (
     _combine,
     _delta,
     _dummy,
-    _lane_put,
-    _lane_state,
     _lane_walk,
     _launch,
     _prune,
@@ -234,22 +232,11 @@ def _biscan_lane_kernel(
     d64 = offs_d.to(tl.int64)
     B_row = bc_ptr + pid_r * L * (2 * N)
     st_row = (pid_r * Dch + d64) * tl.cdiv(L, CHUNK) * N
-    seg_row = pid_r * n_seg + pid_s
     p0 = pid_s * SEG
-    if HAS_H0:
-        h = _lane_state(h0_ptr, (seg_row * Dch + d64) * N, mask_d, N, NP)
-    else:
-        h = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
-    if STORE_STATES:
-        _lane_put(states_ptr, st_row + (p0 // CHUNK) * N, h, mask_d, N, NP)
-    h, dsum = _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, B_row + N, states_ptr, (pid_r * Dch + d64) * L,
-                         (pid_b * Dch + d64) * L, pid_b * sy_b + rev * sy_dir + d64 * sy_e, sy_l, st_row, A2, Dv,
-                         bias, h, p0, tl.minimum(L, p0 + SEG), L, rev, mask_d, N, NP, CHUNK, 2 * N, True, True,
-                         True, True, STORE_STATES, EMIT_Y, BLOCK_L)
-    if STORE_END:
-        _lane_put(end_ptr, (seg_row * Dch + d64) * N, h, mask_d, N, NP)
-    if not EMIT_Y:
-        tl.store(dsum_ptr + seg_row * Dch + offs_d, dsum, mask=mask_d)
+    _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, B_row + N, states_ptr, h0_ptr, end_ptr, dsum_ptr,
+               (pid_r * Dch + d64) * L, (pid_b * Dch + d64) * L, pid_b * sy_b + rev * sy_dir + d64 * sy_e, sy_l, st_row,
+               (pid_r * n_seg + pid_s) * Dch + d64, A2, Dv, bias, p0, tl.minimum(L, p0 + SEG), L, rev, mask_d, N, NP,
+               CHUNK, 2 * N, True, True, True, True, STORE_STATES, EMIT_Y, STORE_END, HAS_H0, BLOCK_L)
 
 
 @triton.jit

@@ -186,11 +186,11 @@ def _lane_bc(row_ptr, t, mask_l, S: tl.constexpr, N: tl.constexpr, NP: tl.conste
 
 
 @triton.jit
-def _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, col, colz, coly, sy_l, st_row, A2, Dv,
-               bias, h, p0, p_end, L, rev, mask_d,
+def _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, h0_ptr, end_ptr, dsum_ptr, col, colz, coly,
+               sy_l, st_row, seg_chan, A2, Dv, bias, p0, p_end, L, rev, mask_d,
                N: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr, S: tl.constexpr, HAS_D: tl.constexpr,
                HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr,
-               EMIT_Y: tl.constexpr, BLOCK_L: tl.constexpr):
+               EMIT_Y: tl.constexpr, STORE_END: tl.constexpr, HAS_H0: tl.constexpr, BLOCK_L: tl.constexpr):
     """The lane-layout forward of one program over scan steps [p0, p_end): BD channels (one per lane), the
     tile's tokens and all states in-thread, so the scan and the sum over states need no shuffles. Loads and
     stores are channel-major ([BD, ...], see _lane_rows / _lane_bc), the arithmetic token-major [BL, NP, BD]:
@@ -200,7 +200,9 @@ def _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, col, colz,
     mixer's kernels, which differ only in addressing: ``col`` / ``colz`` / ``coly`` [BD] row offsets in u and
     Δ / z / y (token stride 1, 1, ``sy_l``); B_row, C_row the transposed fp32 B / C rows (token stride S);
     ``st_row`` [BD] where chunk 0's state of each channel goes (the channel layout's addresses). ``rev`` = 1
-    walks token L-1-p at step p. A2 = A log2(e), h: [BD, NP]. Returns (h, ΣΔ [BD])."""
+    walks token L-1-p at step p. A2 = A log2(e). The segment's own states too: ``seg_chan`` [BD] = segment row x
+    channels + channel, so h0 (HAS_H0, else zeros) / the end state (STORE_END) sit at ``seg_chan`` N and ΣΔ (when
+    not EMIT_Y) at ``seg_chan``; with STORE_STATES the starting state is chunk p0 / CHUNK's."""
     K: tl.constexpr = 4 if NP >= 4 else NP
     # compute tiles are token-major [BL, NP, BD] (channels last): Triton's default layout gives the lanes (and
     # warps) to the last axis, so with BD = 32 x warps every thread holds its channel's BL x NP values and the
@@ -208,6 +210,12 @@ def _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, col, colz,
     offs_l = tl.arange(0, BLOCK_L)
     first = offs_l[:, None, None] == 0
     last = offs_l[:, None, None] == BLOCK_L - 1
+    if HAS_H0:
+        h = _lane_state(h0_ptr, seg_chan * N, mask_d, N, NP)
+    else:
+        h = tl.zeros([mask_d.shape[0], NP], dtype=tl.float32)
+    if STORE_STATES:
+        _lane_put(states_ptr, st_row + (p0 // CHUNK) * N, h, mask_d, N, NP)
     A2t = tl.trans(A2)                                                             # [NP, BD]
     ht = tl.trans(h)
     dsum = tl.zeros(mask_d.shape, dtype=tl.float32)
@@ -242,7 +250,10 @@ def _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, col, colz,
             end = p0 + (i + 1) * BLOCK_L
             if (end % CHUNK == 0) & (end < p_end):
                 _lane_put(states_ptr, st_row + (end // CHUNK) * N, tl.trans(ht), mask_d, N, NP)
-    return tl.trans(ht), dsum
+    if STORE_END:
+        _lane_put(end_ptr, seg_chan * N, tl.trans(ht), mask_d, N, NP)
+    if not EMIT_Y:
+        tl.store(dsum_ptr + seg_chan, dsum, mask=mask_d)
 
 
 @triton.jit(do_not_specialize=["sy_l"])
@@ -290,21 +301,10 @@ def _lane_fwd_kernel(
     B_row = B_ptr + pid_b * stride_Bb + (d0 // cpg_B) * stride_Bg
     C_row = C_ptr + pid_b * stride_Cb + (d0 // cpg_C) * stride_Cg
     st_row = (pid_b * Dch + d64) * tl.cdiv(L, CHUNK) * N
-    seg_row = pid_b * n_seg + pid_s
     p0 = pid_s * SEG
-    if HAS_H0:
-        h = _lane_state(h0_ptr, (seg_row * Dch + d64) * N, mask_d, N, NP)
-    else:
-        h = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
-    if STORE_STATES:
-        _lane_put(states_ptr, st_row + (p0 // CHUNK) * N, h, mask_d, N, NP)
-    h, dsum = _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, col, col, col, sy_l, st_row, A2, Dv,
-                         bias, h, p0, tl.minimum(L, p0 + SEG), L, rev, mask_d, N, NP, CHUNK, N, HAS_D, HAS_Z,
-                         HAS_BIAS, SOFTPLUS, STORE_STATES, EMIT_Y, BLOCK_L)
-    if STORE_END:
-        _lane_put(end_ptr, (seg_row * Dch + d64) * N, h, mask_d, N, NP)
-    if not EMIT_Y:
-        tl.store(dsum_ptr + seg_row * Dch + offs_d, dsum, mask=mask_d)
+    _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, h0_ptr, end_ptr, dsum_ptr, col, col, col, sy_l,
+               st_row, (pid_b * n_seg + pid_s) * Dch + d64, A2, Dv, bias, p0, tl.minimum(L, p0 + SEG), L, rev, mask_d,
+               N, NP, CHUNK, N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, STORE_STATES, EMIT_Y, STORE_END, HAS_H0, BLOCK_L)
 
 
 @triton.jit
