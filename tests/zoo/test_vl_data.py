@@ -130,3 +130,41 @@ def test_data_module_samples_a_caption_per_epoch_and_feeds_embeddings(tmp_path):
     boxes_a = dm.augment(x.clone(), idx, epoch=0)
     assert boxes_a.shape == x.shape and torch.equal(boxes_a, dm.augment(x.clone(), idx, epoch=0))
     assert len(dm.train_dataloader()) == 1   # 6 images, batch 4, drop_last
+
+
+def test_data_module_feeds_several_captions_per_image(tmp_path):
+    # image 3 has only two captions: its set repeats them
+    rows = [(f"{i}.jpg", c, f"image {i} caption {c}") for i in range(6) for c in range(2 if i == 3 else 5)]
+    images = {f"{i}.jpg": _jpeg((40 * i, 0, 0)) for i in range(6)}
+    z = _flickr_zip(tmp_path / "f.zip", rows, images, {"train": [f"{i}.jpg" for i in range(6)]})
+    ds = open_flickr8k(z, "train")
+    emb = torch.zeros(len(ds.caption_pairs()), 384)
+    for n, (i, c) in enumerate(ds.caption_pairs()):
+        emb[n, 0], emb[n, 1] = i + 1, c + 1
+    q, s = quantize(emb)
+    from safetensors.torch import save_file
+    import json
+    save_file({"q": q, "scale": s}, str(tmp_path / "e.safetensors"),
+              metadata={"format": "speedzoo-text-embeddings-v1", "keys": json.dumps(ds.caption_keys())})
+    dm = ImageTextDataModule(str(z), img_size=16, batch_size=4, text_embeddings=str(tmp_path / "e.safetensors"),
+                             captions_per_image=5)
+    dm.setup("fit")
+    idx = torch.tensor([5, 3, 0])
+    _, text = dm.on_after_batch_transfer(idx)
+    assert text.shape == (3, 5, 384)
+    assert torch.equal(text[:, :, 0].round(), (idx.float() + 1)[:, None].expand(3, 5))
+    drawn = dm.caption_choice(0)[idx]
+    counts = torch.tensor([5, 2, 5])
+    want = (drawn[:, None] + torch.arange(5)) % counts[:, None] + 1
+    assert torch.equal(text[:, :, 1].round(), want.float())
+    assert sorted(text[0, :, 1].round().tolist()) == [1, 2, 3, 4, 5]   # all five captions of image 5
+    dm_tok = ImageTextDataModule(str(z), img_size=16, batch_size=4, captions_per_image=3,
+                                 tokenizer=None)
+    dm_tok.train_set = ds
+    dm_tok._images["train"] = decode_images(ds, 16)
+    dm_tok._tokenizer = lambda texts: {"input_ids": torch.arange(len(texts))[:, None].repeat(1, 7),
+                                       "attention_mask": torch.ones(len(texts), 7, dtype=torch.int64)}
+    _, tok = dm_tok.on_after_batch_transfer(idx)
+    assert tok["input_ids"].shape == (3, 3, 7) and tok["input_ids"][1, 2, 0].item() == 5
+    with pytest.raises(Exception, match="captions_per_image=0"):
+        ImageTextDataModule(str(z), captions_per_image=0)

@@ -76,6 +76,23 @@ def test_contrastive_loss_equals_open_clip_cliploss_and_the_formula():
     assert grads["logit.logit_scale"] is not None and grads["text_proj.proj.weight"].abs().sum() > 0
 
 
+@pytest.mark.parametrize("loss_name", ["clip", "siglip"])
+def test_several_captions_per_image_average_the_losses_of_each_caption_set(loss_name):
+    from open_clip.loss import ClipLoss, SigLipLoss
+
+    torch.manual_seed(0)
+    task = _task(loss=loss_name)
+    x, t = torch.randn(4, 3, 128, 128), torch.randn(4, 3, 384)
+    loss, _ = task.shared_step((x, t), "val")
+    ref = ClipLoss() if loss_name == "clip" else SigLipLoss()
+    per_set = []
+    for j in range(3):
+        out = task.model(x, t[:, j])
+        per_set.append(ref(*out).item())
+    assert loss.item() == pytest.approx(sum(per_set) / 3, rel=1e-5)
+    assert len(set(round(v, 6) for v in per_set)) == 3     # the sets differ, so the mean is not one of them
+
+
 def test_siglip_loss_and_bad_task_options():
     from open_clip.loss import SigLipLoss
 

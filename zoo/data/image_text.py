@@ -13,7 +13,10 @@ there, images with no caption, and images that do not decode are skipped while t
 (before training starts), counted in ``ImageTextSet.skipped`` and logged; a set left empty raises DataError.
 
 Training (``ImageTextDataModule``): the images are decoded once into a uint8 tensor; each epoch every image
-pairs with one of its captions, drawn from (seed, epoch), so a resumed run sees the same pairs. The text side
+pairs with one of its captions, drawn from (seed, epoch), so a resumed run sees the same pairs. With
+``captions_per_image: k`` a batch brings k distinct captions of each image ([B, k, ...] text, the drawn caption
+and the next k-1 of that image): the task scores the images against each of the k caption sets, so one image
+forward learns from all of an image's captions. The text side
 is either the captions' token ids (the MiniLM tokenizer) or, for a locked text tower, their cached mean-pooled
 MiniLM embeddings (``zoo.vl.embeddings``, int8 + per-row scale), kept on the device and looked up per batch.
 Random resized crops are cut on the device with ``torchvision.ops.roi_align`` (one call per batch).
@@ -277,6 +280,8 @@ class ImageTextDataModule(pl.LightningDataModule):
             from them; written by ``python -m zoo.vl.embeddings``). None: captions are tokenized instead.
         tokenizer: the MiniLM zip or folder whose tokenizer to use (default: the data set ``minilm``).
         crop_scale / crop_ratio: RandomResizedCrop's area and aspect ranges; ``augment=False`` turns it off.
+        captions_per_image: captions of each image per batch (1: one drawn per epoch; 5: all of Flickr8k's). An
+            image with fewer captions repeats them.
         train_subset: only the first N images (quick checks).
         img_key / caption_key / separator: the CSV columns and separator (open_clip's names).
     """
@@ -288,11 +293,14 @@ class ImageTextDataModule(pl.LightningDataModule):
                  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3), mean: Sequence[float] = CLIP_MEAN,
                  std: Sequence[float] = CLIP_STD, seed: int = 0, train_subset: Optional[int] = None,
                  val_subset: Optional[int] = None, drop_last: bool = True, img_key: str = "filepath",
-                 caption_key: str = "title", separator: Optional[str] = None, num_workers: int = 0):
+                 caption_key: str = "title", separator: Optional[str] = None, num_workers: int = 0,
+                 captions_per_image: int = 1):
         super().__init__()
         self.save_hyperparameters()
         if batch_size < 2:
             raise ConfigError(f"data.batch_size={batch_size}: contrastive training needs at least 2 pairs a batch.")
+        if captions_per_image < 1:
+            raise ConfigError(f"data.captions_per_image={captions_per_image} must be at least 1.")
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ConfigError(f"data.crop_scale={crop_scale} must satisfy 0 < min <= max <= 1.")
         self.batch_size = batch_size
@@ -368,6 +376,12 @@ class ImageTextDataModule(pl.LightningDataModule):
         g = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + 104_729 * epoch + 17)
         return (torch.rand(len(counts), generator=g) * counts).long().clamp(max=counts - 1)
 
+    def caption_choices(self, epoch: int) -> torch.Tensor:
+        """[n_images, captions_per_image]: the drawn caption of each image and the next ones, cyclically."""
+        counts = torch.tensor([len(c) for c in self.train_set.captions])
+        step = torch.arange(self.hparams.captions_per_image)
+        return (self.caption_choice(epoch)[:, None] + step[None, :]) % counts[:, None]
+
     def _offsets(self) -> torch.Tensor:
         counts = torch.tensor([len(c) for c in self.train_set.captions])
         return torch.cumsum(counts, 0) - counts
@@ -402,19 +416,22 @@ class ImageTextDataModule(pl.LightningDataModule):
         if training and self.hparams.augment:
             x = self.augment(x, idx, trainer.current_epoch)
         x = normalise(x, self.hparams.mean, self.hparams.std)
+        k = self.hparams.captions_per_image if split == "train" else 1
         if split == "train":
-            choice = self.caption_choice(trainer.current_epoch if trainer is not None else 0).to(idx.device)[idx]
+            epoch = trainer.current_epoch if trainer is not None else 0
+            choice = self.caption_choices(epoch).to(idx.device)[idx]
         else:
-            choice = torch.zeros_like(idx)
+            choice = torch.zeros_like(idx)[:, None]
         if split == "train" and self._emb is not None:
             q, s, off = self._device_embeddings(idx.device)
-            rows = off[idx] + choice
+            rows = off[idx][:, None] + choice
             from zoo.vl.embeddings import dequantize
 
-            return x, dequantize(q[rows], s[rows])
-        texts = [data.captions[i][c] for i, c in zip(idx.tolist(), choice.tolist())]
-        tok = self._ensure_tokenizer()(texts)
-        return x, {k: v.to(idx.device) for k, v in tok.items()}
+            emb = dequantize(q[rows.flatten()], s[rows.flatten()])
+            return x, (emb.view(*rows.shape, -1) if k > 1 else emb)
+        texts = [data.captions[i][c] for i, cs in zip(idx.tolist(), choice.tolist()) for c in cs]
+        tok = {key: v.to(idx.device) for key, v in self._ensure_tokenizer()(texts).items()}
+        return x, ({key: v.view(len(idx), k, -1) for key, v in tok.items()} if k > 1 else tok)
 
     # -- resumable state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

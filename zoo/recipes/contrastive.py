@@ -10,6 +10,8 @@ export; this task adds what a pair of towers needs:
   all and the data module feeds the captions' cached, mean-pooled MiniLM embeddings (zoo.vl.embeddings):
   the GPU needs neither the text weights nor their compute. ``lock_text: false`` with
   ``text_tower: minilm`` trains both towers from tokenized captions.
+- several captions per image (``data.captions_per_image: k``): the loss is the mean of the k losses of the
+  images against each caption set; the image tower runs once, the text side (cached embeddings) is cheap.
 - metrics: in-batch image->text and text->image top-1 (of the batch's captions), the temperature.
 - the export holds the image tower, the projections and the temperature (fp16); a locked MiniLM tower is
   not copied but named by its Hub id and the sha256 of its fp16 weights in the export's metadata.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any, Literal, Optional
 
 import torch
@@ -35,6 +38,18 @@ def in_batch_accuracy(image_features: torch.Tensor, text_features: torch.Tensor)
     sim = image_features.float() @ text_features.float().t()
     target = torch.arange(sim.shape[0], device=sim.device)
     return (sim.argmax(1) == target).float().mean(), (sim.argmax(0) == target).float().mean()
+
+
+def _flatten_caption_sets(text, batch_size: int):
+    """Text of a batch with k captions per image ([B, k, D] embeddings or [B, k, T] token tensors, from
+    ``data.captions_per_image``) -> the B * k captions image-major, and k (1 for ordinary [B, ...] text)."""
+    lead = text["input_ids"] if isinstance(text, Mapping) else text
+    if not isinstance(lead, torch.Tensor) or lead.ndim != 3 or lead.shape[0] != batch_size:
+        return text, 1
+    k = lead.shape[1]
+    if isinstance(text, Mapping):
+        return {key: v.flatten(0, 1) for key, v in text.items()}, k
+    return text.flatten(0, 1), k
 
 
 class ContrastiveTask(Task):
@@ -122,14 +137,16 @@ class ContrastiveTask(Task):
     # -- steps -----------------------------------------------------------------------------------------------
     def shared_step(self, batch, stage: str):
         images, text = batch
+        text, k = _flatten_caption_sets(text, len(images))
         out = self.net(stage)(images, text)
         image_features, text_features, scale = out[:3]
+        text_sets = text_features.view(len(images), k, -1).unbind(1)
         loss_fn = self.loss_fn()
         if self.hparams.loss == "siglip":
-            loss = loss_fn(image_features, text_features, scale, out[3])
+            loss = sum(loss_fn(image_features, t, scale, out[3]) for t in text_sets) / k
         else:
-            loss = loss_fn(image_features, text_features, scale)
-        i2t, t2i = in_batch_accuracy(image_features.detach(), text_features.detach())
+            loss = sum(loss_fn(image_features, t, scale) for t in text_sets) / k
+        i2t, t2i = in_batch_accuracy(image_features.detach(), text_sets[0].detach())
         return loss, {"i2t_top1": i2t, "t2i_top1": t2i, "logit_scale": scale.detach().float()}
 
     # -- export ----------------------------------------------------------------------------------------------
