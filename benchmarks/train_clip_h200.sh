@@ -75,7 +75,8 @@ done
 
 if [ "$ACCEL" = gpu ] && [ -z "${TINY:-}" ] && [ "${THROUGHPUT:-1}" = 1 ]; then  # each image tower alone, as the recipes build it
   declare -A TOWER=([vit]="vit_tiny_patch16_224 depth=6" [vim]="vim_tiny_patch16_224 depth=12" [efficientvit]="efficientvit_b0"
-                    [vit_micro]="vit_micro_patch4_32 patch_size=16" [vim_micro]="vim_micro_patch4_32 patch_size=16")
+                    [vit_micro]="vit_micro_patch4_32 patch_size=16" [vim_micro]="vim_micro_patch4_32 patch_size=16"
+                    [vit_micro_p8]="vit_micro_patch4_32 patch_size=8" [vim_micro_p8]="vim_micro_patch4_32 patch_size=8")
   for t in "${runs[@]}"; do
     [ -n "${TOWER[$t]:-}" ] || continue  # a variant of a tower: timed under the tower's own name
     set -- ${TOWER[$t]}; m=$1; shift

@@ -189,6 +189,8 @@ def test_open_clip_configs_cover_every_registered_tower():
     assert set(named.values()) == {f"zoo_{n}_visual" for n in TOWERS}
     model, _, _ = open_clip.create_model_and_transforms("zoo-vit-micro-p16-128")
     assert model.visual.trunk.backbone.patch_embed.grid_size == (8, 8)
+    model, _, _ = open_clip.create_model_and_transforms("zoo-vit-micro-p8-128")
+    assert model.visual.trunk.backbone.patch_embed.grid_size == (16, 16)
 
 
 def test_tag_into_another_patch_and_grid_resamples_both():
@@ -202,3 +204,13 @@ def test_tag_into_another_patch_and_grid_resamples_both():
     assert torch.equal(model.backbone.pos_embed[:, :1], cifar.backbone.pos_embed[:, :1])        # the class token's
     w = model.backbone.patch_embed.proj.weight
     assert torch.allclose(w, cifar.backbone.patch_embed.proj.weight.repeat_interleave(4, -2).repeat_interleave(4, -1) / 16)
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in __import__("pathlib").Path("configs").glob("flickr8k_clip_*.yaml")))
+def test_clip_recipes_parse(config, capsys):
+    """Every shipped CLIP recipe parses against the task's and the data module's signatures (keys, types)."""
+    from zoo.cli import main
+
+    assert main(["fit", "--config", f"configs/{config}", "--print_config"]) == 0
+    printed = capsys.readouterr().out
+    assert "class_path: zoo.recipes.contrastive.ContrastiveTask" in printed and "model: clip_" in printed
