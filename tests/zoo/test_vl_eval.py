@@ -115,3 +115,18 @@ def test_zoo_eval_on_a_slice_with_the_real_text_tower(tmp_path, shared_data, mon
     assert ret["image_retrieval_recall@5"] == 1.0          # 4 images: every caption's image is in the top 5
     zs = json.loads((tmp_path / "res" / files[0]).read_text())["metrics"]
     assert set(zs) == {"acc1", "acc5", "mean_per_class_recall"} and 0.0 <= zs["acc1"] <= zs["acc5"] <= 1.0
+
+
+def test_demo_takes_the_published_clip_tag_with_the_best_text_to_image_recall(monkeypatch):
+    from types import SimpleNamespace
+
+    import zoo.registry
+    from zoo.vl import demo
+
+    recall = {"a.flickr8k": 19.5, "b.flickr8k": 31.0, "c.other": None}
+    monkeypatch.setattr(zoo, "list_models", lambda **kw: sorted(recall))
+    monkeypatch.setattr(zoo.registry, "get_entry", lambda base: base)
+    monkeypatch.setattr(zoo.registry, "get_tag", lambda base, tag: SimpleNamespace(metrics={} if recall[f"{base}.{tag}"] is None else {
+        "flickr8k (test retrieval)": {"image_retrieval_recall@10": recall[f"{base}.{tag}"], "text_retrieval_recall@10": 99.0},
+        "cifar10 (test zero-shot)": {"acc1": 50.0}}))
+    assert demo.published_models() == ["b.flickr8k", "a.flickr8k", "c.other"]

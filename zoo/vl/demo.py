@@ -22,9 +22,17 @@ SAMPLE_CAPTIONS = {  # the bundled samples' first Flickr8k caption, for the fall
 
 
 def published_models() -> list[str]:
+    """The published CLIP tags, best first: by their registered Flickr8k test text->image R@10."""
     import zoo
+    from zoo.registry import get_entry, get_tag, split_name
 
-    return zoo.list_models(pretrained=True, kind="vision-language")
+    def t2i_r10(name: str) -> float:
+        base, tag = split_name(name)
+        metrics = get_tag(get_entry(base), tag).metrics
+        return max((m.get("image_retrieval_recall@10", 0.0) for d, m in metrics.items() if d.startswith("flickr8k")),
+                   default=0.0)
+
+    return sorted(zoo.list_models(pretrained=True, kind="vision-language"), key=t2i_r10, reverse=True)
 
 
 def run(model_name: str | None = None, captions: int | None = None) -> bool:
