@@ -304,6 +304,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ConfigError(f"data.crop_scale={crop_scale} must satisfy 0 < min <= max <= 1.")
         self.batch_size = batch_size
+        self.captions_per_image = int(captions_per_image)  # an attribute: a subclass's hparams hold its own arguments
         self.train_set: Optional[ImageTextSet] = None
         self.val_set: Optional[ImageTextSet] = None
         self._images: dict[str, torch.Tensor] = {}
@@ -379,7 +380,7 @@ class ImageTextDataModule(pl.LightningDataModule):
     def caption_choices(self, epoch: int) -> torch.Tensor:
         """[n_images, captions_per_image]: the drawn caption of each image and the next ones, cyclically."""
         counts = torch.tensor([len(c) for c in self.train_set.captions])
-        step = torch.arange(self.hparams.captions_per_image)
+        step = torch.arange(self.captions_per_image)
         return (self.caption_choice(epoch)[:, None] + step[None, :]) % counts[:, None]
 
     def _offsets(self) -> torch.Tensor:
@@ -416,7 +417,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         if training and self.hparams.augment:
             x = self.augment(x, idx, trainer.current_epoch)
         x = normalise(x, self.hparams.mean, self.hparams.std)
-        k = self.hparams.captions_per_image if split == "train" else 1
+        k = self.captions_per_image if split == "train" else 1
         if split == "train":
             epoch = trainer.current_epoch if trainer is not None else 0
             choice = self.caption_choices(epoch).to(idx.device)[idx]
