@@ -2,6 +2,8 @@
 open_clip's ClipLoss and a literal computation, and export / reload without the referenced text tower."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -206,7 +208,7 @@ def test_tag_into_another_patch_and_grid_resamples_both():
     assert torch.allclose(w, cifar.backbone.patch_embed.proj.weight.repeat_interleave(4, -2).repeat_interleave(4, -1) / 16)
 
 
-@pytest.mark.parametrize("config", sorted(p.name for p in __import__("pathlib").Path("configs").glob("flickr8k_clip_*.yaml")))
+@pytest.mark.parametrize("config", sorted(p.name for p in Path("configs").glob("flickr8k_clip_*.yaml")))
 def test_clip_recipes_parse(config, capsys):
     """Every shipped CLIP recipe parses against the task's and the data module's signatures (keys, types)."""
     from zoo.cli import main

@@ -310,6 +310,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         self._images: dict[str, torch.Tensor] = {}
         self._emb: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (int8 [N, D], scale [N]) in caption order
         self._dev_emb: dict = {}
+        self._choices: Optional[tuple] = None  # (epoch, device, [n_images, k] caption choices)
         self._tokenizer = None
         self.train_sampler: Optional[ResumableRandomSampler] = None
         self._pending_sampler_state: Optional[dict] = None
@@ -371,20 +372,30 @@ class ImageTextDataModule(pl.LightningDataModule):
         return DataLoader(_Indices(len(self.val_set)), batch_size=self.hparams.eval_batch_size, collate_fn=_as_batch)
 
     # -- the pairs of a batch, on the device ----------------------------------------------------------------
+    def caption_counts(self) -> torch.Tensor:
+        """[n_images] how many captions each training image has."""
+        return torch.tensor([len(c) for c in self.train_set.captions])
+
     def caption_choice(self, epoch: int) -> torch.Tensor:
         """[n_images] which caption each training image pairs with in ``epoch`` (drawn from seed, epoch)."""
-        counts = torch.tensor([len(c) for c in self.train_set.captions])
+        counts = self.caption_counts()
         g = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + 104_729 * epoch + 17)
         return (torch.rand(len(counts), generator=g) * counts).long().clamp(max=counts - 1)
 
     def caption_choices(self, epoch: int) -> torch.Tensor:
         """[n_images, captions_per_image]: the drawn caption of each image and the next ones, cyclically."""
-        counts = torch.tensor([len(c) for c in self.train_set.captions])
+        counts = self.caption_counts()
         step = torch.arange(self.captions_per_image)
         return (self.caption_choice(epoch)[:, None] + step[None, :]) % counts[:, None]
 
+    def _epoch_choices(self, epoch: int, device) -> torch.Tensor:
+        """caption_choices(epoch) on ``device``, drawn once per epoch rather than once per batch."""
+        if self._choices is None or self._choices[:2] != (epoch, device):
+            self._choices = (epoch, device, self.caption_choices(epoch).to(device))
+        return self._choices[2]
+
     def _offsets(self) -> torch.Tensor:
-        counts = torch.tensor([len(c) for c in self.train_set.captions])
+        counts = self.caption_counts()
         return torch.cumsum(counts, 0) - counts
 
     def _device_embeddings(self, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -419,8 +430,7 @@ class ImageTextDataModule(pl.LightningDataModule):
         x = normalise(x, self.hparams.mean, self.hparams.std)
         k = self.captions_per_image if split == "train" else 1
         if split == "train":
-            epoch = trainer.current_epoch if trainer is not None else 0
-            choice = self.caption_choices(epoch).to(idx.device)[idx]
+            choice = self._epoch_choices(trainer.current_epoch if trainer is not None else 0, idx.device)[idx]
         else:
             choice = torch.zeros_like(idx)[:, None]
         if split == "train" and self._emb is not None:
