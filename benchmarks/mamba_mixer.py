@@ -368,11 +368,11 @@ def _layout_configs(quick: bool, layouts: tuple[str, ...]) -> list[tuple[str, tu
     from kernels.selective_scan.triton import TOKEN_TILES
 
     tiles = [(4, 4, 2, 1), (1, 8, 4, 1)] if quick else TOKEN_TILES
-    pairs = [("channel", None), ("lane", None), ("token", None)] + [("token", t) for t in tiles]
+    pairs = [("channel", None), ("lane", None), ("auto", None), ("token", None)] + [("token", t) for t in tiles]
     return [(layout, tile) for layout, tile in pairs if layout in layouts]
 
 
-FWDBWD_LAYOUTS = ("channel", "lane", "token")     # timed forward + backward too (token: autotuned tile only)
+FWDBWD_LAYOUTS = ("channel", "lane", "auto", "token")  # timed forward + backward too (token: autotuned tile only)
 
 
 def _lane_pick() -> str | None:
@@ -493,8 +493,8 @@ def layout_rows(args, device, dtype) -> list[dict[str, Any]]:
     for img, batch in sizes:
         x_img = torch.randn(batch, 3, img, img, device=device)
         results = {}
-        configs = [("ours_fused channel", {})] + ([("ours_fused lane", {"layout": "lane"})] if "lane" in args.layouts
-                                                  else [])
+        configs = [("ours_fused channel", {"layout": "channel"})] + [
+            (f"ours_fused {lay}", {"layout": lay}) for lay in ("lane", "auto") if lay in args.layouts]
         if img in best:
             configs.append((f"ours_fused token {'x'.join(map(str, best[img]))}", {"layout": "token", "tile": best[img]}))
         configs.append(("timm", None))
@@ -579,14 +579,15 @@ def _parse(argv):
     p.add_argument("--compile", action="store_true", help="also time under torch.compile")
     p.add_argument("--cuda-graph", action="store_true", help="also time inference forwards as CUDA graph replays")
     p.add_argument("--quick", action="store_true", help="toy sizes: a check of the script, not a measurement")
-    p.add_argument("--layouts", default="channel,lane,token",
-                   help="the layouts section's layouts (token: the autotuned tile and every forced one)")
+    p.add_argument("--layouts", default="channel,lane,auto,token",
+                   help="the layouts section's layouts (token: the autotuned tile and every forced one; auto: the "
+                        "op's default choice)")
     add_run_options(p, "mamba_mixer")
     args = p.parse_args(argv)
     args.sections = [s for s in args.sections.split(",") if s]
     args.layouts = tuple(s for s in args.layouts.split(",") if s)
-    if set(args.layouts) - {"channel", "lane", "token"}:
-        p.error(f"unknown layouts {args.layouts}; choose from channel, lane, token")
+    if set(args.layouts) - {"channel", "lane", "auto", "token"}:
+        p.error(f"unknown layouts {args.layouts}; choose from channel, lane, auto, token")
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         p.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")

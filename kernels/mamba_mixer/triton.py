@@ -63,6 +63,7 @@ from kernels.selective_scan.triton import (
     TOKEN_TILES,
     check_layout,
     chunk_size_for,
+    lane_seg,
     launch_tokens,
     scan_plan,
     sm_count,
@@ -208,7 +209,7 @@ def _biscan_lane_kernel(
     L_BUCKET, BATCH_BUCKET, BD_CAP,
     N: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr,
     STORE_STATES: tl.constexpr, EMIT_Y: tl.constexpr, STORE_END: tl.constexpr, HAS_H0: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Lane layout of ``_biscan_fwd_kernel`` (same grid, switches, y2, chunk / segment states):
     ``kernels.selective_scan.triton._lane_walk`` with the mixer's addressing. B|C come transposed as fp32
@@ -236,7 +237,7 @@ def _biscan_lane_kernel(
     _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, B_row + N, states_ptr, h0_ptr, end_ptr, dsum_ptr,
                (pid_r * Dch + d64) * L, (pid_b * Dch + d64) * L, pid_b * sy_b + rev * sy_dir + d64 * sy_e, sy_l, st_row,
                (pid_r * n_seg + pid_s) * Dch + d64, A2, Dv, bias, p0, tl.minimum(L, p0 + SEG), L, rev, mask_d, N, NP,
-               CHUNK, 2 * N, True, True, True, True, STORE_STATES, EMIT_Y, STORE_END, HAS_H0, BLOCK_L)
+               CHUNK, 2 * N, True, True, True, True, STORE_STATES, EMIT_Y, STORE_END, HAS_H0, BLOCK_L, PREFETCH)
 
 
 @triton.jit
@@ -306,7 +307,11 @@ def mixer_plans(batch: int, dim: int, L: int, n_state: int, device: torch.device
     each gets the selective scan's own occupancy rule (``scan_plan``) for its row count; both share the
     chunk (tokens per stored state) since the backward reads the states the forward wrote. ``layout="token"``
     makes the forward's variant "token" (one token-parallel pass); ``layout="lane"`` makes it "lane" /
-    "lane_chunked" (the same passes and segments in the lane layout); "auto" keeps the channel layout."""
+    "lane_chunked" (the same passes in the lane layout, chunk-parallel over the shorter segments of
+    ``lane_seg`` unless ``seg`` is given). "auto" takes the lane layout where the plan is chunk-parallel (Vim
+    above 224 px: on the H200, benchmarks/results/scan_sweep*.md, the prefetching lane walk ran both
+    directions at 1024 px in 0.71 ms against 0.88 ms for the channel layout's best config) and the channel
+    layout where one sequential pass fills the GPU (224 px b64: 0.23 vs 0.27 ms)."""
     if interpreting() and (variant or "auto").lower() == "auto":
         variant = "sequential"                    # the interpreter has no SMs to fill
     sms = sm_count(device)
@@ -315,9 +320,13 @@ def mixer_plans(batch: int, dim: int, L: int, n_state: int, device: torch.device
     fwd = (*scan_plan(2 * batch, dim, L, n_state, sms, variant, seg, c), c, tune)
     bwd = (*scan_plan(batch, dim, L, n_state, sms, variant, seg, c), c, tune)
     layout = check_layout(layout)[0]
+    if layout == "auto":
+        layout = "lane" if fwd[0] == "chunked" else "channel"
     if layout == "token":
         fwd = ("token", max(L, 1), c, tune)
     elif layout == "lane":
+        if fwd[0] == "chunked" and seg is None:
+            fwd = (fwd[0], lane_seg(2 * batch, dim, L, sms, c), c, tune)
         fwd = (lane_variant(fwd[0]), *fwd[1:])
     return fwd, bwd
 

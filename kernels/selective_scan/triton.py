@@ -186,11 +186,37 @@ def _lane_bc(row_ptr, t, mask_l, S: tl.constexpr, N: tl.constexpr, NP: tl.conste
 
 
 @triton.jit
+def _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, p, p_end, L, rev, mask_d, N: tl.constexpr,
+                NP: tl.constexpr, S: tl.constexpr, HAS_Z: tl.constexpr, EMIT_Y: tl.constexpr):
+    """One lane tile's raw inputs at scan steps ``p`` [BL] (masked past ``p_end``): u, Δ (pre-bias), z as
+    [BL, BD] in their storage dtype and B, C as fp32 [BL, NP, BD]; C and z only when the pass emits y."""
+    K: tl.constexpr = 4 if NP >= 4 else NP
+    BD: tl.constexpr = mask_d.shape[0]
+    mask_l = p < p_end
+    t = p + rev * (L - 1 - 2 * p)
+    mask = mask_l[:, None] & mask_d[None, :]                                       # [BL, BD]
+    u = tl.load(u_ptr + col[None, :] + t[:, None], mask=mask, other=0.0)
+    dx = tl.load(dt_ptr + col[None, :] + t[:, None], mask=mask, other=0.0)
+    Bt = tl.permute(_lane_bc(B_row, t, mask_l, S, N, NP, K, BD), (1, 2, 0))        # [BL, NP, BD]
+    if EMIT_Y:
+        Ct = tl.permute(_lane_bc(C_row, t, mask_l, S, N, NP, K, BD), (1, 2, 0))
+        if HAS_Z:
+            zz = tl.load(z_ptr + colz[None, :] + t[:, None], mask=mask, other=0.0)
+        else:
+            zz = u
+    else:
+        Ct = Bt
+        zz = u
+    return u, dx, Bt, Ct, zz
+
+
+@triton.jit
 def _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, h0_ptr, end_ptr, dsum_ptr, col, colz, coly,
                sy_l, st_row, seg_chan, A2, Dv, bias, p0, p_end, L, rev, mask_d,
                N: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr, S: tl.constexpr, HAS_D: tl.constexpr,
                HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr,
-               EMIT_Y: tl.constexpr, STORE_END: tl.constexpr, HAS_H0: tl.constexpr, BLOCK_L: tl.constexpr):
+               EMIT_Y: tl.constexpr, STORE_END: tl.constexpr, HAS_H0: tl.constexpr, BLOCK_L: tl.constexpr,
+               PREFETCH: tl.constexpr):
     """The lane-layout forward of one program over scan steps [p0, p_end): BD channels (one per lane), the
     tile's tokens and all states in-thread, so the scan and the sum over states need no shuffles. Loads and
     stores are channel-major ([BD, ...], see _lane_rows / _lane_bc), the arithmetic token-major [BL, NP, BD]:
@@ -202,8 +228,12 @@ def _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, h0_ptr, en
     ``st_row`` [BD] where chunk 0's state of each channel goes (the channel layout's addresses). ``rev`` = 1
     walks token L-1-p at step p. A2 = A log2(e). The segment's own states too: ``seg_chan`` [BD] = segment row x
     channels + channel, so h0 (HAS_H0, else zeros) / the end state (STORE_END) sit at ``seg_chan`` N and ΣΔ (when
-    not EMIT_Y) at ``seg_chan``; with STORE_STATES the starting state is chunk p0 / CHUNK's."""
-    K: tl.constexpr = 4 if NP >= 4 else NP
+    not EMIT_Y) at ``seg_chan``; with STORE_STATES the starting state is chunk p0 / CHUNK's.
+
+    ``PREFETCH``: load tile i+1's inputs before tile i's arithmetic (carried in registers). Without it every
+    tile waits for its own loads: on the H200 (ncu, Vim-1024 shape) the walk issued 1.2-1.5 instructions per
+    cycle per SM with most warps stalled on the scoreboard of those loads (B / C rows are a new L2 line every
+    token), and the one-warp-per-32-channels grid gives too few warps to cover the latency by themselves."""
     # compute tiles are token-major [BL, NP, BD] (channels last): Triton's default layout gives the lanes (and
     # warps) to the last axis, so with BD = 32 x warps every thread holds its channel's BL x NP values and the
     # loads' layouts (lanes on channels, see _lane_rows) match it up to a register permutation
@@ -219,14 +249,28 @@ def _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, h0_ptr, en
     A2t = tl.trans(A2)                                                             # [NP, BD]
     ht = tl.trans(h)
     dsum = tl.zeros(mask_d.shape, dtype=tl.float32)
+    if PREFETCH:
+        nu, ndx, nB, nC, nz = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, p0 + offs_l, p_end, L, rev,
+                                          mask_d, N, NP, S, HAS_Z, EMIT_Y)
     for i in range(0, tl.cdiv(p_end - p0, BLOCK_L)):
         p = p0 + i * BLOCK_L + offs_l
         mask_l = p < p_end
         t = p + rev * (L - 1 - 2 * p)
         mask = mask_l[:, None] & mask_d[None, :]                                   # [BL, BD]
-        u = tl.load(u_ptr + col[None, :] + t[:, None], mask=mask, other=0.0).to(tl.float32)
-        _, dt = _delta(dt_ptr, col[None, :] + t[:, None], mask, bias[None, :], HAS_BIAS, SOFTPLUS)
-        Bt = tl.permute(_lane_bc(B_row, t, mask_l, S, N, NP, K, mask_d.shape[0]), (1, 2, 0))   # [BL, NP, BD]
+        if PREFETCH:
+            ru, rdx, Bt, Ct, rz = nu, ndx, nB, nC, nz
+            nu, ndx, nB, nC, nz = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, p + BLOCK_L, p_end, L,
+                                              rev, mask_d, N, NP, S, HAS_Z, EMIT_Y)
+        else:
+            ru, rdx, Bt, Ct, rz = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, p, p_end, L, rev,
+                                              mask_d, N, NP, S, HAS_Z, EMIT_Y)
+        u = ru.to(tl.float32)
+        dt = rdx.to(tl.float32)
+        if HAS_BIAS:
+            dt = dt + bias[None, :]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(mask, dt, 0.0)
         # the recurrence h = a h + b as an in-thread scan of b alone: the carried-in state enters through
         # token 0's input, and the scan's running product of a is unused (dead code)
         a = tl.exp2(dt[:, None, :] * A2t[None, :, :])
@@ -235,12 +279,11 @@ def _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, h0_ptr, en
         _, hs = tl.associative_scan((a, b), axis=0, combine_fn=_affine_combine)
         ht = tl.sum(tl.where(last, hs, -0.0), axis=0)                              # -0.0: x + -0.0 folds
         if EMIT_Y:
-            Ct = tl.permute(_lane_bc(C_row, t, mask_l, S, N, NP, K, mask_d.shape[0]), (1, 2, 0))
             y = tl.sum(hs * Ct, axis=1)                                            # [BL, BD]
             if HAS_D:
                 y += Dv[None, :] * u
             if HAS_Z:
-                zz = tl.load(z_ptr + colz[None, :] + t[:, None], mask=mask, other=0.0).to(tl.float32)
+                zz = rz.to(tl.float32)
                 y = y * zz * tl.sigmoid(zz)
             tl.store(y_ptr + coly[None, :] + t.to(tl.int64)[:, None] * sy_l, y.to(y_ptr.dtype.element_ty),
                      mask=mask)
@@ -265,7 +308,7 @@ def _lane_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     REVERSE: tl.constexpr, STORE_STATES: tl.constexpr,
     EMIT_Y: tl.constexpr, STORE_END: tl.constexpr, HAS_H0: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Lane layout of ``_fwd_kernel``: same grid, arguments, switches and outputs (y, end / segment states, ΣΔ,
     the backward's chunk states at the same addresses), by ``_lane_walk``. B_ptr / C_ptr are the launcher's
@@ -304,7 +347,8 @@ def _lane_fwd_kernel(
     p0 = pid_s * SEG
     _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, h0_ptr, end_ptr, dsum_ptr, col, col, col, sy_l,
                st_row, (pid_b * n_seg + pid_s) * Dch + d64, A2, Dv, bias, p0, tl.minimum(L, p0 + SEG), L, rev, mask_d,
-               N, NP, CHUNK, N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, STORE_STATES, EMIT_Y, STORE_END, HAS_H0, BLOCK_L)
+               N, NP, CHUNK, N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, STORE_STATES, EMIT_Y, STORE_END, HAS_H0, BLOCK_L,
+               PREFETCH)
 
 
 @triton.jit
@@ -743,7 +787,8 @@ _FWD_CONFIGS = [
 # Lane-layout tiles: one channel per lane (BLOCK_D = 32 x warps), BLOCK_L tokens x N states per thread. sm_90
 # offline (ptxas -v, N 16, _biscan_lane_kernel): BLOCK_L 2 -> 128 registers, 4 -> 183-243, no spills, no
 # shuffles; BLOCK_L 8 hits 255 registers and spills ~230 B per thread, so it is left out.
-_LANE_CONFIGS = [triton.Config({"BLOCK_D": 32 * w, "BLOCK_L": bl}, num_warps=w) for w in (1, 2, 4) for bl in (2, 4)]
+_LANE_CONFIGS = [triton.Config({"BLOCK_D": 32 * w, "BLOCK_L": bl, "PREFETCH": pf}, num_warps=w)
+                 for w, bl, pf in [(1, 2, 0), (1, 4, 0), (2, 2, 0), (1, 1, 1), (1, 2, 1), (2, 1, 1), (2, 2, 1)]]
 # The backward keeps its tile's tokens in-thread and one channel per lane: BLOCK_D = 32 * num_warps.
 _BWD_CONFIGS = [triton.Config({"BLOCK_D": 32 * w}, num_warps=w) for w in (1, 2, 4, 8)]
 
@@ -845,8 +890,8 @@ def _lane_fixed_config(cap: int, chunk: int) -> dict:
     the GPU (BLOCK_D below 32 only where a B/C group is narrower); BLOCK_L 8 (or the chunk) in the interpreter,
     so an odd L ends inside a tile and a chunk of 16 spans two tiles."""
     if interpreting():
-        return {"BLOCK_D": max(1, min(cap, 4)), "BLOCK_L": min(8, chunk)}
-    return {"BLOCK_D": max(1, min(cap, 32)), "BLOCK_L": min(4, chunk), "num_warps": 1}
+        return {"BLOCK_D": max(1, min(cap, 4)), "BLOCK_L": min(8, chunk), "PREFETCH": 1}
+    return {"BLOCK_D": max(1, min(cap, 32)), "BLOCK_L": min(2, chunk), "PREFETCH": 1, "num_warps": 1}
 
 
 def _bucket(x: int) -> int:
@@ -900,6 +945,21 @@ def scan_plan(batch: int, dim: int, L: int, n_state: int, sms: int, variant: str
     seg = max(seg, triton.cdiv(L, MAX_SEGS), 1)
     seg = triton.cdiv(seg, chunk) * chunk
     return "chunked", seg
+
+
+LANE_PROGRAMS_PER_SM = 32                  # the lane layout's chunk-parallel grid: one warp per program and
+LANE_SEG_MIN = 128                         # 64-168 registers, so up to 12-32 resident per SM hide its loads
+
+
+def lane_seg(batch: int, dim: int, L: int, sms: int, chunk: int) -> int:
+    """Tokens per segment for the lane layout's chunk-parallel forward: more, shorter segments than
+    ``scan_plan``'s (one-warp programs need more of them in flight to cover load latency). On the H200 at
+    Vim-Ti 1024 px (16 rows x 12 channel blocks) segments of 192 tokens ran the two passes in 0.71 ms, of 384
+    (the channel layout's rule) 0.85 ms, of 128 0.89 ms (benchmarks/results/scan_sweep_lane.md)."""
+    programs = batch * triton.cdiv(dim, 32)
+    want = triton.cdiv(LANE_PROGRAMS_PER_SM * sms, programs)
+    seg = max(LANE_SEG_MIN, triton.cdiv(L, want), triton.cdiv(L, MAX_SEGS), 1)
+    return triton.cdiv(seg, chunk) * chunk
 
 
 def _common_args(u, B, C, chunk, seg):

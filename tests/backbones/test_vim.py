@@ -350,16 +350,18 @@ def test_backbone_direct_use():
 # ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("img,batch", [(224, 8), (512, 2)])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_triton_matches_reference(monkeypatch):
-    """vim_tiny at 224, batch 8: Triton kernels vs the PyTorch reference path, fp32 and bf16 autocast."""
+def test_gpu_triton_matches_reference(monkeypatch, img, batch):
+    """vim_tiny at 224 px batch 8 (one sequential channel-layout scan pass) and 512 px batch 2 (chunk-parallel:
+    the default takes the lane layout there): Triton kernels vs the PyTorch reference path, fp32 and bf16."""
     torch.manual_seed(0)
     spec = official_vim_spec()
     sd = convert_official_vim(random_official_state(spec))
-    model = zoo.create_model("vim_tiny_patch16_224").cuda().eval()
+    model = zoo.create_model("vim_tiny_patch16_224", img_size=img).cuda().eval()
     zoo.load_weights(model, sd)
-    x = torch.randn(8, 3, 224, 224, device="cuda")
+    x = torch.randn(batch, 3, img, img, device="cuda")
 
     def run(backend, amp):
         monkeypatch.setenv("SPEEDZOO_KERNELS", backend)

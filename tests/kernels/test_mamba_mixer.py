@@ -229,7 +229,7 @@ def test_lane_layout_plans_and_unfused_path():
     from kernels.mamba_mixer.triton import lane_bc, mixer_plans
 
     for variant, want in (("sequential", "lane"), ("chunked", "lane_chunked")):
-        base = mixer_plans(2, 8, 37, 16, torch.device("cpu"), variant, 16)
+        base = mixer_plans(2, 8, 37, 16, torch.device("cpu"), variant, 16, layout="channel")
         lane = mixer_plans(2, 8, 37, 16, torch.device("cpu"), variant, 16, layout="lane")
         assert lane == ((want, *base[0][1:]), base[1])
     x_dbl = torch.randn(2, 3, 5 + 2 * 4, 7)
@@ -238,6 +238,23 @@ def test_lane_layout_plans_and_unfused_path():
     inputs = make_inputs(1, 8, 37, 12)
     out_u = bimamba_inner(*inputs, variant="unfused", layout="lane")
     assert rel_rms(out_u, bimamba_inner_ref(*inputs)) < 1e-5
+
+
+def test_auto_layout_takes_lane_where_chunked_with_lane_segments():
+    """layout="auto": the lane layout on shorter segments (lane_seg) where the plan is chunk-parallel (Vim-Ti 1024 px
+    b8 on 132 SMs: 192 tokens), the channel layout where it is one sequential pass; a given seg is kept."""
+    from kernels.mamba_mixer.triton import mixer_plans
+    from kernels.selective_scan.triton import LANE_SEG_MIN, MAX_SEGS, lane_seg
+
+    cpu = torch.device("cpu")
+    fwd, bwd = mixer_plans(8, 384, 4097, 16, cpu, "chunked")
+    assert fwd[:2] == ("lane_chunked", 192) and bwd[0] == "chunked"
+    assert mixer_plans(8, 384, 4097, 16, cpu, "chunked", 512)[0][:2] == ("lane_chunked", 512)
+    assert mixer_plans(64, 384, 197, 16, cpu, "sequential")[0][0] == "sequential"
+    assert mixer_plans(8, 384, 4097, 16, cpu, "chunked", layout="channel")[0][:2] == ("chunked", 384)
+    for L in (300, 4097, 6085, 100_000):
+        seg = lane_seg(16, 384, L, 132, 16)
+        assert seg % 16 == 0 and seg >= LANE_SEG_MIN and -(-L // seg) <= MAX_SEGS
 
 
 def test_merged_out_proj_token_operand_equals_channel_layout():
