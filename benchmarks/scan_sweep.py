@@ -25,7 +25,7 @@ SHAPES = {224: (64, 197), 1024: (8, 4097), 1248: (8, 6085)}
 E, N, R = 384, 16, 12
 # (BLOCK_D, BLOCK_L, warps): the channel layout's autotune set, and lane tiles (BLOCK_D = 32 x warps)
 CHANNEL = [(32, 4, 1), (64, 4, 2), (32, 8, 2), (16, 8, 1), (8, 16, 1), (4, 32, 4)]
-LANE = [(32, 1, 1), (64, 1, 2), (32, 2, 1), (64, 2, 2), (32, 4, 1)]
+LANE = [(32, 1, 1), (64, 1, 2), (32, 2, 1), (64, 2, 2)]
 
 
 @contextlib.contextmanager
@@ -58,7 +58,6 @@ def inputs(batch: int, L: int, device: torch.device, dtype: torch.dtype):
 
 def rows_for(args, device, dtype) -> list[dict[str, Any]]:
     from kernels.mamba_mixer.triton import biscan_fwd, mixer_plans
-    from kernels.selective_scan.options import lane_variant
     from zoo.bench.timing import sync, time_fn
 
     out = []
@@ -68,8 +67,7 @@ def rows_for(args, device, dtype) -> list[dict[str, Any]]:
         ref = None
         for layout in args.layouts:
             for variant, seg in [(v, s) for v in args.variants for s in (args.segs if v == "chunked" else [None])]:
-                plan0, _ = mixer_plans(batch, E, L, N, device, variant=variant, seg=seg, autotune=False)
-                plan = (lane_variant(plan0[0]) if layout == "lane" else plan0[0], *plan0[1:])
+                plan, _ = mixer_plans(batch, E, L, N, device, variant=variant, seg=seg, autotune=False, layout=layout)
                 for cfg in ([(*c, pf) for c in LANE for pf in args.prefetch] if layout == "lane" else CHANNEL):
                     base = {"shape": f"B{batch}_L{L}", "img_size": img, "layout": layout, "variant": plan[0],
                             "seg": plan[1], "BLOCK_D": cfg[0], "BLOCK_L": cfg[1], "warps": cfg[2],

@@ -220,7 +220,7 @@ def _biscan_lane_kernel(
     pid_s = tl.program_id(1)
     n_seg = tl.num_programs(1)
     pid_r = tl.program_id(2).to(tl.int64)
-    rev = pid_r // batch
+    rev = (pid_r // batch).to(tl.int32)                                            # int32 token arithmetic
     pid_b = pid_r % batch
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, NP)

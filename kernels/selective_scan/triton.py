@@ -172,24 +172,28 @@ def _lane_put(ptr, row, h, mask_d, N: tl.constexpr, NP: tl.constexpr):
 
 
 @triton.jit
-def _lane_bc(row_ptr, t, mask_l, S: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, K: tl.constexpr,
-             BLOCK_D: tl.constexpr):
+def _lane_bc(row_ptr, t, S: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, K: tl.constexpr, BLOCK_D: tl.constexpr):
     """The [BL, NP] B or C tile of a transposed fp32 row (state n of token t at row_ptr + t S + n) as
     [BD, BL, NP]: every lane loads the same addresses (zero stride along channels: one L1 wavefront per
     load), as fp32 so no per-element unpacking (the launchers transpose B / C once, a few % of the scan's
-    traffic)."""
+    traffic). ``t`` must lie in the row (callers clamp it): the load is unmasked (but for padding states when
+    N < NP), so the compiler neither predicates it nor zero-fills its 2 NP registers per token first."""
     n = tl.arange(0, NP // K)[None, None, :, None] * K + tl.arange(0, K)[None, None, None, :]
     zero_d = tl.zeros([BLOCK_D, 1, 1, 1], dtype=tl.int32)
-    ptrs = row_ptr + (t.to(tl.int64)[None, :, None, None] * S + n) + zero_d            # [BD, BL, NP/K, K]
-    v = tl.load(ptrs, mask=mask_l[None, :, None, None] & (n < N), other=0.0).to(tl.float32)
+    ptrs = row_ptr + (t[None, :, None, None] * S + n) + zero_d                       # [BD, BL, NP/K, K]
+    if N < NP:
+        v = tl.load(ptrs, mask=(n < N) & (zero_d == 0), other=0.0).to(tl.float32)
+    else:
+        v = tl.load(ptrs).to(tl.float32)
     return tl.reshape(v, [BLOCK_D, v.shape[1], NP])
 
 
 @triton.jit
 def _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, p, p_end, L, rev, mask_d, N: tl.constexpr,
                 NP: tl.constexpr, S: tl.constexpr, HAS_Z: tl.constexpr, EMIT_Y: tl.constexpr):
-    """One lane tile's raw inputs at scan steps ``p`` [BL] (masked past ``p_end``): u, Δ (pre-bias), z as
-    [BL, BD] in their storage dtype and B, C as fp32 [BL, NP, BD]; C and z only when the pass emits y."""
+    """One lane tile's raw inputs at scan steps ``p`` [BL]: u, Δ (pre-bias), z as [BL, BD] in their storage dtype
+    (zero past ``p_end``) and B, C as fp32 [BL, NP, BD] (of a clamped token there: the walk zeroes Δ, so such
+    steps are identities); C and z only when the pass emits y."""
     K: tl.constexpr = 4 if NP >= 4 else NP
     BD: tl.constexpr = mask_d.shape[0]
     mask_l = p < p_end
@@ -197,9 +201,10 @@ def _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, p, p_end, L, rev,
     mask = mask_l[:, None] & mask_d[None, :]                                       # [BL, BD]
     u = tl.load(u_ptr + col[None, :] + t[:, None], mask=mask, other=0.0)
     dx = tl.load(dt_ptr + col[None, :] + t[:, None], mask=mask, other=0.0)
-    Bt = tl.permute(_lane_bc(B_row, t, mask_l, S, N, NP, K, BD), (1, 2, 0))        # [BL, NP, BD]
+    tc = tl.minimum(tl.maximum(t, 0), L - 1)                                       # steps past p_end: any token
+    Bt = tl.permute(_lane_bc(B_row, tc, S, N, NP, K, BD), (1, 2, 0))               # [BL, NP, BD]
     if EMIT_Y:
-        Ct = tl.permute(_lane_bc(C_row, t, mask_l, S, N, NP, K, BD), (1, 2, 0))
+        Ct = tl.permute(_lane_bc(C_row, tc, S, N, NP, K, BD), (1, 2, 0))
         if HAS_Z:
             zz = tl.load(z_ptr + colz[None, :] + t[:, None], mask=mask, other=0.0)
         else:
@@ -238,8 +243,6 @@ def _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, h0_ptr, en
     # warps) to the last axis, so with BD = 32 x warps every thread holds its channel's BL x NP values and the
     # loads' layouts (lanes on channels, see _lane_rows) match it up to a register permutation
     offs_l = tl.arange(0, BLOCK_L)
-    first = offs_l[:, None, None] == 0
-    last = offs_l[:, None, None] == BLOCK_L - 1
     if HAS_H0:
         h = _lane_state(h0_ptr, seg_chan * N, mask_d, N, NP)
     else:
@@ -249,54 +252,81 @@ def _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, h0_ptr, en
     A2t = tl.trans(A2)                                                             # [NP, BD]
     ht = tl.trans(h)
     dsum = tl.zeros(mask_d.shape, dtype=tl.float32)
+    n_tiles = tl.cdiv(p_end - p0, BLOCK_L)
     if PREFETCH:
-        nu, ndx, nB, nC, nz = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, p0 + offs_l, p_end, L, rev,
-                                          mask_d, N, NP, S, HAS_Z, EMIT_Y)
-    for i in range(0, tl.cdiv(p_end - p0, BLOCK_L)):
-        p = p0 + i * BLOCK_L + offs_l
-        mask_l = p < p_end
-        t = p + rev * (L - 1 - 2 * p)
-        mask = mask_l[:, None] & mask_d[None, :]                                   # [BL, BD]
-        if PREFETCH:
-            ru, rdx, Bt, Ct, rz = nu, ndx, nB, nC, nz
-            nu, ndx, nB, nC, nz = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, p + BLOCK_L, p_end, L,
-                                              rev, mask_d, N, NP, S, HAS_Z, EMIT_Y)
-        else:
-            ru, rdx, Bt, Ct, rz = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, p, p_end, L, rev,
-                                              mask_d, N, NP, S, HAS_Z, EMIT_Y)
-        u = ru.to(tl.float32)
-        dt = rdx.to(tl.float32)
-        if HAS_BIAS:
-            dt = dt + bias[None, :]
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.where(mask, dt, 0.0)
-        # the recurrence h = a h + b as an in-thread scan of b alone: the carried-in state enters through
-        # token 0's input, and the scan's running product of a is unused (dead code)
-        a = tl.exp2(dt[:, None, :] * A2t[None, :, :])
-        b = (dt * u)[:, None, :] * Bt
-        b = tl.where(first, a * ht[None, :, :] + b, b)
-        _, hs = tl.associative_scan((a, b), axis=0, combine_fn=_affine_combine)
-        ht = tl.sum(tl.where(last, hs, -0.0), axis=0)                              # -0.0: x + -0.0 folds
-        if EMIT_Y:
-            y = tl.sum(hs * Ct, axis=1)                                            # [BL, BD]
-            if HAS_D:
-                y += Dv[None, :] * u
-            if HAS_Z:
-                zz = rz.to(tl.float32)
-                y = y * zz * tl.sigmoid(zz)
-            tl.store(y_ptr + coly[None, :] + t.to(tl.int64)[:, None] * sy_l, y.to(y_ptr.dtype.element_ty),
-                     mask=mask)
-        else:
-            dsum += tl.sum(dt, axis=0)
-        if STORE_STATES:
-            end = p0 + (i + 1) * BLOCK_L
-            if (end % CHUNK == 0) & (end < p_end):
-                _lane_put(states_ptr, st_row + (end // CHUNK) * N, tl.trans(ht), mask_d, N, NP)
+        # two register buffers in turn (a loop over tile pairs, so no buffer is copied to the other): tile
+        # 2j+1's loads are in flight during tile 2j's arithmetic and 2j+2's during 2j+1's. An odd count ends with
+        # one step past p_end, all masked (an identity).
+        ua, xa, Ba, Ca, za = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, p0 + offs_l, p_end, L, rev,
+                                         mask_d, N, NP, S, HAS_Z, EMIT_Y)
+        for j in range(0, tl.cdiv(n_tiles, 2)):
+            pa = p0 + 2 * j * BLOCK_L + offs_l
+            ub, xb, Bb, Cb, zb = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, pa + BLOCK_L, p_end, L,
+                                             rev, mask_d, N, NP, S, HAS_Z, EMIT_Y)
+            ht, dsum = _lane_step(ua, xa, Ba, Ca, za, ht, dsum, pa, 2 * j, y_ptr, coly, sy_l, states_ptr, st_row,
+                                  A2t, Dv, bias, p0, p_end, L, rev, mask_d, N, NP, CHUNK, HAS_D, HAS_Z, HAS_BIAS,
+                                  SOFTPLUS, STORE_STATES, EMIT_Y, BLOCK_L)
+            ua, xa, Ba, Ca, za = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, pa + 2 * BLOCK_L, p_end,
+                                             L, rev, mask_d, N, NP, S, HAS_Z, EMIT_Y)
+            ht, dsum = _lane_step(ub, xb, Bb, Cb, zb, ht, dsum, pa + BLOCK_L, 2 * j + 1, y_ptr, coly, sy_l,
+                                  states_ptr, st_row, A2t, Dv, bias, p0, p_end, L, rev, mask_d, N, NP, CHUNK, HAS_D,
+                                  HAS_Z, HAS_BIAS, SOFTPLUS, STORE_STATES, EMIT_Y, BLOCK_L)
+    else:
+        for i in range(0, n_tiles):
+            p = p0 + i * BLOCK_L + offs_l
+            ru, rx, Bt, Ct, rz = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, p, p_end, L, rev,
+                                             mask_d, N, NP, S, HAS_Z, EMIT_Y)
+            ht, dsum = _lane_step(ru, rx, Bt, Ct, rz, ht, dsum, p, i, y_ptr, coly, sy_l, states_ptr, st_row, A2t, Dv,
+                                  bias, p0, p_end, L, rev, mask_d, N, NP, CHUNK, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
+                                  STORE_STATES, EMIT_Y, BLOCK_L)
     if STORE_END:
         _lane_put(end_ptr, seg_chan * N, tl.trans(ht), mask_d, N, NP)
     if not EMIT_Y:
         tl.store(dsum_ptr + seg_chan, dsum, mask=mask_d)
+
+
+@triton.jit
+def _lane_step(ru, rx, Bt, Ct, rz, ht, dsum, p, i, y_ptr, coly, sy_l, states_ptr, st_row, A2t, Dv, bias, p0, p_end, L,
+               rev, mask_d, N: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr, HAS_D: tl.constexpr,
+               HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr,
+               EMIT_Y: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Tile ``i`` (scan steps ``p`` [BL]) of the lane walk from its loaded inputs (``_lane_loads``): the state
+    ht [NP, BD] carried through the tile, y stored (EMIT_Y) or ΣΔ accumulated, the chunk state stored at a chunk
+    end. Returns (ht, dsum)."""
+    offs_l = tl.arange(0, BLOCK_L)
+    first = offs_l[:, None, None] == 0
+    last = offs_l[:, None, None] == BLOCK_L - 1
+    mask = (p < p_end)[:, None] & mask_d[None, :]                                  # [BL, BD]
+    u = ru.to(tl.float32)
+    dt = rx.to(tl.float32)
+    if HAS_BIAS:
+        dt = dt + bias[None, :]
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    dt = tl.where(mask, dt, 0.0)
+    # the recurrence h = a h + b as an in-thread scan of b alone: the carried-in state enters through token 0's
+    # input, and the scan's running product of a is unused (dead code)
+    a = tl.exp2(dt[:, None, :] * A2t[None, :, :])
+    b = (dt * u)[:, None, :] * Bt
+    b = tl.where(first, a * ht[None, :, :] + b, b)
+    _, hs = tl.associative_scan((a, b), axis=0, combine_fn=_affine_combine)
+    ht = tl.sum(tl.where(last, hs, -0.0), axis=0)                                  # -0.0: x + -0.0 folds
+    if EMIT_Y:
+        t = p + rev * (L - 1 - 2 * p)
+        y = tl.sum(hs * Ct, axis=1)                                                # [BL, BD]
+        if HAS_D:
+            y += Dv[None, :] * u
+        if HAS_Z:
+            zz = rz.to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(y_ptr + coly[None, :] + t.to(tl.int64)[:, None] * sy_l, y.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        dsum += tl.sum(dt, axis=0)
+    if STORE_STATES:
+        end = p0 + (i + 1) * BLOCK_L
+        if (end % CHUNK == 0) & (end < p_end):
+            _lane_put(states_ptr, st_row + (end // CHUNK) * N, tl.trans(ht), mask_d, N, NP)
+    return ht, dsum
 
 
 @triton.jit(do_not_specialize=["sy_l"])
@@ -787,8 +817,11 @@ _FWD_CONFIGS = [
 # Lane-layout tiles: one channel per lane (BLOCK_D = 32 x warps), BLOCK_L tokens x N states per thread. sm_90
 # offline (ptxas -v, N 16, _biscan_lane_kernel): BLOCK_L 2 -> 128 registers, 4 -> 183-243, no spills, no
 # shuffles; BLOCK_L 8 hits 255 registers and spills ~230 B per thread, so it is left out.
+# PREFETCH 1 doubles the tile's input registers (sm_90, mixer pass 3: BLOCK_L 1 -> 106 registers, 2 -> 186). Per
+# token the walk issues ~186 (pass 3) / ~124 (pass 1) instructions at BLOCK_L 1, ~230 / ~175 at 2, whose in-thread
+# scan of two tokens costs more than it saves; 4 spills.
 _LANE_CONFIGS = [triton.Config({"BLOCK_D": 32 * w, "BLOCK_L": bl, "PREFETCH": pf}, num_warps=w)
-                 for w, bl, pf in [(1, 2, 0), (1, 4, 0), (2, 2, 0), (1, 1, 1), (1, 2, 1), (2, 1, 1), (2, 2, 1)]]
+                 for w, bl, pf in [(1, 1, 0), (1, 1, 1), (1, 2, 0), (1, 2, 1), (2, 1, 1)]]
 # The backward keeps its tile's tokens in-thread and one channel per lane: BLOCK_D = 32 * num_warps.
 _BWD_CONFIGS = [triton.Config({"BLOCK_D": 32 * w}, num_warps=w) for w in (1, 2, 4, 8)]
 
@@ -886,12 +919,13 @@ def _fixed_config(cap: int, chunk: int, fwd: bool) -> dict:
 
 
 def _lane_fixed_config(cap: int, chunk: int) -> dict:
-    """The lane layout's config without autotuning: one warp of one channel per lane and 4 tokens per tile on
-    the GPU (BLOCK_D below 32 only where a B/C group is narrower); BLOCK_L 8 (or the chunk) in the interpreter,
-    so an odd L ends inside a tile and a chunk of 16 spans two tiles."""
+    """The lane layout's config without autotuning: one warp of one channel per lane, one token per tile and
+    prefetching on the GPU (BLOCK_D below 32 only where a B/C group is narrower); BLOCK_L 8 (or the chunk) in the
+    interpreter, so an odd L ends inside a tile, a chunk of 16 spans two tiles and the prefetching walk's tile
+    pairs end past the segment."""
     if interpreting():
         return {"BLOCK_D": max(1, min(cap, 4)), "BLOCK_L": min(8, chunk), "PREFETCH": 1}
-    return {"BLOCK_D": max(1, min(cap, 32)), "BLOCK_L": min(2, chunk), "PREFETCH": 1, "num_warps": 1}
+    return {"BLOCK_D": max(1, min(cap, 32)), "BLOCK_L": 1, "PREFETCH": 1, "num_warps": 1}
 
 
 def _bucket(x: int) -> int:
