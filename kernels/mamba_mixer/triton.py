@@ -300,7 +300,7 @@ def lane_bc(x_dbl: torch.Tensor, rank: int) -> torch.Tensor:
 
 def mixer_plans(batch: int, dim: int, L: int, n_state: int, device: torch.device, variant: str | None = None,
                 seg: int | None = None, chunk: int | None = None, autotune: bool | None = None,
-                layout: str | None = None):
+                layout: str | None = None, inference: bool = False):
     """(forward plan, backward plan), each (variant, seg, chunk, autotune) as the selective-scan ops take it.
 
     The forward runs both directions in one grid (2 x batch rows), the backward one direction at a time, so
@@ -308,10 +308,11 @@ def mixer_plans(batch: int, dim: int, L: int, n_state: int, device: torch.device
     chunk (tokens per stored state) since the backward reads the states the forward wrote. ``layout="token"``
     makes the forward's variant "token" (one token-parallel pass); ``layout="lane"`` makes it "lane" /
     "lane_chunked" (the same passes in the lane layout, chunk-parallel over the shorter segments of
-    ``lane_seg`` unless ``seg`` is given). "auto" takes the lane layout where the plan is chunk-parallel (Vim
-    above 224 px: on the H200, benchmarks/results/scan_sweep*.md, the prefetching lane walk ran both
-    directions at 1024 px in 0.71 ms against 0.88 ms for the channel layout's best config) and the channel
-    layout where one sequential pass fills the GPU (224 px b64: 0.23 vs 0.27 ms)."""
+    ``lane_seg`` unless ``seg`` is given). "auto" takes the lane layout where the plan is chunk-parallel or
+    the forward stores no chunk states (``inference``), the channel layout for a sequential training forward.
+    On the H200 (benchmarks/results/scan_layouts_lane2.md, one run, CUDA graphs): the fused mixer's forward
+    lane / channel 1.23x at 224 px b64 and 1024 px b8, 1.27x at 1248 px; with the backward (states stored)
+    0.87x at 224 px, 1.00x / 0.99x at 1024 / 1248 px."""
     if interpreting() and (variant or "auto").lower() == "auto":
         variant = "sequential"                    # the interpreter has no SMs to fill
     sms = sm_count(device)
@@ -321,7 +322,7 @@ def mixer_plans(batch: int, dim: int, L: int, n_state: int, device: torch.device
     bwd = (*scan_plan(batch, dim, L, n_state, sms, variant, seg, c), c, tune)
     layout = check_layout(layout)[0]
     if layout == "auto":
-        layout = "lane" if fwd[0] == "chunked" else "channel"
+        layout = "lane" if fwd[0] == "chunked" or inference else "channel"
     if layout == "token":
         fwd = ("token", max(L, 1), c, tune)
     elif layout == "lane":
@@ -497,7 +498,9 @@ def bimamba_inner_triton(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_we
     batch, dim, L = x.shape
     n, rank = A_log.shape[-1], dt_proj_weight.shape[-1]
     layout, tile = check_layout(layout, tile)
-    plan, bwd_plan = mixer_plans(batch, dim, L, n, x.device, variant, seg, chunk, autotune, layout)
+    params = (x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D)
+    inference = not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params))
+    plan, bwd_plan = mixer_plans(batch, dim, L, n, x.device, variant, seg, chunk, autotune, layout, inference)
     xc = BiConvFn.apply(x, conv_weight, conv_bias)                                  # [2, B, E, L]
     act = xc.dtype
     x_dbl = torch.matmul(x_proj_weight.to(act).unsqueeze(1), xc)                   # [2, B, R+2N, L]

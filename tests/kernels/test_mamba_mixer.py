@@ -242,7 +242,8 @@ def test_lane_layout_plans_and_unfused_path():
 
 def test_auto_layout_takes_lane_where_chunked_with_lane_segments():
     """layout="auto": the lane layout on shorter segments (lane_seg) where the plan is chunk-parallel (Vim-Ti 1024 px
-    b8 on 132 SMs: 192 tokens), the channel layout where it is one sequential pass; a given seg is kept."""
+    b8 on 132 SMs: 192 tokens) or no states are stored (inference), the channel layout for a sequential training
+    pass; a given seg is kept."""
     from kernels.mamba_mixer.triton import mixer_plans
     from kernels.selective_scan.triton import LANE_SEG_MIN, MAX_SEGS, lane_seg
 
@@ -251,6 +252,7 @@ def test_auto_layout_takes_lane_where_chunked_with_lane_segments():
     assert fwd[:2] == ("lane_chunked", 192) and bwd[0] == "chunked"
     assert mixer_plans(8, 384, 4097, 16, cpu, "chunked", 512)[0][:2] == ("lane_chunked", 512)
     assert mixer_plans(64, 384, 197, 16, cpu, "sequential")[0][0] == "sequential"
+    assert mixer_plans(64, 384, 197, 16, cpu, "sequential", inference=True)[0][0] == "lane"
     assert mixer_plans(8, 384, 4097, 16, cpu, "chunked", layout="channel")[0][:2] == ("chunked", 384)
     for L in (300, 4097, 6085, 100_000):
         seg = lane_seg(16, 384, L, 132, 16)
