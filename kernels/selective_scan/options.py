@@ -12,8 +12,9 @@ CHUNKS = (4, 8, 16, 32, 64)                 # tokens per stored state = backward
 # Forward tile layouts: "channel" (lanes on channels, tokens in-thread; sequential or chunk-parallel by
 # ``variant``), "token" (lanes and warps along L, one program per few channels; always one pass), "lane" (one
 # channel per lane, the tile's tokens and all N states in-thread, B / C broadcast from an fp32 transposed copy:
-# no layout conversions; sequential or chunk-parallel by ``variant``, like "channel"), "auto" (= "channel" until
-# GPU measurements pick per shape).
+# no layout conversions; sequential or chunk-parallel by ``variant``, like "channel"), "auto" (the standalone scan:
+# "channel"; the fused Vim mixer: "lane" where its plan is chunk-parallel or the forward is inference, as measured
+# on the H200: kernels.mamba_mixer.triton.mixer_plans).
 LAYOUTS = ("auto", "channel", "token", "lane")
 # The forward plan's variant under layout="lane" (the plan tuple has no layout field: like "token", the layout
 # rides in the variant); the backward plan keeps "sequential" / "chunked" (its kernels are shared).
