@@ -64,12 +64,12 @@ def test_zoo_bench_lists_what_is_installed(capsys):
 
 
 def test_results_commit_comes_from_speedzoo_commit_when_set(tmp_path, monkeypatch):
-    """A device copy of the tree has no (or a stale) .git: SPEEDZOO_COMMIT names the tree in the results' meta."""
+    """A device copy of the tree has no (or a stale) .git: ZOO_BENCH_COMMIT names the tree in the results' meta."""
     from zoo.bench.results import collect_meta, write_results
 
-    monkeypatch.setenv("SPEEDZOO_COMMIT", "abc1234")
+    monkeypatch.setenv("ZOO_BENCH_COMMIT", "abc1234")
     path = write_results("r", [{"op": "x", "ms": 1.0}], command="cmd", out_dir=tmp_path)
     assert json.loads(path.read_text())["meta"]["commit"] == "abc1234"
     assert "- commit: `abc1234`" in (tmp_path / "r.md").read_text()
-    monkeypatch.delenv("SPEEDZOO_COMMIT")
+    monkeypatch.delenv("ZOO_BENCH_COMMIT")
     assert collect_meta()["commit"] != "abc1234"

@@ -20,9 +20,9 @@ RESULTS_DIR = Path("benchmarks") / "results"
 
 
 def _commit() -> str:
-    """``SPEEDZOO_COMMIT`` when set (a device copy of the tree has no .git, or a stale one), else git's HEAD."""
-    if os.environ.get("SPEEDZOO_COMMIT"):
-        return os.environ["SPEEDZOO_COMMIT"]
+    """``ZOO_BENCH_COMMIT`` when set (a device copy of the tree has no .git, or a stale one), else git's HEAD."""
+    if os.environ.get("ZOO_BENCH_COMMIT"):
+        return os.environ["ZOO_BENCH_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
         return out.stdout.strip() or "unknown"
