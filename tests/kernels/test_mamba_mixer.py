@@ -219,6 +219,21 @@ def test_fused_lane_layout_matches_reference(batch, L, n, scan_kw):
     compare(make_inputs(batch, 8, L, n), TOL[torch.float32], layout="lane", **scan_kw)
 
 
+@pytest.mark.parametrize("block_l,prefetch", [(1, 0), (2, 1), (8, 0)])
+def test_fused_lane_walk_tiles_and_prefetch_match_reference(monkeypatch, block_l, prefetch):
+    """The lane walk's other tiles than the interpreter's fixed one (8 tokens, prefetching): one token per tile and
+    no prefetch (the loop without tile pairs), two with prefetch (an odd tile count per segment ends on an empty
+    step), eight without; chunk-parallel over segments of 16 of L = 37, both directions, N = 12."""
+    import kernels.selective_scan.triton as st
+
+    monkeypatch.setattr(st, "_lane_fixed_config", lambda cap, chunk: {"BLOCK_D": 4, "BLOCK_L": block_l,
+                                                                      "PREFETCH": prefetch})
+    inputs = make_inputs(2, 8, 37, 12)
+    with torch.no_grad():
+        out = bimamba_inner(*inputs, variant="fused", layout="lane", variant_scan="chunked", seg=16)
+    assert rel_rms(out, bimamba_inner_ref(*inputs)) < TOL[torch.float32]
+
+
 def test_fused_lane_layout_bf16_matches_reference():
     compare(make_inputs(1, 4, 37, 8, dtype=torch.bfloat16), TOL[torch.bfloat16], layout="lane")
 
