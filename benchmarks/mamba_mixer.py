@@ -24,12 +24,14 @@ Sections (each writes its rows as soon as it ends, so a cut-short run keeps what
   ``_LANE_CONFIGS``; the row's ``lane_config`` is the autotuner's pick) and the token-parallel layout
   (autotuned, and each of ``TOKEN_TILES`` forced). Every config is first checked against the fp32 reference
   mixer (rel. RMS printed; a config above the tolerance gets an error row and no timing), then the fused mixer
-  forward and the scan launch alone are timed (inference, bf16; ``mode`` "fwd"), and for channel, lane and
+  forward (on channel-last views of x and z, as the Vim block passes them in inference) and the scan launch
+  alone (on the E-major [2, B, E, L] tensors) are timed (inference, bf16; ``mode`` "fwd"), and for channel, lane and
   token-auto also forward + backward (``mode`` "fwdbwd": the mixer under autocast with every input and
   parameter a leaf, and the scan launch alone with its backward; the backward is the same for all layouts, it
   reads the chunk states the forward stored); ``speedup_vs_channel`` compares rows of one shape and mode. Then
   out_proj on the token layout's y (transposed operand vs a copy to [B, L, 2E]), then vim_tiny.forward_features
-  with the channel layout, the lane layout and each shape's fastest token tile against deit_tiny.
+  with the channel layout, the lane layout, auto (channel-last activations) and auto without them ("auto
+  E-major", ``channels_last=False``) and each shape's fastest token tile against deit_tiny.
   ``--sections layouts --name scan_layouts`` keeps these rows apart.
 
 ``--compile`` also times the mixer and the models under ``torch.compile`` (inductor); ``--cuda-graph`` also
@@ -404,6 +406,9 @@ def layout_rows(args, device, dtype) -> list[dict[str, Any]]:
         g = torch.Generator(device="cpu").manual_seed(0)
         x = torch.randn(batch, E, L, generator=g).to(device, dtype)
         z = torch.randn(batch, E, L, generator=g).to(device, dtype)
+        # the inference forward gets x, z as the Vim block makes them there: channel-last views of one [B, L, 2E]
+        xz = torch.cat([x, z], 1).transpose(1, 2).contiguous().transpose(1, 2)
+        x_cl, z_cl = xz[:, :E], xz[:, E:]
         stacked = mixer._stacked()
         w_out, b_out = mixer.out_proj.weight, mixer.out_proj.bias
         with torch.no_grad():
@@ -424,7 +429,7 @@ def layout_rows(args, device, dtype) -> list[dict[str, Any]]:
 
             def mixer_fwd(layout=layout, tile=tile):
                 with torch.inference_mode(), torch.autocast(device.type, dtype=dtype):
-                    return bimamba_inner(x, z, *stacked, w_out, b_out, variant="fused", layout=layout, tile=tile)
+                    return bimamba_inner(x_cl, z_cl, *stacked, w_out, b_out, variant="fused", layout=layout, tile=tile)
 
             try:
                 err = rel_rms(mixer_fwd().float(), ref)
@@ -487,14 +492,16 @@ def layout_rows(args, device, dtype) -> list[dict[str, Any]]:
                 rows.append({"op": "merged_out_proj", "shape": shape, "img_size": img, "mode": "fwd",
                              "impl": "ours", "config": form, "dtype": dtype_name(dtype), **_timed(run, device, args)})
                 log.info("%s", rows[-1])
-        del mixer, x, z, xc, x_dbl, delta, ref, scan_in
+        del mixer, x, z, xz, x_cl, z_cl, xc, x_dbl, delta, ref, scan_in
         free(device)
     # whole models: vim_tiny with the channel layout and with each size's fastest token tile, against DeiT-Ti
     for img, batch in sizes:
         x_img = torch.randn(batch, 3, img, img, device=device)
         results = {}
-        configs = [("ours_fused channel", {"layout": "channel"})] + [
+        configs = [("ours_fused channel", {"layout": "channel", "channels_last": False})] + [
             (f"ours_fused {lay}", {"layout": lay}) for lay in ("lane", "auto") if lay in args.layouts]
+        if "auto" in args.layouts:      # the inference path before channel-last activations, same run
+            configs.append(("ours_fused auto E-major", {"layout": "auto", "channels_last": False}))
         if img in best:
             configs.append((f"ours_fused token {'x'.join(map(str, best[img]))}", {"layout": "token", "tile": best[img]}))
         configs.append(("timm", None))

@@ -6,7 +6,9 @@
 Where the autotuner picks one config per shape and the plan (``mixer_plans``) picks sequential or chunked by a
 fill rule, this times every (layout, variant, BLOCK_D, BLOCK_L, warps) of a list at Vim-Ti's mixer shapes
 (E 384, N 16, R 12; 224 px b64, 1024 and 1248 px b8), bf16 inference, each checked against the first row of its
-shape (rel. RMS of y2). It shows what each lever is worth before one is made the default. ``--profile`` runs each
+shape (rel. RMS of y2). Layout ``lane_cl``: the lane layout on channel-last inputs (xc, Δ, x_dbl as transposed
+views of [2, B, L, ·] tensors, z a view of a [B, L, 2E] one: what the mixer's inference path passes). It shows
+what each lever is worth before one is made the default. ``--profile`` runs each
 config twice without timing (for ``ncu -k regex:biscan``).
 Rows: ``benchmarks/results/scan_sweep.{json,md}``.
 """
@@ -56,6 +58,14 @@ def inputs(batch: int, L: int, device: torch.device, dtype: torch.dtype):
     return xc, delta, A, x_dbl, D, z, bias
 
 
+def channel_last(xc, delta, A, x_dbl, D, z, bias):
+    """The same values with the mixer's inference strides: channels (E or R+2N) contiguous."""
+    def cl(t):
+        return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+    xz = torch.cat([z, z], 1).transpose(1, 2).contiguous().transpose(1, 2)
+    return cl(xc), cl(delta), A, cl(x_dbl), D, xz[:, z.shape[1]:], bias
+
+
 def rows_for(args, device, dtype) -> list[dict[str, Any]]:
     from kernels.mamba_mixer.triton import biscan_fwd, mixer_plans
     from zoo.bench.timing import sync, time_fn
@@ -63,19 +73,21 @@ def rows_for(args, device, dtype) -> list[dict[str, Any]]:
     out = []
     for img in args.shapes:
         batch, L = SHAPES[img]
-        xc, delta, A, x_dbl, D, z, bias = inputs(batch, L, device, dtype)
+        plain = inputs(batch, L, device, dtype)
         ref = None
         for layout in args.layouts:
+            kind = layout.removesuffix("_cl")
+            xc, delta, A, x_dbl, D, z, bias = channel_last(*plain) if layout.endswith("_cl") else plain
             for variant, seg in [(v, s) for v in args.variants for s in (args.segs if v == "chunked" else [None])]:
-                plan, _ = mixer_plans(batch, E, L, N, device, variant=variant, seg=seg, autotune=False, layout=layout)
-                for cfg in ([(*c, pf) for c in LANE for pf in args.prefetch] if layout == "lane" else CHANNEL):
+                plan, _ = mixer_plans(batch, E, L, N, device, variant=variant, seg=seg, autotune=False, layout=kind)
+                for cfg in ([(*c, pf) for c in LANE for pf in args.prefetch] if kind == "lane" else CHANNEL):
                     base = {"shape": f"B{batch}_L{L}", "img_size": img, "layout": layout, "variant": plan[0],
                             "seg": plan[1], "BLOCK_D": cfg[0], "BLOCK_L": cfg[1], "warps": cfg[2],
                             "prefetch": cfg[3] if len(cfg) > 3 else None}
                     tag = f"{layout}/{plan[0]}/{'x'.join(map(str, cfg))}"
                     if plan[2] % cfg[1] or (args.only and tag not in args.only):
                         continue
-                    with forced(layout, cfg):
+                    with forced(kind, cfg):
                         run = lambda: biscan_fwd(xc, delta, A, x_dbl, D, z, bias, R, False, plan)[0]
                         try:
                             y = run()

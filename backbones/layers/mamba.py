@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.common import use_triton
+from kernels.common import needs_grad, use_triton
 from kernels.mamba_mixer import VARIANTS, bimamba_inner, mamba_direction
 
 __all__ = ["BiMambaMixer", "set_mixer_variant"]
@@ -33,7 +33,8 @@ class BiMambaMixer(nn.Module):
     conv and scan ops, ``_direction``), "reference" (fp32 PyTorch), "auto" (fused where the Triton path runs:
     CUDA, or TRITON_INTERPRET=1; unfused elsewhere).
     ``scan_options``: keyword arguments for both scans (``variant``, ``seg``, ``chunk``, ``autotune`` of
-    kernels.selective_scan), empty by default so the kernel's heuristic decides; benchmarks set it per run.
+    kernels.selective_scan; ``channels_last`` of the fused path), empty by default so the kernel's heuristic
+    decides; benchmarks set it per run.
     """
 
     def __init__(self, dim: int, d_state: int = 16, d_conv: int = 4, expand: float = 2, dt_rank: int | str = "auto",
@@ -96,8 +97,9 @@ class BiMambaMixer(nn.Module):
     def _direction(self, x: torch.Tensor, z: torch.Tensor, conv: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
                    A_log: torch.Tensor, D: torch.Tensor, reverse: bool) -> torch.Tensor:
         """conv -> SiLU -> selective scan gated by SiLU(z), on [B, E, L]; the backward one via reverse=True."""
+        opts = {k: v for k, v in self.scan_options.items() if k != "channels_last"}
         return mamba_direction(x, z, conv.weight, conv.bias, x_proj.weight, dt_proj.weight, dt_proj.bias, A_log, D,
-                               reverse=reverse, **self.scan_options)
+                               reverse=reverse, **opts)
 
     def _stacked(self) -> tuple:
         """Both directions' parameters stacked direction first, as kernels.mamba_mixer takes them."""
@@ -110,16 +112,26 @@ class BiMambaMixer(nn.Module):
     def forward(self, hidden: torch.Tensor, variant: str | None = None) -> torch.Tensor:
         if hidden.dim() != 3 or hidden.shape[-1] != self.dim:
             raise ValueError(f"expected tokens [B, L, {self.dim}], got shape {tuple(hidden.shape)}")
-        # in_proj as two GEMMs straight into [B, E, L]: x and z come out contiguous, so the kernels copy nothing.
-        h_t = hidden.transpose(1, 2)
-        w_x, w_z = self.in_proj.weight.chunk(2, dim=0)
-        x, z = torch.matmul(w_x, h_t), torch.matmul(w_z, h_t)
-        if self.in_proj.bias is not None:
-            b_x, b_z = self.in_proj.bias.chunk(2)
-            x, z = x + b_x.to(x.dtype)[:, None], z + b_z.to(z.dtype)[:, None]
         choice = _check_variant(variant) if variant is not None else self.variant
         if choice == "auto":
-            choice = "fused" if use_triton(x, z) else "unfused"
+            choice = "fused" if use_triton(hidden, self.in_proj.weight) else "unfused"
+        channels_last = self.scan_options.get("channels_last")
+        if channels_last is None:
+            channels_last = not needs_grad(hidden, *self.parameters())
+        if choice == "fused" and channels_last:
+            # in_proj as one GEMM [B, L, 2E]; x and z go on as its channel-last views, the layout of the fused
+            # mixer's inference path (no copies)
+            xz = self.in_proj(hidden).transpose(1, 2)
+            x, z = xz[:, :self.d_inner], xz[:, self.d_inner:]
+        else:
+            # in_proj as two GEMMs straight into [B, E, L]: x and z come out contiguous, so the kernels (and
+            # the backward) copy nothing
+            h_t = hidden.transpose(1, 2)
+            w_x, w_z = self.in_proj.weight.chunk(2, dim=0)
+            x, z = torch.matmul(w_x, h_t), torch.matmul(w_z, h_t)
+            if self.in_proj.bias is not None:
+                b_x, b_z = self.in_proj.bias.chunk(2)
+                x, z = x + b_x.to(x.dtype)[:, None], z + b_z.to(z.dtype)[:, None]
         if choice != "unfused":
             return bimamba_inner(x, z, *self._stacked(), self.out_proj.weight, self.out_proj.bias,
                                  divide_out=self.divide_out, variant=choice, **self._fused_scan_options())

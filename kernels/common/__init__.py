@@ -13,7 +13,7 @@ import os
 
 import torch
 
-__all__ = ["use_triton", "interpreting", "backend", "rel_rms"]
+__all__ = ["use_triton", "interpreting", "backend", "rel_rms", "needs_grad"]
 
 _BACKEND_ENV = "SPEEDZOO_KERNELS"
 
@@ -43,6 +43,12 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
     if choice == "triton" and not on_cuda:
         raise ValueError(f"{_BACKEND_ENV}=triton needs CUDA tensors (or TRITON_INTERPRET=1)")
     return on_cuda
+
+
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will want gradients of any of ``tensors`` (grad mode on and one requires grad): the
+    kernels' launchers pick inference-only paths by it."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def rel_rms(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -14,7 +14,10 @@ Parameters are stacked direction first (index 0 forward, 1 backward): conv_weigh
 conv_bias [2, E], x_proj_weight [2, R+2N, E], dt_proj_weight [2, E, R], dt_proj_bias [2, E], A_log [2, E, N],
 D [2, E]; x, z [B, E, L]; out_proj_weight [dim, E]; returns [B, L, dim]. ``variant_scan`` / ``seg`` / ``chunk``
 / ``autotune`` / ``layout`` / ``tile`` are the selective scan's launch choices (see ``kernels.selective_scan``;
-``layout="token"``: the scan forward's token-parallel tiles, on the fused and the unfused path).
+``layout="token"``: the scan forward's token-parallel tiles, on the fused and the unfused path);
+``channels_last`` the fused path's activation layout (``kernels.mamba_mixer.triton.bimamba_inner_triton``). x
+and z may have any strides: channel-last views of in_proj's [B, L, 2E] output feed the fused inference path
+without copies.
 """
 from __future__ import annotations
 
@@ -77,7 +80,7 @@ def _check(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_
 
 def bimamba_inner(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
                   out_proj_weight, out_proj_bias=None, *, divide_out=True, variant="auto", variant_scan=None,
-                  seg=None, chunk=None, autotune=None, layout=None, tile=None):
+                  seg=None, chunk=None, autotune=None, layout=None, tile=None, channels_last=None):
     """out [B, L, dim] = out_proj(mean (or sum, ``divide_out=False``) of both directions' gated scans)."""
     choice = (variant or "auto").lower()
     if choice not in VARIANTS:
@@ -97,7 +100,8 @@ def bimamba_inner(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, d
                              "use variant='unfused' or 'reference' on the CPU")
         from kernels.mamba_mixer.triton import bimamba_inner_triton
 
-        return bimamba_inner_triton(x, z, *params, out_proj_weight, out_proj_bias, divide_out, **scan_options)
+        return bimamba_inner_triton(x, z, *params, out_proj_weight, out_proj_bias, divide_out, **scan_options,
+                                    channels_last=channels_last)
     ys = [mamba_direction(x, z, *(p[d] if p is not None else None for p in params), reverse=bool(d),
                           **scan_options) for d in range(2)]
     y = torch.lerp(ys[0], ys[1], 0.5) if divide_out else ys[0] + ys[1]

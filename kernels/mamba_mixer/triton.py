@@ -45,7 +45,7 @@ import triton
 import triton.language as tl
 
 from kernels.causal_conv1d.triton import _blocks as _conv_blocks
-from kernels.common import interpreting
+from kernels.common import interpreting, needs_grad
 from kernels.selective_scan.triton import (
     _FWD_CONFIGS,
     _LANE_CONFIGS,
@@ -58,6 +58,7 @@ from kernels.selective_scan.triton import (
     _prune,
     _prune_tiles,
     _scan_tile,
+    _silu,
     _tile_config,
     _tp_walk,
     TOKEN_TILES,
@@ -78,7 +79,7 @@ def _biconv_fwd_kernel(
     X, Wt, Bias, Y,
     D, L,
     sxb, sxd, sxl,
-    sy_dir, syb, syd,
+    sy_dir, syb, syd, syl,
     W: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
@@ -109,7 +110,7 @@ def _biconv_fwd_kernel(
             acc_b += wk[:, None] * xv
     acc_f = acc_f * tl.sigmoid(acc_f)
     acc_b = acc_b * tl.sigmoid(acc_b)
-    y_ptrs = Y + pid_b * syb + offs_d.to(tl.int64)[:, None] * syd + offs_l.to(tl.int64)[None, :]
+    y_ptrs = Y + pid_b * syb + offs_d.to(tl.int64)[:, None] * syd + offs_l.to(tl.int64)[None, :] * syl
     mask = mask_d[:, None] & (offs_l < L)[None, :]
     tl.store(y_ptrs, acc_f.to(Y.dtype.element_ty), mask=mask)
     tl.store(y_ptrs + sy_dir, acc_b.to(Y.dtype.element_ty), mask=mask)
@@ -187,7 +188,7 @@ def _biscan_fwd_kernel(
             Ct = tl.load(x_ptr + colC + t[:, None], mask=mask_ln, other=0.0).to(tl.float32)
             y = tl.sum(hs * Ct[:, :, None], axis=1) + Dv[None, :] * u                # [BL, BD]
             zz = tl.load(z_ptr + colz + t[:, None], mask=mask, other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
+            y = y * _silu(zz)
             tl.store(rowy + t.to(tl.int64)[:, None] * sy_l, y.to(y_ptr.dtype.element_ty), mask=mask)
         else:
             dsum += tl.sum(dt, axis=0)
@@ -202,10 +203,10 @@ def _biscan_fwd_kernel(
         tl.store(dsum_ptr + seg_row * Dch + offs_d, dsum, mask=mask_d)
 
 
-@triton.jit(do_not_specialize=["sy_e"])
+@triton.jit(do_not_specialize=["su_e", "sz_e", "sy_e"])
 def _biscan_lane_kernel(
     u_ptr, dt_ptr, A_ptr, bc_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, end_ptr, states_ptr, h0_ptr, dsum_ptr,
-    batch, Dch, L, SEG, sy_b, sy_l, sy_dir, sy_e,
+    batch, Dch, L, SEG, su_r, su_e, su_l, sz_b, sz_e, sz_l, sy_b, sy_l, sy_dir, sy_e,
     L_BUCKET, BATCH_BUCKET, BD_CAP,
     N: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr,
     STORE_STATES: tl.constexpr, EMIT_Y: tl.constexpr, STORE_END: tl.constexpr, HAS_H0: tl.constexpr,
@@ -213,9 +214,12 @@ def _biscan_lane_kernel(
 ):
     """Lane layout of ``_biscan_fwd_kernel`` (same grid, switches, y2, chunk / segment states):
     ``kernels.selective_scan.triton._lane_walk`` with the mixer's addressing. B|C come transposed as fp32
-    bc [2, B, L, 2N] (``lane_bc``). y2's channel stride ``sy_e`` (= 1) is left unspecialised so that the
-    coalescer does not see y's channel contiguity and stores y from the compute layout (lanes on channels,
-    64 B per warp and token) instead of converting it through shared memory."""
+    bc [2, B, L, 2N] (``lane_bc``). u and Δ share strides (row r = dir x batch + b, channel, token), z has its
+    own (sequence, channel, token): channel-last storage (channel stride 1) makes each token's load one 64-B
+    line per warp instead of 32 lines (lanes sit on channels). The channel strides (and y2's, ``sy_e`` = 1) are
+    left unspecialised so that the coalescer does not see the channel contiguity and loads / stores straight
+    in the compute layout (lanes on channels, 64 B per warp and token) instead of converting through shared
+    memory."""
     pid_d = tl.program_id(0)
     pid_s = tl.program_id(1)
     n_seg = tl.num_programs(1)
@@ -235,9 +239,10 @@ def _biscan_lane_kernel(
     st_row = (pid_r * Dch + d64) * tl.cdiv(L, CHUNK) * N
     p0 = pid_s * SEG
     _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, B_row + N, states_ptr, h0_ptr, end_ptr, dsum_ptr,
-               (pid_r * Dch + d64) * L, (pid_b * Dch + d64) * L, pid_b * sy_b + rev * sy_dir + d64 * sy_e, sy_l, st_row,
-               (pid_r * n_seg + pid_s) * Dch + d64, A2, Dv, bias, p0, tl.minimum(L, p0 + SEG), L, rev, mask_d, N, NP,
-               CHUNK, 2 * N, True, True, True, True, STORE_STATES, EMIT_Y, STORE_END, HAS_H0, BLOCK_L, PREFETCH)
+               pid_r * su_r + d64 * su_e, pid_b * sz_b + d64 * sz_e, pid_b * sy_b + rev * sy_dir + d64 * sy_e,
+               su_l, sz_l, sy_l, st_row, (pid_r * n_seg + pid_s) * Dch + d64, A2, Dv, bias, p0,
+               tl.minimum(L, p0 + SEG), L, rev, mask_d, N, NP, CHUNK, 2 * N, True, True, True, True, STORE_STATES,
+               EMIT_Y, STORE_END, HAS_H0, BLOCK_L, PREFETCH)
 
 
 @triton.jit
@@ -337,11 +342,16 @@ def biscan_fwd(xc, delta, A, x_dbl, D, z, bias, rank, store_states, plan, tile=N
     token-parallel pass with ``tile``, None: autotuned); variants "lane" / "lane_chunked" run the sequential /
     chunk-parallel passes in the lane layout (``_biscan_lane_kernel`` on ``lane_bc(x_dbl)``).
 
-    xc, delta [2, B, E, L], x_dbl [2, B, R+2N, L], z [B, E, L] contiguous; A [2, E, N], D, bias [2, E] fp32.
-    Returns (y2 in xc's dtype: [B, L, 2, E], or [B, 2, E, L] for the token layout; chunk states
-    [2, B, E, n_chunks, N] fp32 or a dummy)."""
+    xc, delta [2, B, E, L], x_dbl [2, B, R+2N, L], z [B, E, L], any strides: the lane kernels read u, Δ and z
+    through theirs (channel-last views, see ``bimamba_inner_triton``), the others get contiguous copies where
+    the inputs are not. A [2, E, N], D, bias [2, E] fp32. Returns (y2 in xc's dtype: [B, L, 2, E], or
+    [B, 2, E, L] for the token layout; chunk states [2, B, E, n_chunks, N] fp32 or a dummy)."""
     variant, seg, chunk, autotune = plan
     lane, variant = split_lane_variant(variant)
+    if not lane or xc.stride() != delta.stride() or xc.stride(0) != xc.shape[1] * xc.stride(1):
+        xc, delta = xc.contiguous(), delta.contiguous()
+    if not lane:
+        x_dbl, z = x_dbl.contiguous(), z.contiguous()
     _, batch, dim, L = xc.shape
     n = A.shape[-1]
     rows = 2 * batch
@@ -359,7 +369,7 @@ def biscan_fwd(xc, delta, A, x_dbl, D, z, bias, rank, store_states, plan, tile=N
     tail = (_bucket(L), _bucket(rows), 1 << 30)
     meta = dict(N=n, NP=triton.next_power_of_2(n), CHUNK=chunk)
     if lane:
-        scalars = (batch, dim, L, seg, y.stride(0), y.stride(1), y.stride(2), y.stride(3), *tail)
+        scalars = (batch, dim, L, seg, xc.stride(1), xc.stride(2), xc.stride(3), *z.stride(), *y.stride(), *tail)
         head = (xc, delta, A, lane_bc(x_dbl, rank), D, z, bias, y)
         kernels = (_biscan_lane_kernel, _biscan_lane_tuned)
     else:
@@ -391,23 +401,32 @@ def biscan_fwd(xc, delta, A, x_dbl, D, z, bias, rank, store_states, plan, tile=N
 
 # The launchers as opaque custom ops, so torch.compile traces the autograd Functions around them.
 @torch.library.custom_op("speedzoo::bimamba_conv_fwd", mutates_args=())
-def _conv_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """SiLU(conv) of both directions: x [B, E, L], weight [2, E, W], bias [2, E] -> xc [2, B, E, L]."""
+def _conv_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 channels_last: bool = False) -> torch.Tensor:
+    """SiLU(conv) of both directions: x [B, E, L] (any strides), weight [2, E, W], bias [2, E] -> xc
+    [2, B, E, L], or with ``channels_last`` [2, B, L, E] (channels contiguous: the lane scan's and the
+    token-major GEMMs' layout)."""
     bsz, d, length = x.shape
     width = weight.shape[-1]
-    y = torch.empty(2, bsz, d, length, device=x.device, dtype=x.dtype)
-    block_d, block_l, warps = _conv_blocks(d, length)
+    y = torch.empty(2, bsz, *((length, d) if channels_last else (d, length)), device=x.device, dtype=x.dtype)
+    sy_d, sy_l = (y.stride(3), y.stride(2)) if channels_last else (y.stride(2), y.stride(3))
+    if channels_last:                              # rows of 64 channels: 128-B bf16 stores per token
+        block_d = min(64, triton.next_power_of_2(d))
+        block_l, warps = max(16, 2048 // block_d), 4
+    else:
+        block_d, block_l, warps = _conv_blocks(d, length)
     grid = (bsz, triton.cdiv(d, block_d), triton.cdiv(length, block_l))
     _biconv_fwd_kernel[grid](
         x, weight, bias if bias is not None else weight, y, d, length, *x.stride(), y.stride(0), y.stride(1),
-        y.stride(2), W=width, HAS_BIAS=bias is not None, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps,
+        sy_d, sy_l, W=width, HAS_BIAS=bias is not None, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps,
     )
     return y
 
 
 @_conv_fwd_op.register_fake
-def _(x, weight, bias):
-    return x.new_empty((2, *x.shape))
+def _(x, weight, bias, channels_last=False):
+    bsz, d, length = x.shape
+    return x.new_empty((2, bsz, length, d) if channels_last else (2, bsz, d, length))
 
 
 @torch.library.custom_op("speedzoo::bimamba_scan_fwd", mutates_args=())
@@ -432,25 +451,29 @@ _CONV_MODES = ("causal", "reverse")
 
 
 class BiConvFn(torch.autograd.Function):
-    """x [B, E, L] -> xc [2, B, E, L]; backward: the conv family's backward once per direction (dx summed)."""
+    """x [B, E, L] -> xc [2, B, E, L] ([2, B, L, E] with ``channels_last``); backward: the conv family's
+    backward once per direction (dx summed; it takes any strides)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx, x, weight, bias, channels_last=False):
         w = weight.contiguous()
         b = bias.contiguous() if bias is not None else None
         ctx.save_for_backward(x, w, b)
         ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
-        return torch.ops.speedzoo.bimamba_conv_fwd(x, w, b)
+        ctx.channels_last = channels_last
+        return torch.ops.speedzoo.bimamba_conv_fwd(x, w, b, channels_last)
 
     @staticmethod
     def backward(ctx, dy):
         x, w, b = ctx.saved_tensors
+        if ctx.channels_last:
+            dy = dy.transpose(2, 3)
         parts = [torch.ops.speedzoo.depthwise_conv1d_bwd(x, w[d], b[d] if b is not None else None, dy[d],
                                                          _CONV_MODES[d], True) for d in range(2)]
         dx = parts[0][0] + parts[1][0]
         dw = torch.stack([parts[0][1], parts[1][1]]).to(ctx.dtypes[0])
         db = torch.stack([parts[0][2], parts[1][2]]).to(ctx.dtypes[1]) if b is not None else None
-        return dx, dw, db
+        return dx, dw, db, None
 
 
 class BiScanFn(torch.autograd.Function):
@@ -470,6 +493,7 @@ class BiScanFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         xc, delta, A, x_dbl, D, z, bias, states = ctx.saved_tensors
+        xc, delta, z = xc.contiguous(), delta.contiguous(), z.contiguous()     # channel-last views: copies
         r, n = ctx.rank, A.shape[-1]
         dy_t = (dy.transpose(0, 1) if ctx.tokens else dy.permute(2, 0, 3, 1)).contiguous()   # -> [2, B, E, L]
         d_xdbl = torch.zeros_like(x_dbl)
@@ -489,24 +513,36 @@ class BiScanFn(torch.autograd.Function):
 
 def bimamba_inner_triton(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
                          out_proj_weight, out_proj_bias=None, divide_out=True, variant=None, seg=None, chunk=None,
-                         autotune=None, layout=None, tile=None):
-    """The fused mixer on validated inputs (shapes as in ``kernels.mamba_mixer.reference``); out [B, L, dim].
+                         autotune=None, layout=None, tile=None, channels_last=None):
+    """The fused mixer on validated inputs (shapes as in ``kernels.mamba_mixer.reference``, x and z in any
+    strides); out [B, L, dim].
 
     GEMMs run in the activations' dtype (autocast picks it in a bf16 model); A, D and the dt bias in fp32.
     ``variant`` / ``seg`` / ``chunk`` / ``autotune`` / ``layout`` / ``tile`` are the selective scan's launch
-    choices."""
+    choices. ``channels_last`` (None: where the scan forward runs in the lane layout and nothing needs a
+    gradient): xc, x_dbl and Δ are made token-major ([2, B, L, ·], the GEMMs as two batched mms over B L rows)
+    and reach the scan as transposed views, so every per-token load of the lane walk is one line per warp; z
+    is read through its strides (channel-last when it is a view of in_proj's [B, L, 2E] output). The backward
+    takes contiguous copies, so channels_last=True also trains."""
     batch, dim, L = x.shape
     n, rank = A_log.shape[-1], dt_proj_weight.shape[-1]
     layout, tile = check_layout(layout, tile)
     params = (x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D)
-    inference = not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params))
+    inference = not needs_grad(*params)
     plan, bwd_plan = mixer_plans(batch, dim, L, n, x.device, variant, seg, chunk, autotune, layout, inference)
-    xc = BiConvFn.apply(x, conv_weight, conv_bias)                                  # [2, B, E, L]
+    if channels_last is None:
+        channels_last = inference and split_lane_variant(plan[0])[0]
+    xc = BiConvFn.apply(x, conv_weight, conv_bias, bool(channels_last))
     act = xc.dtype
-    x_dbl = torch.matmul(x_proj_weight.to(act).unsqueeze(1), xc)                   # [2, B, R+2N, L]
-    delta = torch.matmul(dt_proj_weight.to(act).unsqueeze(1), x_dbl[:, :, :rank])  # [2, B, E, L]
-    y2 = BiScanFn.apply(xc, delta, -torch.exp(A_log.float()), x_dbl.contiguous(), D.float(), z.contiguous(),
-                        dt_proj_bias.float(), rank, plan, bwd_plan, tile)
+    if channels_last:                                                              # xc [2, B, L, E]
+        x_dbl = torch.bmm(xc.view(2, batch * L, dim), x_proj_weight.to(act).transpose(1, 2))     # [2, BL, R+2N]
+        delta = torch.bmm(x_dbl[..., :rank], dt_proj_weight.to(act).transpose(1, 2))           # [2, BL, E]
+        xc, x_dbl, delta = (t.view(2, batch, L, -1).transpose(2, 3) for t in (xc, x_dbl, delta))
+    else:                                                                          # xc [2, B, E, L]
+        x_dbl = torch.matmul(x_proj_weight.to(act).unsqueeze(1), xc)               # [2, B, R+2N, L]
+        delta = torch.matmul(dt_proj_weight.to(act).unsqueeze(1), x_dbl[:, :, :rank])   # [2, B, E, L]
+    y2 = BiScanFn.apply(xc, delta, -torch.exp(A_log.float()), x_dbl, D.float(), z, dt_proj_bias.float(), rank,
+                        plan, bwd_plan, tile)
     return merged_out_proj(y2, out_proj_weight, out_proj_bias, divide_out, tokens=plan[0] == "token")
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.common import use_triton
+from kernels.common import needs_grad, use_triton
 from kernels.moe.permute import Permutation, check_expert_idx, permute_tokens, sort_slots
 from kernels.moe.reference import ACTIVATIONS, activate, expert_mlp_ref
 
@@ -143,7 +143,7 @@ def _auto_impl(x, gates, w1, w2, b1, b2) -> str:
     if not use_triton(x, w1, w2):
         return "loop"
     d, H = w2.shape[2], w2.shape[1]
-    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, gates, w1, w2, b1, b2))
+    training = needs_grad(x, gates, w1, w2, b1, b2)
     if (training and x.is_cuda and x.dtype == torch.bfloat16 and d % 8 == 0 and H % 8 == 0
             and d * H <= GROUPED_MM_TRAIN_MAX_DH):
         return "grouped_mm"

@@ -112,7 +112,30 @@ def _adjoint_combine(a_late, q_late, g_late, a_early, q_early, g_early):
 
 @triton.jit
 def _softplus(x):
-    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
+    """log(1 + e^x) = max(x, 0) + log1p(w), w = e^-|x| in (0, 1], with log1p(w) = 2 atanh(s), s = w / (2 + w)
+    <= 1/3, as its series in s^2 to s^14 / 15 (truncation < 2e-9 relative; the fp32 rounding of x log2(e) in
+    the exponent dominates, ~2e-6 at |x| = 30). Why not tl.log(1 + tl.exp(x)): on sm_90 its log and exp lower to
+    range-checked polynomials, ~38 instructions per element against ~15 here (one ex2, one approximate division,
+    FMAs), paid per channel and token in every scan pass; and it loses all digits below x ~ -17."""
+    w = tl.exp2(-tl.abs(x) * 1.4426950408889634)
+    s = tl.fdiv(w, 2.0 + w)
+    s2 = s * s
+    q = 1.0 / 15.0
+    q = q * s2 + 1.0 / 13.0
+    q = q * s2 + 1.0 / 11.0
+    q = q * s2 + 1.0 / 9.0
+    q = q * s2 + 1.0 / 7.0
+    q = q * s2 + 1.0 / 5.0
+    q = q * s2 + 1.0 / 3.0
+    q = q * s2 + 1.0
+    return tl.maximum(x, 0.0) + 2.0 * s * q
+
+
+@triton.jit
+def _silu(x):
+    """x sigmoid(x) as x / (1 + 2^(-x log2 e)) by one ex2 and an approximate division (tl.sigmoid adds range
+    checks); x very negative: the denominator is inf and the result -0."""
+    return tl.fdiv(x, 1.0 + tl.exp2(-x * 1.4426950408889634))
 
 
 @triton.jit
@@ -189,24 +212,24 @@ def _lane_bc(row_ptr, t, S: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, K: 
 
 
 @triton.jit
-def _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, p, p_end, L, rev, mask_d, N: tl.constexpr,
+def _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, su, sz, p, p_end, L, rev, mask_d, N: tl.constexpr,
                 NP: tl.constexpr, S: tl.constexpr, HAS_Z: tl.constexpr, EMIT_Y: tl.constexpr):
     """One lane tile's raw inputs at scan steps ``p`` [BL]: u, Δ (pre-bias), z as [BL, BD] in their storage dtype
-    (zero past ``p_end``) and B, C as fp32 [BL, NP, BD] (of a clamped token there: the walk zeroes Δ, so such
-    steps are identities); C and z only when the pass emits y."""
+    (zero past ``p_end``; token strides ``su`` for u and Δ, ``sz`` for z) and B, C as fp32 [BL, NP, BD] (of a
+    clamped token there: the walk zeroes Δ, so such steps are identities); C and z only when the pass emits y."""
     K: tl.constexpr = 4 if NP >= 4 else NP
     BD: tl.constexpr = mask_d.shape[0]
     mask_l = p < p_end
     t = p + rev * (L - 1 - 2 * p)
     mask = mask_l[:, None] & mask_d[None, :]                                       # [BL, BD]
-    u = tl.load(u_ptr + col[None, :] + t[:, None], mask=mask, other=0.0)
-    dx = tl.load(dt_ptr + col[None, :] + t[:, None], mask=mask, other=0.0)
+    u = tl.load(u_ptr + col[None, :] + t[:, None] * su, mask=mask, other=0.0)
+    dx = tl.load(dt_ptr + col[None, :] + t[:, None] * su, mask=mask, other=0.0)
     tc = tl.minimum(tl.maximum(t, 0), L - 1)                                       # steps past p_end: any token
     Bt = tl.permute(_lane_bc(B_row, tc, S, N, NP, K, BD), (1, 2, 0))               # [BL, NP, BD]
     if EMIT_Y:
         Ct = tl.permute(_lane_bc(C_row, tc, S, N, NP, K, BD), (1, 2, 0))
         if HAS_Z:
-            zz = tl.load(z_ptr + colz[None, :] + t[:, None], mask=mask, other=0.0)
+            zz = tl.load(z_ptr + colz[None, :] + t[:, None] * sz, mask=mask, other=0.0)
         else:
             zz = u
     else:
@@ -217,7 +240,7 @@ def _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, p, p_end, L, rev,
 
 @triton.jit
 def _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, h0_ptr, end_ptr, dsum_ptr, col, colz, coly,
-               sy_l, st_row, seg_chan, A2, Dv, bias, p0, p_end, L, rev, mask_d,
+               su, sz, sy_l, st_row, seg_chan, A2, Dv, bias, p0, p_end, L, rev, mask_d,
                N: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr, S: tl.constexpr, HAS_D: tl.constexpr,
                HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr,
                EMIT_Y: tl.constexpr, STORE_END: tl.constexpr, HAS_H0: tl.constexpr, BLOCK_L: tl.constexpr,
@@ -229,7 +252,7 @@ def _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, h0_ptr, en
     the first version of this walk compiled (sm_90) to ~416 shuffles per tile, 255 registers and spills;
     token-major it has none (the permute of B / C is a register renaming). Shared by the selective scan's and the fused
     mixer's kernels, which differ only in addressing: ``col`` / ``colz`` / ``coly`` [BD] row offsets in u and
-    Δ / z / y (token stride 1, 1, ``sy_l``); B_row, C_row the transposed fp32 B / C rows (token stride S);
+    Δ / z / y (token strides ``su``, ``sz``, ``sy_l``); B_row, C_row the transposed fp32 B / C rows (token stride S);
     ``st_row`` [BD] where chunk 0's state of each channel goes (the channel layout's addresses). ``rev`` = 1
     walks token L-1-p at step p. A2 = A log2(e). The segment's own states too: ``seg_chan`` [BD] = segment row x
     channels + channel, so h0 (HAS_H0, else zeros) / the end state (STORE_END) sit at ``seg_chan`` N and ΣΔ (when
@@ -257,16 +280,16 @@ def _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, h0_ptr, en
         # two register buffers in turn (a loop over tile pairs, so no buffer is copied to the other): tile
         # 2j+1's loads are in flight during tile 2j's arithmetic and 2j+2's during 2j+1's. An odd count ends with
         # one step past p_end, all masked (an identity).
-        ua, xa, Ba, Ca, za = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, p0 + offs_l, p_end, L, rev,
+        ua, xa, Ba, Ca, za = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, su, sz, p0 + offs_l, p_end, L, rev,
                                          mask_d, N, NP, S, HAS_Z, EMIT_Y)
         for j in range(0, tl.cdiv(n_tiles, 2)):
             pa = p0 + 2 * j * BLOCK_L + offs_l
-            ub, xb, Bb, Cb, zb = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, pa + BLOCK_L, p_end, L,
+            ub, xb, Bb, Cb, zb = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, su, sz, pa + BLOCK_L, p_end, L,
                                              rev, mask_d, N, NP, S, HAS_Z, EMIT_Y)
             ht, dsum = _lane_step(ua, xa, Ba, Ca, za, ht, dsum, pa, 2 * j, y_ptr, coly, sy_l, states_ptr, st_row,
                                   A2t, Dv, bias, p0, p_end, L, rev, mask_d, N, NP, CHUNK, HAS_D, HAS_Z, HAS_BIAS,
                                   SOFTPLUS, STORE_STATES, EMIT_Y, BLOCK_L)
-            ua, xa, Ba, Ca, za = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, pa + 2 * BLOCK_L, p_end,
+            ua, xa, Ba, Ca, za = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, su, sz, pa + 2 * BLOCK_L, p_end,
                                              L, rev, mask_d, N, NP, S, HAS_Z, EMIT_Y)
             ht, dsum = _lane_step(ub, xb, Bb, Cb, zb, ht, dsum, pa + BLOCK_L, 2 * j + 1, y_ptr, coly, sy_l,
                                   states_ptr, st_row, A2t, Dv, bias, p0, p_end, L, rev, mask_d, N, NP, CHUNK, HAS_D,
@@ -274,7 +297,7 @@ def _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, h0_ptr, en
     else:
         for i in range(0, n_tiles):
             p = p0 + i * BLOCK_L + offs_l
-            ru, rx, Bt, Ct, rz = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, p, p_end, L, rev,
+            ru, rx, Bt, Ct, rz = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, su, sz, p, p_end, L, rev,
                                              mask_d, N, NP, S, HAS_Z, EMIT_Y)
             ht, dsum = _lane_step(ru, rx, Bt, Ct, rz, ht, dsum, p, i, y_ptr, coly, sy_l, states_ptr, st_row, A2t, Dv,
                                   bias, p0, p_end, L, rev, mask_d, N, NP, CHUNK, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
@@ -318,7 +341,7 @@ def _lane_step(ru, rx, Bt, Ct, rz, ht, dsum, p, i, y_ptr, coly, sy_l, states_ptr
             y += Dv[None, :] * u
         if HAS_Z:
             zz = rz.to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
+            y = y * _silu(zz)
         tl.store(y_ptr + coly[None, :] + t.to(tl.int64)[:, None] * sy_l, y.to(y_ptr.dtype.element_ty), mask=mask)
     else:
         dsum += tl.sum(dt, axis=0)
@@ -375,8 +398,8 @@ def _lane_fwd_kernel(
     C_row = C_ptr + pid_b * stride_Cb + (d0 // cpg_C) * stride_Cg
     st_row = (pid_b * Dch + d64) * tl.cdiv(L, CHUNK) * N
     p0 = pid_s * SEG
-    _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, h0_ptr, end_ptr, dsum_ptr, col, col, col, sy_l,
-               st_row, (pid_b * n_seg + pid_s) * Dch + d64, A2, Dv, bias, p0, tl.minimum(L, p0 + SEG), L, rev, mask_d,
+    _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, h0_ptr, end_ptr, dsum_ptr, col, col, col, 1, 1,
+               sy_l, st_row, (pid_b * n_seg + pid_s) * Dch + d64, A2, Dv, bias, p0, tl.minimum(L, p0 + SEG), L, rev, mask_d,
                N, NP, CHUNK, N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, STORE_STATES, EMIT_Y, STORE_END, HAS_H0, BLOCK_L,
                PREFETCH)
 
@@ -459,7 +482,7 @@ def _fwd_kernel(
                 y += Dv[None, :] * u
             if HAS_Z:
                 zz = tl.load(z_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
-                y = y * zz * tl.sigmoid(zz)
+                y = y * _silu(zz)
             tl.store(y_ptr + col + t[:, None], y.to(y_ptr.dtype.element_ty), mask=mask)
         else:
             dsum += tl.sum(dt, axis=0)
@@ -741,7 +764,7 @@ def _tp_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, sbn, states_ptr, col, co
             y += Dv[None, :, None] * u
         if HAS_Z:
             zz = tl.load(z_ptr + colz[None, :, None] + t, mask=m, other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
+            y = y * _silu(zz)
         tl.store(y_ptr + coly[None, :, None] + t, y.to(y_ptr.dtype.element_ty), mask=m)
         if STORE_STATES:
             q = (p + 1)[:, :, None, :]                                             # state after token p

@@ -121,6 +121,9 @@ def test_vim_fused_equals_unfused():
                                            if p.grad is not None})
     (out_f, g_f), (out_u, g_u) = results["fused"], results["unfused"]
     assert rel_rms(out_f, out_u) < 1e-5
+    with torch.no_grad():                          # inference: in_proj as one GEMM, channel-last activations
+        out_i = set_mixer_variant(model, "fused").forward_features(x)
+    assert rel_rms(out_i, out_f) < 1e-5
     assert g_f.keys() == g_u.keys() and any(".x_proj_b." in k for k in g_f)
     bad = {k: rel_rms(g_f[k], g_u[k]) for k in g_f if not rel_rms(g_f[k], g_u[k]) < 1e-4}
     assert not bad, bad
@@ -232,6 +235,37 @@ def test_fused_lane_walk_tiles_and_prefetch_match_reference(monkeypatch, block_l
     with torch.no_grad():
         out = bimamba_inner(*inputs, variant="fused", layout="lane", variant_scan="chunked", seg=16)
     assert rel_rms(out, bimamba_inner_ref(*inputs)) < TOL[torch.float32]
+
+
+def _channel_last_views(x, z):
+    """x, z as the Vim block passes them in inference: channel-last views of one [B, L, 2E] tensor."""
+    e = x.shape[1]
+    xz = torch.cat([x, z], 1).transpose(1, 2).contiguous().transpose(1, 2)
+    return xz[:, :e], xz[:, e:]
+
+
+@pytest.mark.parametrize("scan_kw", [{}, dict(variant_scan="chunked", seg=16), dict(layout="channel"),
+                                     dict(layout="token")])
+def test_fused_channel_last_inference_matches_reference(scan_kw):
+    """The inference path's channel-last activations (x, z strided views; xc, x_dbl, Δ token-major): the lane walk
+    reads u, Δ and z through their strides (sequential and chunk-parallel over 3 segments of L = 37, both
+    directions, N = 12); the channel and token layouts get contiguous copies. Same output as channels_last=False."""
+    inputs = make_inputs(2, 8, 37, 12)
+    x, z = _channel_last_views(*inputs[:2])
+    assert x.stride(1) == 1 and z.stride(2) == 16
+    ref = bimamba_inner_ref(*inputs)
+    with torch.no_grad():
+        out = bimamba_inner(x, z, *inputs[2:], variant="fused", **scan_kw)
+        out_e = bimamba_inner(*inputs, variant="fused", channels_last=False, **scan_kw)
+    assert rel_rms(out, ref) < TOL[torch.float32] and rel_rms(out, out_e) < TOL[torch.float32]
+
+
+def test_fused_channel_last_trains():
+    """channels_last=True under autograd (the backward takes contiguous copies of the token-major tensors):
+    values and every gradient, strided x and z, chunk-parallel lane forward."""
+    inputs = make_inputs(1, 8, 37, 12)
+    compare([*_channel_last_views(*inputs[:2]), *inputs[2:]], TOL[torch.float32], channels_last=True,
+            variant_scan="chunked", seg=16)
 
 
 def test_fused_lane_layout_bf16_matches_reference():
@@ -367,3 +401,28 @@ def test_gpu_fused_lane_layout_odd_length(variant_scan, autotune, dtype):
     inputs = make_inputs(2, 384, 1237, 16, dim=192, rank=12, dtype=dtype, device="cuda")
     compare(inputs, 3e-2 if dtype == torch.bfloat16 else 1e-4, ref=_gpu_ref, variant_scan=variant_scan,
             autotune=autotune, layout="lane")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("variant_scan", ["sequential", "chunked"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_fused_channel_last_inference(variant_scan, dtype):
+    """The inference path (channel-last activations, strided x / z, the lane walk on token strides) at Vim-Ti
+    width, odd length, both directions, against the fp32 reference."""
+    inputs = make_inputs(2, 384, 1237, 16, dim=192, rank=12, dtype=dtype, device="cuda")
+    x, z = _channel_last_views(*inputs[:2])
+    with torch.no_grad():
+        out = bimamba_inner(x, z, *inputs[2:], variant="fused", variant_scan=variant_scan)
+        ref = _gpu_ref(*[t.float() if t is not None else None for t in inputs])
+    assert out.dtype == dtype and rel_rms(out, ref) < (3e-2 if dtype == torch.bfloat16 else 1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_fused_channel_last_trains(dtype):
+    """channels_last=True under autograd on the GPU: values and every gradient (chunk-parallel lane forward)."""
+    inputs = make_inputs(2, 384, 1237, 16, dim=192, rank=12, dtype=dtype, device="cuda")
+    compare([*_channel_last_views(*inputs[:2]), *inputs[2:]], 3e-2 if dtype == torch.bfloat16 else 1e-4,
+            ref=_gpu_ref, channels_last=True, variant_scan="chunked")
