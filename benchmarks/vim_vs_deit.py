@@ -23,9 +23,8 @@ import sys
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from kernels.common import backend
+from kernels.common import backend, use_triton
 from benchmarks.options import add_model_bench_options, bench_command, parse_sizes, timed_row, start_model_bench
 from zoo.bench.timing import cuda_kernel_totals, dtype_name, free, sync, time_fn
 
@@ -75,12 +74,12 @@ def stage_profile(img_size: int, batch: int, device: torch.device, dtype: torch.
                   depth: int | None = None) -> list[dict[str, Any]]:
     """Vim-Ti's forward split into stages, each run alone at the real shapes as often as one forward runs it.
 
-    Stages follow the mixer's code path (backbones/layers/mamba.py) with the model's own weights, so the sum
-    can be held against the whole forward; the rest ("other") is embedding, copies, launch gaps.
+    Stages follow the mixer's inference path (backbones/layers/mamba.py -> the fused mixer with channel-last
+    activations, kernels/mamba_mixer/triton.py) with the model's own weights and the forward's scan plan, so
+    the sum can be held against the whole forward; the rest ("other") is embedding, copies, launch gaps.
     """
-    from kernels.causal_conv1d import causal_conv1d
+    from kernels.mamba_mixer.triton import BiConvFn, BiScanFn, merged_out_proj, mixer_plans, token_major_projections
     from kernels.norm import rms_norm
-    from kernels.selective_scan import selective_scan
 
     model = build_vim(img_size, device, depth)
     backbone = model.backbone
@@ -95,32 +94,27 @@ def stage_profile(img_size: int, batch: int, device: torch.device, dtype: torch.
         total_ms = time_fn(lambda: model.forward_features(x_img), device, warmup, iters)
         hidden = torch.randn(batch, L, D, device=device, dtype=dtype)
         residual = torch.randn(batch, L, D, device=device, dtype=torch.float32)
-        h_t = hidden.transpose(1, 2)
-        w_x, w_z = m.in_proj.weight.chunk(2, dim=0)
-        x, z = torch.matmul(w_x, h_t), torch.matmul(w_z, h_t)
-        xc = causal_conv1d(x, m.conv1d.weight, m.conv1d.bias, activation="silu")
-        x_dbl = torch.matmul(m.x_proj.weight, xc)
-        dt = torch.matmul(m.dt_proj.weight, x_dbl[:, :R])
-        Bm, Cm = x_dbl[:, R:R + N].contiguous(), x_dbl[:, R + N:].contiguous()
-        A = -torch.exp(m.A_log.float())
-        y = selective_scan(xc, dt, A, Bm, Cm, m.D.float(), z=z, delta_bias=m.dt_proj.bias.float(), delta_softplus=True)
+        conv_w, conv_b, x_w, dt_w, dt_b, A_log, D_skip = m._stacked()
+        xz = m.in_proj(hidden).transpose(1, 2)
+        x, z = xz[:, :E], xz[:, E:]
+        plan, bwd_plan = mixer_plans(batch, E, L, N, device, inference=True)
+        xc = BiConvFn.apply(x, conv_w, conv_b, True)
+        scan_in = (*token_major_projections(xc, x_w, dt_w), -torch.exp(A_log.float()), D_skip.float())
 
-        def proj():
-            x_dbl = torch.matmul(m.x_proj.weight, xc)
-            return (torch.matmul(m.dt_proj.weight, x_dbl[:, :R]), x_dbl[:, R:R + N].contiguous(),
-                    x_dbl[:, R + N:].contiguous())
+        def scan():
+            u, x_dbl, delta, A, D_f = scan_in
+            return BiScanFn.apply(u, delta, A, x_dbl, D_f, z, dt_b.float(), R, plan, bwd_plan)
 
+        y2 = scan()
         # (stage, call, calls per layer); each stage runs calls x depth times back to back in one timed
         # region, so the CPU runs ahead of the GPU as inside the model and launch latency is not counted
         # once per call.
         stages = [
-            ("in_proj (2 GEMMs)", lambda: (torch.matmul(w_x, h_t), torch.matmul(w_z, h_t)), 1),
-            ("causal conv + SiLU", lambda: causal_conv1d(x, m.conv1d.weight, m.conv1d.bias, activation="silu"), 2),
-            ("x_proj + dt_proj (GEMMs) + B/C copies", proj, 2),
-            ("selective scan", lambda: selective_scan(xc, dt, A, Bm, Cm, m.D.float(), z=z,
-                                                      delta_bias=m.dt_proj.bias.float(), delta_softplus=True), 2),
-            ("merge (mean) + out_proj (GEMM)",
-             lambda: F.linear(torch.lerp(y, y, 0.5).transpose(1, 2), m.out_proj.weight), 1),
+            ("in_proj (1 GEMM)", lambda: m.in_proj(hidden), 1),
+            ("conv + SiLU, both directions", lambda: BiConvFn.apply(x, conv_w, conv_b, True), 1),
+            ("x_proj + dt_proj (2 batched GEMMs)", lambda: token_major_projections(xc, x_w, dt_w), 1),
+            (f"scan, both directions ({plan[0]}, incl. the B|C fp32 copy)", scan, 1),
+            ("merge + out_proj (1 GEMM, K = 2E)", lambda: merged_out_proj(y2, m.out_proj.weight), 1),
             ("add + RMSNorm", lambda: rms_norm(hidden, blk.norm.weight, residual=residual, prenorm=True,
                                                residual_in_fp32=True), 1),
         ]
@@ -194,7 +188,9 @@ def run(sizes: list[int], device: torch.device, dtype: torch.dtype = torch.bfloa
             ours["mem_ratio"] = round(ours["peak_gib"] / peer["peak_gib"], 3)
         peer["ratio"] = 1.0 if peer.get("img_per_s") else None
     out = {"rows": rows, "stages": [], "kernels": []}
-    if profile_size:
+    if profile_size and not use_triton(torch.empty(0, device=device)):
+        log.warning("no stage profile: its stages are the fused mixer's Triton launches (CUDA, or TRITON_INTERPRET=1)")
+    elif profile_size:
         batch = batch_224 if profile_size <= 224 else batch_large
         out["stages"] = stage_profile(profile_size, batch, device, dtype, warmup, iters, depth)
         if torch_profile and device.type == "cuda":

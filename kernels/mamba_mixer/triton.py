@@ -535,15 +535,26 @@ def bimamba_inner_triton(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_we
     xc = BiConvFn.apply(x, conv_weight, conv_bias, bool(channels_last))
     act = xc.dtype
     if channels_last:                                                              # xc [2, B, L, E]
-        x_dbl = torch.bmm(xc.view(2, batch * L, dim), x_proj_weight.to(act).transpose(1, 2))     # [2, BL, R+2N]
-        delta = torch.bmm(x_dbl[..., :rank], dt_proj_weight.to(act).transpose(1, 2))           # [2, BL, E]
-        xc, x_dbl, delta = (t.view(2, batch, L, -1).transpose(2, 3) for t in (xc, x_dbl, delta))
+        xc, x_dbl, delta = token_major_projections(xc, x_proj_weight, dt_proj_weight)
     else:                                                                          # xc [2, B, E, L]
         x_dbl = torch.matmul(x_proj_weight.to(act).unsqueeze(1), xc)               # [2, B, R+2N, L]
         delta = torch.matmul(dt_proj_weight.to(act).unsqueeze(1), x_dbl[:, :, :rank])   # [2, B, E, L]
     y2 = BiScanFn.apply(xc, delta, -torch.exp(A_log.float()), x_dbl, D.float(), z, dt_proj_bias.float(), rank,
                         plan, bwd_plan, tile)
     return merged_out_proj(y2, out_proj_weight, out_proj_bias, divide_out, tokens=plan[0] == "token")
+
+
+def token_major_projections(xc, x_proj_weight, dt_proj_weight):
+    """x_proj and dt_proj of both directions on channel-last xc [2, B, L, E], each one batched mm over the B L
+    token rows (batch 2, the direction): returns xc, x_dbl, Δ as the scan takes them, [2, B, C, L] views of
+    [2, B, L, C] tensors. (The E-major form, W [2, 1, K, E] @ xc [2, B, E, L], runs 2B GEMMs with N = L and
+    expands W: on the H200 the Vim-Ti forward with these mms instead ran 1.29x / 1.27x faster at 1024 / 1248 px,
+    benchmarks/results/scan_layouts_cl.md, with the scan's channel-last loads.)"""
+    _, batch, L, dim = xc.shape
+    rank = dt_proj_weight.shape[-1]
+    x_dbl = torch.bmm(xc.view(2, batch * L, dim), x_proj_weight.to(xc.dtype).transpose(1, 2))    # [2, BL, R+2N]
+    delta = torch.bmm(x_dbl[..., :rank], dt_proj_weight.to(xc.dtype).transpose(1, 2))            # [2, BL, E]
+    return tuple(t.view(2, batch, L, -1).transpose(2, 3) for t in (xc, x_dbl, delta))
 
 
 def merged_out_proj(y2, weight, bias=None, divide_out=True, tokens=False):
