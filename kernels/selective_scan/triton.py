@@ -1071,9 +1071,17 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, s
     chunk-parallel passes in the lane layout (``_lane_fwd_kernel``, on ``lane_bc`` copies of B and C).
 
     B, C are 4-D ``[B, G, N, L]``; all contiguous. Returns (y, last, states).
+
+    Compiled, the lane layout with groups of B / C narrower than a warp (< 32 channels per group) runs the
+    channel layout instead: on the H200 (Triton 3.6) its y came out wrong there (rel. RMS ~1 at 4 channels per
+    group, right at 32, and right in the interpreter), and a program of fewer channels than lanes gains nothing
+    from the lane layout anyway.
     """
     variant, seg, chunk, autotune = plan
     lane, variant = split_lane_variant(variant)
+    groups = max(B.shape[1], C.shape[1])
+    if lane and groups > 1 and u.shape[1] // groups < 32 and not interpreting():
+        lane = False
     batch, dim, L = u.shape
     n = A.shape[1]
     y = torch.empty_like(u)

@@ -421,6 +421,29 @@ def test_lane_layout_fp32_matches_ref(case, scan_kw):
             reverse=reverse)
 
 
+def test_compiled_lane_layout_skips_groups_narrower_than_a_warp(monkeypatch):
+    """Off the interpreter, layout="lane" with B / C groups of < 32 channels launches the channel-layout kernel
+    (the compiled lane kernel gave a wrong y there on the H200); 32-channel groups and ungrouped B / C keep it."""
+    import kernels.selective_scan.triton as st
+
+    launched = []
+    real = st._launch
+
+    def spy(fixed, *args, **kw):
+        launched.append(fixed.__name__ if hasattr(fixed, "__name__") else fixed.fn.__name__)
+        return real(fixed, *args, **kw)
+
+    monkeypatch.setattr(st, "_launch", spy)
+    monkeypatch.setattr(st, "interpreting", lambda: False)   # the guard's view; the launch still interprets
+    for dim, groups, want in ((8, 2, "_fwd_kernel"), (64, 2, "_lane_fwd_kernel"), (8, None, "_lane_fwd_kernel")):
+        launched.clear()
+        inputs = make_inputs(1, dim, 9, 4, groups)
+        with torch.no_grad():
+            y = selective_scan(*inputs, delta_softplus=True, layout="lane", variant="sequential", autotune=False)
+        ref = selective_scan_ref(*inputs, delta_softplus=True)
+        assert launched == [want] and rel_rms(y, ref) < TOL[torch.float32], (dim, groups, launched)
+
+
 def test_lane_layout_bf16_matches_ref():
     inputs = make_inputs(1, 8, 37, 16, 2, torch.bfloat16)
     compare(inputs, TOL[torch.bfloat16], scan_kw=dict(layout="lane"), delta_softplus=True, reverse=True)
@@ -624,7 +647,8 @@ def test_gpu_lane_layout(shape, variant, reverse, dtype):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_lane_layout_fp32_odd_shapes(case, scan_kw):
-    """The interpreter's lane cases compiled (fixed config: BLOCK_D <= 32 channels, groups narrower than a warp)."""
+    """The interpreter's lane cases compiled (fixed config: BLOCK_D <= 32 channels); the grouped ones (4 channels
+    per group) run the channel layout there (test_compiled_lane_layout_skips_groups_narrower_than_a_warp)."""
     batch, dim, L, n, groups, has_D, has_z, has_bias, softplus, reverse = case
     inputs = make_inputs(batch, dim, L, n, groups, torch.float32, has_D, has_z, has_bias, device="cuda")
     compare(inputs, 1e-4, scan_kw=dict(scan_kw, layout="lane", **FIXED), delta_softplus=softplus, reverse=reverse)
