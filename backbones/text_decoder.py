@@ -202,12 +202,7 @@ class DecoderMamba(BiMambaMixer):
             raise ValueError("Mamba layers keep no cache; decode them by recomputation (cache=None)")
         if not self.causal:
             return super().forward(x)
-        h_t = x.transpose(1, 2)
-        w_x, w_z = self.in_proj.weight.chunk(2, dim=0)
-        xs, z = torch.matmul(w_x, h_t), torch.matmul(w_z, h_t)
-        if self.in_proj.bias is not None:
-            b_x, b_z = self.in_proj.bias.chunk(2)
-            xs, z = xs + b_x.to(xs.dtype)[:, None], z + b_z.to(z.dtype)[:, None]
+        xs, z = self._in_proj(x)
         y = self._direction(xs, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, reverse=False)
         return F.linear(y.transpose(1, 2), self.out_proj.weight, self.out_proj.bias)
 

@@ -101,6 +101,21 @@ class BiMambaMixer(nn.Module):
         return mamba_direction(x, z, conv.weight, conv.bias, x_proj.weight, dt_proj.weight, dt_proj.bias, A_log, D,
                                reverse=reverse, **opts)
 
+    def _in_proj(self, hidden: torch.Tensor, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, z [B, E, L] from tokens [B, L, dim]. ``channels_last``: in_proj as one GEMM [B, L, 2E], x and z its
+        channel-last views (the fused mixer's inference layout, no copies); else two GEMMs straight into
+        [B, E, L], so x and z come out contiguous and the kernels (and the backward) copy nothing."""
+        if channels_last:
+            xz = self.in_proj(hidden).transpose(1, 2)
+            return xz[:, :self.d_inner], xz[:, self.d_inner:]
+        h_t = hidden.transpose(1, 2)
+        w_x, w_z = self.in_proj.weight.chunk(2, dim=0)
+        x, z = torch.matmul(w_x, h_t), torch.matmul(w_z, h_t)
+        if self.in_proj.bias is not None:
+            b_x, b_z = self.in_proj.bias.chunk(2)
+            x, z = x + b_x.to(x.dtype)[:, None], z + b_z.to(z.dtype)[:, None]
+        return x, z
+
     def _stacked(self) -> tuple:
         """Both directions' parameters stacked direction first, as kernels.mamba_mixer takes them."""
         def two(a, b):
@@ -118,20 +133,7 @@ class BiMambaMixer(nn.Module):
         channels_last = self.scan_options.get("channels_last")
         if channels_last is None:
             channels_last = not needs_grad(hidden, *self.parameters())
-        if choice == "fused" and channels_last:
-            # in_proj as one GEMM [B, L, 2E]; x and z go on as its channel-last views, the layout of the fused
-            # mixer's inference path (no copies)
-            xz = self.in_proj(hidden).transpose(1, 2)
-            x, z = xz[:, :self.d_inner], xz[:, self.d_inner:]
-        else:
-            # in_proj as two GEMMs straight into [B, E, L]: x and z come out contiguous, so the kernels (and
-            # the backward) copy nothing
-            h_t = hidden.transpose(1, 2)
-            w_x, w_z = self.in_proj.weight.chunk(2, dim=0)
-            x, z = torch.matmul(w_x, h_t), torch.matmul(w_z, h_t)
-            if self.in_proj.bias is not None:
-                b_x, b_z = self.in_proj.bias.chunk(2)
-                x, z = x + b_x.to(x.dtype)[:, None], z + b_z.to(z.dtype)[:, None]
+        x, z = self._in_proj(hidden, channels_last=choice == "fused" and channels_last)
         if choice != "unfused":
             return bimamba_inner(x, z, *self._stacked(), self.out_proj.weight, self.out_proj.bias,
                                  divide_out=self.divide_out, variant=choice, **self._fused_scan_options())
