@@ -130,10 +130,10 @@ class BiMambaMixer(nn.Module):
         choice = _check_variant(variant) if variant is not None else self.variant
         if choice == "auto":
             choice = "fused" if use_triton(hidden, self.in_proj.weight) else "unfused"
-        channels_last = self.scan_options.get("channels_last")
-        if channels_last is None:
+        channels_last = choice == "fused" and self.scan_options.get("channels_last")
+        if channels_last is None:                  # fused, by default: in inference
             channels_last = not needs_grad(hidden, *self.parameters())
-        x, z = self._in_proj(hidden, channels_last=choice == "fused" and channels_last)
+        x, z = self._in_proj(hidden, channels_last=channels_last)
         if choice != "unfused":
             return bimamba_inner(x, z, *self._stacked(), self.out_proj.weight, self.out_proj.bias,
                                  divide_out=self.divide_out, variant=choice, **self._fused_scan_options())

@@ -280,17 +280,17 @@ def _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, h0_ptr, en
         # two register buffers in turn (a loop over tile pairs, so no buffer is copied to the other): tile
         # 2j+1's loads are in flight during tile 2j's arithmetic and 2j+2's during 2j+1's. An odd count ends with
         # one step past p_end, all masked (an identity).
-        ua, xa, Ba, Ca, za = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, su, sz, p0 + offs_l, p_end, L, rev,
-                                         mask_d, N, NP, S, HAS_Z, EMIT_Y)
+        ua, xa, Ba, Ca, za = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, su, sz, p0 + offs_l, p_end,
+                                         L, rev, mask_d, N, NP, S, HAS_Z, EMIT_Y)
         for j in range(0, tl.cdiv(n_tiles, 2)):
             pa = p0 + 2 * j * BLOCK_L + offs_l
-            ub, xb, Bb, Cb, zb = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, su, sz, pa + BLOCK_L, p_end, L,
-                                             rev, mask_d, N, NP, S, HAS_Z, EMIT_Y)
+            ub, xb, Bb, Cb, zb = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, su, sz, pa + BLOCK_L,
+                                             p_end, L, rev, mask_d, N, NP, S, HAS_Z, EMIT_Y)
             ht, dsum = _lane_step(ua, xa, Ba, Ca, za, ht, dsum, pa, 2 * j, y_ptr, coly, sy_l, states_ptr, st_row,
                                   A2t, Dv, bias, p0, p_end, L, rev, mask_d, N, NP, CHUNK, HAS_D, HAS_Z, HAS_BIAS,
                                   SOFTPLUS, STORE_STATES, EMIT_Y, BLOCK_L)
-            ua, xa, Ba, Ca, za = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, su, sz, pa + 2 * BLOCK_L, p_end,
-                                             L, rev, mask_d, N, NP, S, HAS_Z, EMIT_Y)
+            ua, xa, Ba, Ca, za = _lane_loads(u_ptr, dt_ptr, z_ptr, B_row, C_row, col, colz, su, sz,
+                                             pa + 2 * BLOCK_L, p_end, L, rev, mask_d, N, NP, S, HAS_Z, EMIT_Y)
             ht, dsum = _lane_step(ub, xb, Bb, Cb, zb, ht, dsum, pa + BLOCK_L, 2 * j + 1, y_ptr, coly, sy_l,
                                   states_ptr, st_row, A2t, Dv, bias, p0, p_end, L, rev, mask_d, N, NP, CHUNK, HAS_D,
                                   HAS_Z, HAS_BIAS, SOFTPLUS, STORE_STATES, EMIT_Y, BLOCK_L)
@@ -399,9 +399,9 @@ def _lane_fwd_kernel(
     st_row = (pid_b * Dch + d64) * tl.cdiv(L, CHUNK) * N
     p0 = pid_s * SEG
     _lane_walk(u_ptr, dt_ptr, z_ptr, y_ptr, B_row, C_row, states_ptr, h0_ptr, end_ptr, dsum_ptr, col, col, col, 1, 1,
-               sy_l, st_row, (pid_b * n_seg + pid_s) * Dch + d64, A2, Dv, bias, p0, tl.minimum(L, p0 + SEG), L, rev, mask_d,
-               N, NP, CHUNK, N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, STORE_STATES, EMIT_Y, STORE_END, HAS_H0, BLOCK_L,
-               PREFETCH)
+               sy_l, st_row, (pid_b * n_seg + pid_s) * Dch + d64, A2, Dv, bias, p0, tl.minimum(L, p0 + SEG), L, rev,
+               mask_d, N, NP, CHUNK, N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, STORE_STATES, EMIT_Y, STORE_END, HAS_H0,
+               BLOCK_L, PREFETCH)
 
 
 @triton.jit
@@ -1072,16 +1072,13 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, s
 
     B, C are 4-D ``[B, G, N, L]``; all contiguous. Returns (y, last, states).
 
-    Compiled, the lane layout with groups of B / C narrower than a warp (< 32 channels per group) runs the
-    channel layout instead: on the H200 (Triton 3.6) its y came out wrong there (rel. RMS ~1 at 4 channels per
-    group, right at 32, and right in the interpreter), and a program of fewer channels than lanes gains nothing
-    from the lane layout anyway.
+    Compiled, the lane layout runs the channel layout instead where B / C groups cap a program below a warp's
+    32 channels (``cap`` < 32): on the H200 (Triton 3.6) its y came out wrong there (rel. RMS ~1 at 4 channels
+    per group, right at 32, and right in the interpreter), and a program of fewer channels than lanes gains
+    nothing from the lane layout anyway.
     """
     variant, seg, chunk, autotune = plan
     lane, variant = split_lane_variant(variant)
-    groups = max(B.shape[1], C.shape[1])
-    if lane and groups > 1 and u.shape[1] // groups < 32 and not interpreting():
-        lane = False
     batch, dim, L = u.shape
     n = A.shape[1]
     y = torch.empty_like(u)
@@ -1090,6 +1087,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, s
     states = (torch.empty(batch, dim, n_chunks, n, device=u.device, dtype=torch.float32)
               if store_states else _dummy(u))
     scalars, meta, cap = _common_args(u, B, C, chunk, seg)
+    lane = lane and (cap >= 32 or interpreting())
     dummy = _dummy(u)
     opt = (D if D is not None else dummy, z if z is not None else dummy,
            delta_bias if delta_bias is not None else dummy)

@@ -422,8 +422,9 @@ def test_lane_layout_fp32_matches_ref(case, scan_kw):
 
 
 def test_compiled_lane_layout_skips_groups_narrower_than_a_warp(monkeypatch):
-    """Off the interpreter, layout="lane" with B / C groups of < 32 channels launches the channel-layout kernel
-    (the compiled lane kernel gave a wrong y there on the H200); 32-channel groups and ungrouped B / C keep it."""
+    """Off the interpreter, layout="lane" where B / C groups cap a program below 32 channels (4 per group, or 48:
+    a power-of-two block of at most 16) launches the channel-layout kernel (the compiled lane kernel gave a wrong
+    y there on the H200); 32-channel groups and ungrouped B / C keep it."""
     import kernels.selective_scan.triton as st
 
     launched = []
@@ -435,7 +436,8 @@ def test_compiled_lane_layout_skips_groups_narrower_than_a_warp(monkeypatch):
 
     monkeypatch.setattr(st, "_launch", spy)
     monkeypatch.setattr(st, "interpreting", lambda: False)   # the guard's view; the launch still interprets
-    for dim, groups, want in ((8, 2, "_fwd_kernel"), (64, 2, "_lane_fwd_kernel"), (8, None, "_lane_fwd_kernel")):
+    for dim, groups, want in ((8, 2, "_fwd_kernel"), (96, 2, "_fwd_kernel"), (64, 2, "_lane_fwd_kernel"),
+                              (8, None, "_lane_fwd_kernel")):
         launched.clear()
         inputs = make_inputs(1, dim, 9, 4, groups)
         with torch.no_grad():
