@@ -1,6 +1,6 @@
 """What a Triton kernel costs on the H200 before it ever runs there: shared memory, registers and spills.
 
-    python -m benchmarks.kernel_resources [--family gla|linear_attention|all] [--dim 128]
+    python -m benchmarks.kernel_resources [--family gla|linear_attention|selective_scan|all] [--dim 128]
 
 Triton compiles for a named target without a GPU: ``triton.compile`` on an ``ASTSource`` for sm_90 gives the
 cubin and its shared-memory need (what the H200 refused at launch: "out of resource: shared memory"), and
@@ -28,7 +28,8 @@ SM90_SHARED_LIMIT = 232448  # bytes of shared memory per block on the H200 (what
 
 def sm90_resources(fn, constexprs: dict[str, Any], arg_types: Optional[dict[str, str]] = None, num_warps: int = 4,
                    num_stages: int = 3) -> dict[str, Any]:
-    """Compile the @triton.jit ``fn`` for sm_90; returns {shared, regs, spill_bytes}.
+    """Compile the @triton.jit ``fn`` for sm_90; returns {shared, regs, spill_bytes, shuffles (static SHFL count),
+    ttgir}.
 
     ``arg_types`` maps argument names to Triton type strings ("*bf16", "fp32", "i64"; names the kernel lacks
     are ignored, so one map serves a family); the other ``*_ptr`` arguments are "*fp32", the rest "i32".
@@ -68,7 +69,46 @@ def sm90_resources(fn, constexprs: dict[str, Any], arg_types: Optional[dict[str,
     if regs is None:
         raise RuntimeError(f"ptxas gave no register count for {fn.__name__}: {report[-500:]}")
     return {"shared": int(kernel.metadata.shared), "regs": int(regs.group(1)),
-            "spill_bytes": int(spill.group(1)) if spill else 0}
+            "spill_bytes": int(spill.group(1)) if spill else 0, "shuffles": _sass_count(kernel, "SHFL"),
+            "ttgir": kernel.asm["ttgir"]}
+
+
+def _sass_count(kernel, opcode: str) -> int:
+    """Static count of one SASS opcode in the compiled kernel (cuobjdump ships with Triton)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    tool = os.path.join(os.path.dirname(get_ptxas(90).path), "cuobjdump")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        sass = subprocess.run([tool, "-sass", path], capture_output=True, text=True).stdout
+    return len(re.findall(rf"\b{opcode}\b", sass))
+
+
+def scan_layouts(ttgir: str) -> list[str]:
+    """The layouts (``#blocked`` definitions) of every ``tt.scan`` operand in a TTGIR module."""
+    defs = dict(re.findall(r"^(#\w+) = (#ttg\.blocked<\{[^}]*\}>)", ttgir, flags=re.M))
+    used = re.findall(r'"tt\.scan"\(.*?\}\) : \(tensor<[^,>]*, (#\w+)>', ttgir, flags=re.S)
+    return [defs.get(u, u) for u in used]
+
+
+def selective_scan_rows() -> list[dict[str, Any]]:
+    """The selective-scan backward (bf16 activations, N 16, Vim's flags) at its autotuned configs, CHUNK 16 and 8."""
+    import kernels.selective_scan.triton as ss
+
+    bf16 = {n: "*bf16" for n in ("u_ptr", "dt_ptr", "z_ptr", "dout_ptr", "B_ptr", "C_ptr", "du_ptr", "ddt_ptr",
+                                 "dz_ptr")}
+    flags = dict(N=16, NP=16, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, REVERSE=False,
+                 CARRY_ONLY=False, HAS_CARRY=False)
+    rows = []
+    for chunk in (16, 8):
+        for cfg in ss._BWD_CONFIGS[:3]:
+            r = sm90_resources(ss._bwd_kernel, {**flags, "CHUNK": chunk, **cfg.kwargs}, bf16,
+                               num_warps=cfg.num_warps, num_stages=1)
+            rows.append({"family": "selective_scan", "kernel": "_bwd_kernel",
+                         "config": f"CHUNK {chunk} BLOCK_D {cfg.kwargs['BLOCK_D']}", **r})
+    return rows
 
 
 def linear_attention_rows(D: int, DV: int) -> list[dict[str, Any]]:
@@ -124,7 +164,7 @@ def gla_rows(K: int, V: int) -> list[dict[str, Any]]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.kernel_resources", description=__doc__.split("\n\n")[0])
-    p.add_argument("--family", choices=("gla", "linear_attention", "all"), default="all")
+    p.add_argument("--family", choices=("gla", "linear_attention", "selective_scan", "all"), default="all")
     p.add_argument("--dim", type=int, default=128, help="head dimension (K = V, D = Dv)")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -134,11 +174,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows += linear_attention_rows(args.dim, args.dim)
     if args.family in ("gla", "all"):
         rows += gla_rows(args.dim, args.dim)
-    print(f"{'family':<17}{'kernel':<22}{'config':<28}{'shared KB':>10}{'regs':>6}{'spill B':>9}")
+    if args.family in ("selective_scan", "all"):
+        rows += selective_scan_rows()
+    print(f"{'family':<17}{'kernel':<22}{'config':<28}{'shared KB':>10}{'regs':>6}{'spill B':>9}{'SHFL':>6}")
     for r in rows:
         flag = "  over the H200's shared memory" if r["shared"] > SM90_SHARED_LIMIT else ""
         print(f"{r['family']:<17}{r['kernel']:<22}{r['config']:<28}{r['shared'] / 1024:>10.1f}{r['regs']:>6}"
-              f"{r['spill_bytes']:>9}{flag}")
+              f"{r['spill_bytes']:>9}{r['shuffles']:>6}{flag}")
     return 0
 
 

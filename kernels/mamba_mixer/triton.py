@@ -24,12 +24,12 @@ passes over HBM. Fused:
    viewed as [B, L, 2E]. The lerp pass (read 2, write 1) and out_proj's read of its result (4 E-wide passes)
    become out_proj reading 2; the GEMM's extra 2 x B L E dim FLOPs cost ~16 us at 1024 px batch 8.
 
-Backward by recomputation and reuse: the scan backward is the selective-scan family's own backward
-(``speedzoo::selective_scan_bwd``, sequential or chunk-parallel along L) run once per direction on views of
-the stacked tensors and the chunk states this forward stored in its layout; the conv backward is the conv
-family's (``speedzoo::depthwise_conv1d_bwd``, which recomputes the pre-activation from x) per direction. Only
-B and C are copied contiguous in the backward (the scan backward's dB/dC buffers follow B/C's layout), each
-[B, N, L]: 1/24 of an [B, E, L] tensor at Vim-Ti.
+Backward by recomputation and reuse: the scan backward (``speedzoo::bimamba_scan_bwd``, ``biscan_bwd``) is the
+selective-scan family's own backward (sequential or chunk-parallel along L) run once per direction on views of
+the stacked tensors and the chunk states this forward stored in its layout, B and C read in place from x_dbl and
+every gradient written into stacked buffers (two memsets, no stacking copies); the conv backward is the conv
+family's two-direction kernel (``speedzoo::bidirectional_conv1d_bwd``, which recomputes the pre-activation from x
+and writes dx once).
 
 The launchers are custom ops (``speedzoo::bimamba_conv_fwd``, ``speedzoo::bimamba_scan_fwd``), so
 torch.compile / CUDA graphs capture the whole mixer. Math in fp32, states fp32, int64 base offsets.
@@ -67,6 +67,7 @@ from kernels.selective_scan.triton import (
     lane_seg,
     launch_tokens,
     scan_plan,
+    selective_scan_bwd,
     sm_count,
 )
 from kernels.selective_scan.options import lane_variant, split_lane_variant
@@ -447,12 +448,10 @@ def _(xc, delta, A, x_dbl, D, z, bias, rank, store_states, variant, seg, chunk, 
     return xc.new_empty((batch, 2, dim, L) if variant == "token" else (batch, L, 2, dim)), states
 
 
-_CONV_MODES = ("causal", "reverse")
-
 
 class BiConvFn(torch.autograd.Function):
     """x [B, E, L] -> xc [2, B, E, L] ([2, B, L, E] with ``channels_last``); backward: the conv family's
-    backward once per direction (dx summed; it takes any strides)."""
+    two-direction backward (one kernel, dx summed; it takes any strides)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, channels_last=False):
@@ -468,12 +467,8 @@ class BiConvFn(torch.autograd.Function):
         x, w, b = ctx.saved_tensors
         if ctx.channels_last:
             dy = dy.transpose(2, 3)
-        parts = [torch.ops.speedzoo.depthwise_conv1d_bwd(x, w[d], b[d] if b is not None else None, dy[d],
-                                                         _CONV_MODES[d], True) for d in range(2)]
-        dx = parts[0][0] + parts[1][0]
-        dw = torch.stack([parts[0][1], parts[1][1]]).to(ctx.dtypes[0])
-        db = torch.stack([parts[0][2], parts[1][2]]).to(ctx.dtypes[1]) if b is not None else None
-        return dx, dw, db, None
+        dx, dw, db = torch.ops.speedzoo.bidirectional_conv1d_bwd(x, w, b, dy, True)
+        return dx, dw.to(ctx.dtypes[0]), db.to(ctx.dtypes[1]) if b is not None else None, None
 
 
 class BiScanFn(torch.autograd.Function):
@@ -494,21 +489,55 @@ class BiScanFn(torch.autograd.Function):
     def backward(ctx, dy):
         xc, delta, A, x_dbl, D, z, bias, states = ctx.saved_tensors
         xc, delta, z = xc.contiguous(), delta.contiguous(), z.contiguous()     # channel-last views: copies
-        r, n = ctx.rank, A.shape[-1]
         dy_t = (dy.transpose(0, 1) if ctx.tokens else dy.permute(2, 0, 3, 1)).contiguous()   # -> [2, B, E, L]
-        d_xdbl = torch.zeros_like(x_dbl)
-        grads = []
-        for d in range(2):
-            Bd = x_dbl[d, :, r:r + n].unsqueeze(1).contiguous()
-            Cd = x_dbl[d, :, r + n:].unsqueeze(1).contiguous()
-            g = torch.ops.speedzoo.selective_scan_bwd(dy_t[d], xc[d], delta[d], A[d], Bd, Cd, D[d], z, bias[d],
-                                                      states[d], True, bool(d), *ctx.bwd_plan)
-            d_xdbl[d, :, r:r + n] = g[3][:, 0]
-            d_xdbl[d, :, r + n:] = g[4][:, 0]
-            grads.append(g)
-        du, ddelta, dA, _, _, dD, dz, dbias = ([g0, g1] for g0, g1 in zip(*grads))
-        return (torch.stack(du), torch.stack(ddelta), torch.stack(dA).to(A.dtype), d_xdbl,
-                torch.stack(dD).to(D.dtype), dz[0] + dz[1], torch.stack(dbias).to(bias.dtype), None, None, None, None)
+        dxc, ddelta, small, d_xdbl, dz = torch.ops.speedzoo.bimamba_scan_bwd(dy_t, xc, delta, A, x_dbl, D, z, bias,
+                                                                             states, ctx.rank, *ctx.bwd_plan)
+        dA, dD, dbias = _split_small(small, A.shape)
+        return (dxc, ddelta, dA.to(A.dtype), d_xdbl, dD.to(D.dtype), dz, dbias.to(bias.dtype), None, None, None, None)
+
+
+def _split_small(small: torch.Tensor, a_shape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dA [2, E, N], dD [2, E], d_bias [2, E] as views of the one fp32 buffer ``biscan_bwd`` accumulates them in."""
+    two, dim, n = a_shape
+    dA, dD, dbias = small.split([two * dim * n, two * dim, two * dim])
+    return dA.view(two, dim, n), dD.view(two, dim), dbias.view(two, dim)
+
+
+def biscan_bwd(dy, xc, delta, A, x_dbl, D, z, bias, states, rank, plan):
+    """Both directions' selective-scan backward into stacked gradients, with few launches: dy, xc, delta
+    [2, B, E, L] and z [B, E, L] contiguous, x_dbl [2, B, R+2N, L]. B and C are read in place from x_dbl, du /
+    ddelta / dz land in [2, ...] tensors, and the accumulated gradients share two zeroed fp32 buffers: ``small``
+    (dA, dD, d_bias, see ``_split_small``) and one of x_dbl's shape whose B|C rows get dB|dC (its dt rows stay
+    0: that part of x_dbl's gradient flows through delta's GEMM). Returns (dxc, ddelta, small, d_xdbl in x_dbl's
+    dtype, dz summed over the directions)."""
+    x_dbl = x_dbl.contiguous()
+    _, dim, n = A.shape
+    f32 = dict(device=xc.device, dtype=torch.float32)
+    small = torch.zeros(2 * dim * (n + 2), **f32)
+    dA, dD, dbias = _split_small(small, A.shape)
+    d_xdbl = torch.zeros(x_dbl.shape, **f32)
+    dxc, ddelta = torch.empty_like(xc), torch.empty_like(delta)
+    dz2 = torch.empty((2, *z.shape), device=z.device, dtype=z.dtype)
+    for d in range(2):
+        bc, dbc = x_dbl[d, :, rank:].unsqueeze(1), d_xdbl[d, :, rank:].unsqueeze(1)      # [B, 1, 2N, L] views
+        selective_scan_bwd(dy[d], xc[d], delta[d], A[d], bc[:, :, :n], bc[:, :, n:], D[d], z, bias[d], True, bool(d),
+                           states[d], plan, out=(dxc[d], ddelta[d], dz2[d], dA[d], dbc[:, :, :n], dbc[:, :, n:], dD[d],
+                                                 dbias[d]))
+    return dxc, ddelta, small, d_xdbl.to(x_dbl.dtype), dz2[0] + dz2[1]
+
+
+@torch.library.custom_op("speedzoo::bimamba_scan_bwd", mutates_args=())
+def _scan_bwd_op(dy: torch.Tensor, xc: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, x_dbl: torch.Tensor,
+                 D: torch.Tensor, z: torch.Tensor, bias: torch.Tensor, states: torch.Tensor, rank: int, variant: str,
+                 seg: int, chunk: int, autotune: bool) -> list[torch.Tensor]:
+    return list(biscan_bwd(dy, xc, delta, A, x_dbl, D, z, bias, states, rank, (variant, seg, chunk, autotune)))
+
+
+@_scan_bwd_op.register_fake
+def _(dy, xc, delta, A, x_dbl, D, z, bias, states, rank, variant, seg, chunk, autotune):
+    _, dim, n = A.shape
+    return [torch.empty_like(xc), torch.empty_like(delta), A.new_empty(2 * dim * (n + 2)), torch.empty_like(x_dbl),
+            torch.empty_like(z)]
 
 
 def bimamba_inner_triton(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,

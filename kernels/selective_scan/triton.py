@@ -142,7 +142,12 @@ def _silu(x):
 def _delta(dt_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Load a tile of Δ at ``offs`` (bias broadcast to it): returns (pre-softplus x, Δ); padding gets Δ = 0
     (identity step)."""
-    x = tl.load(dt_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    return _delta_tile(tl.load(dt_ptr + offs, mask=mask, other=0.0).to(tl.float32), mask, bias, HAS_BIAS, SOFTPLUS)
+
+
+@triton.jit
+def _delta_tile(x, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """``_delta`` on a tile already loaded (fp32)."""
     if HAS_BIAS:
         x = x + bias
     if SOFTPLUS:
@@ -150,6 +155,25 @@ def _delta(dt_ptr, offs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.conste
     else:
         dt = x
     return x, tl.where(mask, dt, 0.0)
+
+
+@triton.jit
+def _load_t(ptr, offs_t, mask_t):
+    """A [CHUNK, BLOCK_D] fp32 tile from offsets laid out [BLOCK_D, CHUNK] (``_store_t`` writes one back).
+
+    Why transposed: the backward keeps a tile's tokens inside the thread and one channel per lane, but Triton's
+    coalescing pass lays the lanes of a load or store along its most contiguous axis, and on ties along axis 0.
+    With tokens contiguous in memory (E-major) it put 16 lanes on the tokens of [CHUNK, BLOCK_D] tiles, and the
+    layout spread to the whole kernel: its in-thread scans crossed lanes (sm_90: ~59 shuffles per element, ~300
+    spill loads per state loop). So the kernel multiplies token (and state) indices by ``one``, a runtime 1 that
+    is never specialised, which leaves every axis equally (non-)contiguous, and puts channels on axis 0 of the
+    memory tiles: lanes go to channels and ``tl.trans`` hands the compute layout the tile for free."""
+    return tl.trans(tl.load(ptr + offs_t, mask=mask_t, other=0.0).to(tl.float32))
+
+
+@triton.jit
+def _store_t(ptr, offs_t, val, mask_t):
+    tl.store(ptr + offs_t, tl.trans(val).to(ptr.dtype.element_ty), mask=mask_t)
 
 
 @triton.jit
@@ -497,12 +521,12 @@ def _fwd_kernel(
         tl.store(dsum_ptr + seg_row * Dch + offs_d, dsum, mask=mask_d)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["one"])
 def _bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, states_ptr, carry_ptr, dsum_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
     Dch, L, SEG, cpg_B, cpg_C, stride_Bb, stride_Bg, stride_Cb, stride_Cg,
-    L_BUCKET, BATCH_BUCKET, BD_CAP,
+    L_BUCKET, BATCH_BUCKET, BD_CAP, one,
     N: tl.constexpr, NP: tl.constexpr, CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     REVERSE: tl.constexpr, CARRY_ONLY: tl.constexpr, HAS_CARRY: tl.constexpr,
@@ -529,7 +553,6 @@ def _bwd_kernel(
     offs_n = tl.arange(0, NP)
     offs_l = tl.arange(0, CHUNK)
     mask_d = offs_d < Dch
-    mask_nd = (offs_n < N)[:, None] & mask_d[None, :]
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -537,13 +560,14 @@ def _bwd_kernel(
     else:
         bias = tl.zeros([BLOCK_D], dtype=tl.float32)
 
-    col = pid_b * Dch * L + offs_d.to(tl.int64)[None, :] * L                       # [1, BD]
+    col = pid_b * Dch * L + offs_d.to(tl.int64)[:, None] * L                       # [BD, 1]: tiles via _load_t
     rowB = pid_b * stride_Bb + (d0 // cpg_B) * stride_Bg                           # B[b, g, n, t] = rowB + n L + t
     rowC = pid_b * stride_Cb + (d0 // cpg_C) * stride_Cg
     n_chunks = tl.cdiv(L, CHUNK)
     st_row = (pid_b * Dch + offs_d.to(tl.int64)) * n_chunks * N                    # [BD]
     seg_row = pid_b * n_seg + pid_s
-    seg_off = (seg_row * Dch + offs_d.to(tl.int64)[None, :]) * N + offs_n[:, None]
+    seg_off = (seg_row * Dch + offs_d.to(tl.int64)[:, None]) * N + offs_n[None, :] * one      # [BD, NP]
+    mask_dn = mask_d[:, None] & (offs_n < N)[None, :]
     p0 = pid_s * SEG
     p_end = tl.minimum(L, p0 + SEG)
     k0 = p0 // CHUNK
@@ -554,7 +578,7 @@ def _bwd_kernel(
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dsum = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_CARRY:                                           # a_s g_s at the first token after this segment
-        carry = tl.load(carry_ptr + seg_off, mask=mask_nd, other=0.0)
+        carry = _load_t(carry_ptr, seg_off, mask_dn)
     else:
         carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
     ones = tl.full([CHUNK, BLOCK_D], 1.0, tl.float32)
@@ -567,17 +591,20 @@ def _bwd_kernel(
         else:
             t = p
         mask = mask_l[:, None] & mask_d[None, :]
-        x, dt = _delta(dt_ptr, col + t[:, None], mask, bias[None, :], HAS_BIAS, SOFTPLUS)
-        dout = tl.load(dout_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
+        offs_t = col + t[None, :] * one                                         # [BD, CH]
+        mask_t = mask_d[:, None] & mask_l[None, :]
+        x, dt = _delta_tile(_load_t(dt_ptr, offs_t, mask_t), mask, bias[None, :], HAS_BIAS, SOFTPLUS)
+        dout = _load_t(dout_ptr, offs_t, mask_t)
         if HAS_Z:
-            zz = tl.load(z_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
+            zz = _load_t(z_ptr, offs_t, mask_t)
             sz = tl.sigmoid(zz)
             dy = dout * zz * sz
+            dz_y = dout * sz * (1.0 + zz * (1.0 - sz))          # dz = dz_y * y: dout, z die before the state loop
         else:
             dy = dout
         dy = tl.where(mask, dy, 0.0)
         if not CARRY_ONLY:
-            u = tl.load(u_ptr + col + t[:, None], mask=mask, other=0.0).to(tl.float32)
+            u = _load_t(u_ptr, offs_t, mask_t)
             dtu = dt * u
             ddt = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
             if HAS_D:
@@ -591,7 +618,7 @@ def _bwd_kernel(
         for n in range(0, N):
             An = tl.load(A_ptr + offs_d * N + n, mask=mask_d, other=0.0).to(tl.float32)          # [BD]
             a = tl.exp2(dt * (An * 1.4426950408889634)[None, :])                     # [CH, BD]
-            Cn = tl.load(C_ptr + rowC + n * L + t, mask=mask_l, other=0.0).to(tl.float32)         # [CH]
+            Cn = tl.load(C_ptr + rowC + n * L + t * one, mask=mask_l, other=0.0).to(tl.float32)         # [CH]
             # adjoint g_t = dL/dh_t: reverse scan within the chunk plus the carry from later chunks
             sel = offs_n[:, None] == n
             carry_n = tl.sum(tl.where(sel, carry, 0.0), axis=0)
@@ -601,15 +628,15 @@ def _bwd_kernel(
             carry = tl.where(sel, tl.sum(tl.where(offs_l[:, None] == 0, a * g, 0.0), axis=0)[None, :], carry)
             if not CARRY_ONLY:
                 # the chunk's states of this state index, recomputed from the stored start state
-                Bn = tl.load(B_ptr + rowB + n * L + t, mask=mask_l, other=0.0).to(tl.float32)
+                Bn = tl.load(B_ptr + rowB + n * L + t * one, mask=mask_l, other=0.0).to(tl.float32)
                 h0 = tl.load(states_ptr + st_row + k * N + n, mask=mask_d, other=0.0)
                 b = dtu * Bn[:, None]
                 a_s, b_s = tl.associative_scan((a, b), axis=0, combine_fn=_affine_combine)
                 hs = a_s * h0[None, :] + b_s
                 if HAS_Z:
                     y += hs * Cn[:, None]
-                tl.atomic_add(dC_ptr + rowC + n * L + t, tl.sum(hs * dy, axis=1), mask=mask_l, sem="relaxed")
-                tl.atomic_add(dB_ptr + rowB + n * L + t, tl.sum(g * dtu, axis=1), mask=mask_l, sem="relaxed")
+                tl.atomic_add(dC_ptr + rowC + n * L + t * one, tl.sum(hs * dy, axis=1), mask=mask_l, sem="relaxed")
+                tl.atomic_add(dB_ptr + rowB + n * L + t * one, tl.sum(g * dtu, axis=1), mask=mask_l, sem="relaxed")
                 s = g * Bn[:, None]                                                  # d(Δ u) of this state
                 w = g * (hs - b)                                                     # g_t a_t h_{t-1}
                 du += dt * s
@@ -620,21 +647,21 @@ def _bwd_kernel(
             dsum += tl.sum(dt, axis=0)
         else:
             if HAS_Z:
-                dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
-                tl.store(dz_ptr + col + t[:, None], dz.to(dz_ptr.dtype.element_ty), mask=mask)
+                _store_t(dz_ptr, offs_t, dz_y * y, mask_t)
             if SOFTPLUS:
                 ddt = ddt * tl.sigmoid(x)
             ddt = tl.where(mask, ddt, 0.0)
             if HAS_BIAS:
                 dbias_acc += tl.sum(ddt, axis=0)
-            tl.store(du_ptr + col + t[:, None], du.to(du_ptr.dtype.element_ty), mask=mask)
-            tl.store(ddt_ptr + col + t[:, None], ddt.to(ddt_ptr.dtype.element_ty), mask=mask)
+            _store_t(du_ptr, offs_t, du, mask_t)
+            _store_t(ddt_ptr, offs_t, ddt, mask_t)
 
     if CARRY_ONLY:
-        tl.store(carry_ptr + seg_off, carry, mask=mask_nd)
+        _store_t(carry_ptr, seg_off, carry, mask_dn)
         tl.store(dsum_ptr + seg_row * Dch + offs_d, dsum, mask=mask_d)
     else:
-        tl.atomic_add(dA_ptr + offs_d[None, :] * N + offs_n[:, None], dA_acc, mask=mask_nd, sem="relaxed")
+        tl.atomic_add(dA_ptr + offs_d[:, None] * N + offs_n[None, :] * one, tl.trans(dA_acc), mask=mask_dn,
+                      sem="relaxed")
         if HAS_D:
             tl.atomic_add(dD_ptr + offs_d, dD_acc, mask=mask_d, sem="relaxed")
         if HAS_BIAS:
@@ -1125,21 +1152,28 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, reverse, s
     return y, last, states
 
 
-def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, states, plan):
-    """Launch the backward (sequential, or passes A-C); returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)."""
+def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reverse, states, plan, out=None):
+    """Launch the backward (sequential, or passes A-C); returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias).
+
+    ``out``: (du, ddelta, dz, dA, dB, dC, dD, ddelta_bias) to write into instead of allocating, None where the
+    input is absent; the accumulated ones (dA, dB, dC, dD, ddelta_bias) zeroed fp32, dB / dC with B's / C's
+    strides (the fused mixer's backward hands views of stacked buffers)."""
     variant, seg, chunk, autotune = plan
     batch, dim, L = u.shape
     n = A.shape[1]
-    du = torch.empty_like(u)
-    ddelta = torch.empty_like(delta)
-    dz = torch.empty_like(z) if z is not None else None
-    dA = torch.zeros(A.shape, device=u.device, dtype=torch.float32)
-    dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
-    dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
-    dD = torch.zeros(dim, device=u.device, dtype=torch.float32) if D is not None else _dummy(u)
-    dbias = torch.zeros(dim, device=u.device, dtype=torch.float32) if delta_bias is not None else _dummy(u)
-    scalars, meta, cap = _common_args(u, B, C, chunk, seg)
     dummy = _dummy(u)
+    if out is None:
+        f32 = dict(device=u.device, dtype=torch.float32)
+        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+        dz = torch.empty_like(z) if z is not None else None
+        dA, dB, dC = torch.zeros(A.shape, **f32), torch.zeros(B.shape, **f32), torch.zeros(C.shape, **f32)
+        dD = torch.zeros(dim, **f32) if D is not None else dummy
+        dbias = torch.zeros(dim, **f32) if delta_bias is not None else dummy
+    else:
+        du, ddelta, dz, dA, dB, dC, dD, dbias = out
+        dD = dD if D is not None else dummy
+        dbias = dbias if delta_bias is not None else dummy
+    scalars, meta, cap = _common_args(u, B, C, chunk, seg)
     opt = (D if D is not None else dummy, z if z is not None else dummy,
            delta_bias if delta_bias is not None else dummy)
     grads = (du, ddelta, dz if dz is not None else dummy, dA, dB, dC, dD, dbias)
@@ -1148,7 +1182,7 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reve
     run = functools.partial(_launch, _bwd_kernel, _bwd_tuned, batch=batch, dim=dim, cap=cap, chunk=chunk,
                             fwd=False, autotune=autotune)
     if variant == "sequential":
-        run((u, delta, A, B, C, *opt, dout, states, dummy, dummy, *grads, *scalars), 1, **meta, **flags,
+        run((u, delta, A, B, C, *opt, dout, states, dummy, dummy, *grads, *scalars, 1), 1, **meta, **flags,
             CARRY_ONLY=False, HAS_CARRY=False)
     else:
         n_seg = triton.cdiv(L, seg)
@@ -1156,12 +1190,12 @@ def selective_scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, reve
         dsum = torch.empty(batch, n_seg, dim, device=u.device, dtype=torch.float32)
         carry = torch.empty_like(local)
         # pass A: each segment's adjoint from a zero carry -> the carry it hands back (reads Δ, C, dout, z)
-        run((u, delta, A, B, C, *opt, dout, states, local, dsum, *grads, *scalars), n_seg, **meta, **flags,
+        run((u, delta, A, B, C, *opt, dout, states, local, dsum, *grads, *scalars, 1), n_seg, **meta, **flags,
             CARRY_ONLY=True, HAS_CARRY=False)
         # pass B: true incoming carries by a reverse scan over segments
         _combine(A, dsum, local, carry, None, backward=True)
         # pass C: gradients of every segment in parallel
-        run((u, delta, A, B, C, *opt, dout, states, carry, dummy, *grads, *scalars), n_seg, **meta, **flags,
+        run((u, delta, A, B, C, *opt, dout, states, carry, dummy, *grads, *scalars, 1), n_seg, **meta, **flags,
             CARRY_ONLY=False, HAS_CARRY=True)
     return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz,
             dbias if delta_bias is not None else None)

@@ -38,3 +38,18 @@ def test_refuses_unknown_constexprs_and_plain_functions():
         sm90_resources(la._apply_kernel, {"NOPE": 1})
     with pytest.raises(TypeError, match="not a compiled-mode"):
         sm90_resources(lambda x: x, {})
+
+
+def test_scan_backward_keeps_tokens_in_thread():
+    """The selective-scan backward's tiles put one channel on each lane and the chunk's tokens in the thread, so
+    its scans and N-loop stay in-thread: Triton's coalescing once laid 16 lanes along the (contiguous) tokens and
+    the layout spread to the scans (946 static shuffles and 611 spill loads and stores at CHUNK 16, BLOCK_D 32)."""
+    from benchmarks.kernel_resources import scan_layouts, selective_scan_rows
+
+    rows = selective_scan_rows()
+    assert len(rows) == 6
+    for r in rows:
+        layouts = scan_layouts(r["ttgir"])
+        assert layouts and all("threadsPerWarp = [1, 32]" in lay for lay in layouts), (r["config"], layouts)
+        assert r["shuffles"] < 600, r["config"]
+    assert all(r["spill_bytes"] == 0 for r in rows if r["config"].startswith("CHUNK 8")), rows
