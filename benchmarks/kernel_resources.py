@@ -1,6 +1,6 @@
 """What a Triton kernel costs on the H200 before it ever runs there: shared memory, registers and spills.
 
-    python -m benchmarks.kernel_resources [--family gla|linear_attention|selective_scan|all] [--dim 128]
+    python -m benchmarks.kernel_resources [--family gla|linear_attention|selective_scan|causal_conv1d|all] [--dim 128]
 
 Triton compiles for a named target without a GPU: ``triton.compile`` on an ``ASTSource`` for sm_90 gives the
 cubin and its shared-memory need (what the H200 refused at launch: "out of resource: shared memory"), and
@@ -162,9 +162,27 @@ def gla_rows(K: int, V: int) -> list[dict[str, Any]]:
     return rows
 
 
+
+def conv_rows() -> list[dict[str, Any]]:
+    """The depthwise conv backward (width 4, SiLU, bias; one and two directions) at the tiles it launches for
+    Vim-micro's and Vim-Ti's (channels, tokens)."""
+    import kernels.causal_conv1d.triton as cc
+
+    types = {"X": "*bf16", "DY": "*bf16", "DX": "*bf16", "Wt": "*fp32", "Bias": "*fp32", "DWp": "*fp32",
+             "DBp": "*fp32"}
+    rows = []
+    for d, length in ((256, 65), (384, 197), (384, 4097)):
+        block_d, block_l, warps = cc._bwd_blocks(d, length)
+        for dirs in (1, 2):
+            const = dict(W=4, OFF=-3, STEP=1, HAS_BIAS=True, SILU=True, DIRS=dirs, BLOCK_D=block_d, BLOCK_L=block_l)
+            r = sm90_resources(cc._conv_bwd_kernel, const, types, num_warps=warps, num_stages=1)
+            rows.append({"family": "causal_conv1d", "kernel": "_conv_bwd_kernel",
+                         "config": f"D {d} L {length} dirs {dirs} {block_d}x{block_l}", **r})
+    return rows
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.kernel_resources", description=__doc__.split("\n\n")[0])
-    p.add_argument("--family", choices=("gla", "linear_attention", "selective_scan", "all"), default="all")
+    p.add_argument("--family", choices=("gla", "linear_attention", "selective_scan", "causal_conv1d", "all"), default="all")
     p.add_argument("--dim", type=int, default=128, help="head dimension (K = V, D = Dv)")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -176,6 +194,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows += gla_rows(args.dim, args.dim)
     if args.family in ("selective_scan", "all"):
         rows += selective_scan_rows()
+    if args.family in ("causal_conv1d", "all"):
+        rows += conv_rows()
     print(f"{'family':<17}{'kernel':<22}{'config':<28}{'shared KB':>10}{'regs':>6}{'spill B':>9}{'SHFL':>6}")
     for r in rows:
         flag = "  over the H200's shared memory" if r["shared"] > SM90_SHARED_LIMIT else ""

@@ -170,10 +170,13 @@ def _(x, weight, bias, mode, silu):
 
 
 def _bwd_blocks(d: int, length: int) -> tuple[int, int, int]:
-    """The backward's tiles: BLOCK_L of 32-128 tokens with the least padding past L (ties: the longest), ~2K
-    elements per program, 4 warps. At Vim-micro's L = 65 ``_blocks`` pads to 128 tokens, 32 pads to 96."""
-    block_l = min((128, 64, 32), key=lambda b: (triton.cdiv(length, b) * b, -b))
-    block_d = max(1, min(triton.next_power_of_2(d), 2048 // block_l))
+    """The backward's tiles: 512 elements per program, 4 per thread at 4 warps, and BLOCK_L of 32 or 64 tokens
+    with the least padding past L (ties: the longer). sm_90 then keeps the W x W recomputation of the
+    pre-activation in registers (117 / 208 per thread for one / two directions, ``benchmarks.kernel_resources``
+    style compile), where the 2048-element tiles of ``_blocks`` spilled 0.5 KB (one direction) to 8 KB (two);
+    at Vim-micro's L = 65 they also padded to 128 tokens, 32-token blocks pad to 96."""
+    block_l = min((64, 32), key=lambda b: (triton.cdiv(length, b) * b, -b))
+    block_d = max(1, min(triton.next_power_of_2(d), 512 // block_l))
     return block_d, block_l, 4
 
 

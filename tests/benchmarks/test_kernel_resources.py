@@ -53,3 +53,12 @@ def test_scan_backward_keeps_tokens_in_thread():
         assert layouts and all("threadsPerWarp = [1, 32]" in lay for lay in layouts), (r["config"], layouts)
         assert r["shuffles"] < 600, r["config"]
     assert all(r["spill_bytes"] == 0 for r in rows if r["config"].startswith("CHUNK 8")), rows
+
+
+def test_conv_backward_does_not_spill():
+    """The conv backward's tiles keep its W x W pre-activation recomputation in registers, one or two directions
+    (2048-element tiles spilled 0.5-8 KB per thread on sm_90)."""
+    from benchmarks.kernel_resources import conv_rows
+
+    rows = conv_rows()
+    assert len(rows) == 6 and all(r["spill_bytes"] == 0 and r["regs"] <= 255 for r in rows), rows
