@@ -164,3 +164,33 @@ def test_gpu_fp32_exact_and_large_offsets():
     y = causal_conv1d(x, w)
     assert rel_rms(y[-1:], causal_conv1d_ref(x[-1:], w)) <= 1e-2  # the tail lies beyond int32 offsets
     del x, y
+
+
+@pytest.mark.parametrize("length", [65, 7])
+def test_bidirectional_backward_is_the_two_directions_summed(length):
+    """The two-direction backward (one kernel: causal on direction 0, anti-causal on direction 1) gives dx = the sum
+    of the two single-direction backwards and their dweight / dbias stacked; dy may be a strided view."""
+    import kernels.causal_conv1d.triton as cc
+
+    g = torch.Generator().manual_seed(3)
+    b, d, width = 2, 6, 4
+    x = torch.randn(b, d, length, generator=g)
+    w = torch.randn(2, d, width, generator=g)
+    bias = torch.randn(2, d, generator=g)
+    dy = torch.randn(2, b, length, d, generator=g).transpose(2, 3)          # [2, B, D, L], channel-last strides
+    dx, dw, db = cc._bwd_both(x, w, bias, dy, True)
+    one = [cc._bwd(x, w[r].contiguous(), bias[r].contiguous(), dy[r], mode, True)
+           for r, mode in enumerate(("causal", "reverse"))]
+    assert rel_rms(dx, one[0][0] + one[1][0]) < 1e-6
+    assert rel_rms(dw, torch.stack([one[0][1], one[1][1]])) < 1e-6
+    assert rel_rms(db, torch.stack([one[0][2], one[1][2]])) < 1e-6
+    assert dw.shape == w.shape and db.shape == bias.shape
+
+
+def test_backward_tiles_pad_least():
+    """BLOCK_L of 32 or 64 with the least padding past L (ties: 64), 512 elements per program."""
+    from kernels.causal_conv1d.triton import _bwd_blocks
+
+    assert _bwd_blocks(256, 65) == (16, 32, 4)
+    assert _bwd_blocks(384, 128) == (8, 64, 4)
+    assert _bwd_blocks(4, 1000)[:2] == (4, 64)
