@@ -182,7 +182,8 @@ def conv_rows() -> list[dict[str, Any]]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.kernel_resources", description=__doc__.split("\n\n")[0])
-    p.add_argument("--family", choices=("gla", "linear_attention", "selective_scan", "causal_conv1d", "all"), default="all")
+    families = ("gla", "linear_attention", "selective_scan", "causal_conv1d", "all")
+    p.add_argument("--family", choices=families, default="all")
     p.add_argument("--dim", type=int, default=128, help="head dimension (K = V, D = Dv)")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
