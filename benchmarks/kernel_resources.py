@@ -162,7 +162,6 @@ def gla_rows(K: int, V: int) -> list[dict[str, Any]]:
     return rows
 
 
-
 def conv_rows() -> list[dict[str, Any]]:
     """The depthwise conv backward (width 4, SiLU, bias; one and two directions) at the tiles it launches for
     Vim-micro's and Vim-Ti's (channels, tokens)."""
@@ -179,6 +178,7 @@ def conv_rows() -> list[dict[str, Any]]:
             rows.append({"family": "causal_conv1d", "kernel": "_conv_bwd_kernel",
                          "config": f"D {d} L {length} dirs {dirs} {block_d}x{block_l}", **r})
     return rows
+
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.kernel_resources", description=__doc__.split("\n\n")[0])

@@ -214,11 +214,16 @@ def _bwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dy
     return conv_bwd(x, weight, bias, dy, mode, silu)
 
 
-@_bwd.register_fake
-def _(x, weight, bias, dy, mode, silu):
+def _bwd_fake(x, weight, bias):
+    """What both backward ops return, as shapes: (dx like x, dweight and dbias fp32, dbias empty without a bias)."""
     f32 = dict(dtype=torch.float32, device=x.device)
     return [torch.empty_like(x), torch.empty(weight.shape, **f32),
             torch.empty(bias.shape if bias is not None else (0,), **f32)]
+
+
+@_bwd.register_fake
+def _(x, weight, bias, dy, mode, silu):
+    return _bwd_fake(x, weight, bias)
 
 
 @torch.library.custom_op("speedzoo::bidirectional_conv1d_bwd", mutates_args=())
@@ -231,9 +236,7 @@ def _bwd_both(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
 
 @_bwd_both.register_fake
 def _(x, weight, bias, dy, silu):
-    f32 = dict(dtype=torch.float32, device=x.device)
-    return [torch.empty_like(x), torch.empty(weight.shape, **f32),
-            torch.empty(bias.shape if bias is not None else (0,), **f32)]
+    return _bwd_fake(x, weight, bias)
 
 
 class DepthwiseConv1dFn(torch.autograd.Function):

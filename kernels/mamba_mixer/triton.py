@@ -448,7 +448,6 @@ def _(xc, delta, A, x_dbl, D, z, bias, rank, store_states, variant, seg, chunk, 
     return xc.new_empty((batch, 2, dim, L) if variant == "token" else (batch, L, 2, dim)), states
 
 
-
 class BiConvFn(torch.autograd.Function):
     """x [B, E, L] -> xc [2, B, E, L] ([2, B, L, E] with ``channels_last``); backward: the conv family's
     two-direction backward (one kernel, dx summed; it takes any strides)."""
